@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* hash.h: the flow hash that picks a Maglev slot. Every node must compute
+ * the same value for the same flow so that a VIP moving between nodes keeps
+ * flows on their backends; loader/flowhash.go is its Go twin and a test keeps
+ * them equal. murmur3-32 over the ten little-endian words of a flow_key. */
+#pragma once
+
+#include "maps.h"
+
+static __always_inline __u32 rotl32(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 murmur_round(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rotl32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rotl32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 flow_hash(const struct flow_key *key, __u32 seed)
+{
+	const __u32 *w = (const __u32 *)key;
+	__u32 h = seed;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*key) / 4); i++)
+		h = murmur_round(h, w[i]);
+	h ^= sizeof(*key);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}

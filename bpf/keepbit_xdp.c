@@ -1,0 +1,123 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* keepbit_xdp: the VIP forwarder. Every packet for a configured service
+ * (VIP, port, protocol) goes to a healthy backend by L2 direct server return;
+ * everything else leaves with XDP_PASS, byte-identical. Never XDP_ABORTED.
+ *
+ * Rule for what cannot be parsed: a packet is passed to the kernel, which
+ * applies its own checks, unless it was proven to be for a service; the only
+ * drops are "service has no usable backend" under the drop policy and
+ * failures to emit a frame. Every outcome is counted under one reason. */
+#include "maps.h"
+#include "parse.h"
+#include "select.h"
+#include "icmp.h"
+#include "forward.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* track_fragment remembers the ports of a first fragment so the later
+ * fragments of the same datagram, which carry none, take the same flow. */
+static __always_inline void track_fragment(struct packet *p)
+{
+	struct frag_key fk = {};
+	struct frag_value fv = {
+		.sport = p->key.sport,
+		.dport = p->key.dport,
+	};
+
+	__builtin_memcpy(fk.src, p->key.src, 16);
+	__builtin_memcpy(fk.dst, p->key.dst, 16);
+	fk.id = p->frag_id;
+	fk.proto = p->key.proto;
+	bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+}
+
+static __always_inline int recall_fragment(struct packet *p)
+{
+	struct frag_key fk = {};
+	struct frag_value *fv;
+
+	__builtin_memcpy(fk.src, p->key.src, 16);
+	__builtin_memcpy(fk.dst, p->key.dst, 16);
+	fk.id = p->frag_id;
+	fk.proto = p->key.proto;
+	fv = bpf_map_lookup_elem(&frags, &fk);
+	if (!fv)
+		return -1;
+	p->key.sport = fv->sport;
+	p->key.dport = fv->dport;
+	return 0;
+}
+
+SEC("xdp")
+int keepbit_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 len = data_end - data;
+	__u32 reason = REASON_PASS_NO_SERVICE, info_idx;
+	struct service_value *sv = NULL;
+	struct backend_info *bi;
+	struct choice ch = {};
+	struct flow_key fkey = {};
+	struct packet p = {};
+	int icmp_error = 0, action;
+
+	if (parse_l2(data, data_end, &p, &reason) < 0)
+		goto pass;
+	if (p.l3_proto == bpf_htons(ETH_P_IP)) {
+		if (parse_ipv4(data, data_end, p.l3_off, &p, &reason) < 0)
+			goto pass;
+	} else if (parse_ipv6(data, data_end, p.l3_off, &p, &reason) < 0) {
+		goto pass;
+	}
+
+	if (p.frag == FRAG_LATER) {
+		if (recall_fragment(&p) < 0) {
+			reason = REASON_PASS_FRAG_UNTRACKED;
+			goto pass;
+		}
+	} else if (parse_ports(data, data_end, &p, &reason) < 0) {
+		goto pass;
+	}
+
+	if (p.frag == FRAG_NONE && quoted_flow(data, data_end, &p, &fkey) == 0) {
+		sv = lookup_service(&fkey);
+		icmp_error = sv != NULL;
+	}
+	if (!icmp_error) {
+		sv = lookup_service(&p.key);
+		if (!sv) {
+			reason = REASON_PASS_NO_SERVICE;
+			goto pass;
+		}
+		__builtin_memcpy(&fkey, &p.key, sizeof(fkey));
+	}
+	if (p.frag == FRAG_FIRST)
+		track_fragment(&p);
+
+	count(&service_stats, sv->id, len);
+	if (choose_backend(&fkey, sv->id, len, !icmp_error, &ch) < 0)
+		goto no_backend;
+	info_idx = ch.backend * 2 + ((ch.state & STATE_INFO_SLOT) ? 1 : 0);
+	bi = bpf_map_lookup_elem(&backends, &info_idx);
+	if (!bi)
+		goto no_backend;
+	count(&backend_stats, ch.backend, len);
+	if (icmp_error)
+		reason = REASON_ICMP_TO_BACKEND;
+	action = forward(ctx, &p, bi, &reason);
+	count(&reason_stats, reason, len);
+	return action;
+
+no_backend:
+	if (sv->flags & SERVICE_F_PASS_NO_BACKEND) {
+		reason = REASON_PASS_NO_BACKEND;
+		goto pass;
+	}
+	count(&reason_stats, REASON_DROP_NO_BACKEND, len);
+	return XDP_DROP;
+pass:
+	count(&reason_stats, reason, len);
+	return XDP_PASS;
+}

@@ -1,0 +1,253 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* maps.h: every map of the forwarder and the records they hold.
+ *
+ * The Go loader mirrors these layouts through bpf2go (-type); change both
+ * together. Records that the control plane rewrites while traffic flows are
+ * either at most 8 bytes (one atomic store) or double-buffered behind such a
+ * word, because a wider array element is not written atomically.
+ */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+#define MAX_SERVICES 4096
+#define MAX_BACKENDS 65536 /* backend IDs; ID 0 means "no backend" */
+#define MAX_FLOWS 262144   /* default; the loader may resize */
+#define MAX_FRAGS 16384
+#define MAX_PORTS 64
+#define MAX_GROUPS 8
+
+/* Layout of one service table buffer (an inner u32 array):
+ *   [TBL_SIZE]        Maglev table size M (0 = service has no backend)
+ *   [TBL_MEMBERS]     member count n
+ *   [TBL_GROUPS]      priority-group count g
+ *   [TBL_GENERATION]  table generation, for observers
+ *   [TBL_GROUP_END+k] end index (exclusive) of group k in the member list
+ *   [TBL_HDR, TBL_HDR+M)        Maglev slots: backend IDs
+ *   [TBL_HDR+M, TBL_HDR+M+n)    members: backend IDs, most preferred group first
+ */
+#define TBL_SIZE 0
+#define TBL_MEMBERS 1
+#define TBL_GROUPS 2
+#define TBL_GENERATION 3
+#define TBL_GROUP_END 4
+#define TBL_HDR 16
+#define MAX_MEMBERS 1024 /* per service */
+
+enum backend_state_value {
+	BACKEND_DOWN = 0, /* also what a never-written ID reads as */
+	BACKEND_UP = 1,
+	BACKEND_DRAINING = 2,
+};
+
+/* backend_state word: bits 0-1 state, bit 2 which backend_info slot is
+ * live, bits 8-31 incarnation (bumped whenever the ID is reused, so flow
+ * entries that still name the old owner of the ID re-select). */
+#define STATE_MASK 0x3u
+#define STATE_INFO_SLOT 0x4u
+#define STATE_INC_SHIFT 8
+
+enum service_flags {
+	SERVICE_F_PASS_NO_BACKEND = 1, /* no usable backend: XDP_PASS instead of drop */
+};
+
+enum backend_flags {
+	BACKEND_F_IPV6 = 1,
+};
+
+/* Every packet is counted under exactly one reason. */
+enum reason {
+	REASON_PASS_NOT_IP = 0,      /* not IPv4/IPv6 (ARP, LLDP, 3+ VLAN tags, ...) */
+	REASON_PASS_MALFORMED_L2,    /* truncated VLAN header */
+	REASON_PASS_MALFORMED_L3,    /* truncated or invalid IP header, bad IHL */
+	REASON_PASS_EXT_HEADERS,     /* IPv6 extension chain longer than we walk, or ESP */
+	REASON_PASS_MALFORMED_L4,    /* L4 header truncated: the port is unknown */
+	REASON_PASS_NO_SERVICE,      /* not addressed to a configured service */
+	REASON_PASS_FRAG_UNTRACKED,  /* non-first fragment whose first fragment we did not see */
+	REASON_PASS_NO_BACKEND,      /* service has no usable backend, policy pass */
+	REASON_DROP_NO_BACKEND,      /* service has no usable backend, policy drop */
+	REASON_DROP_NO_TX_PORT,      /* backend's egress port is not in tx_ports */
+	REASON_DROP_ADJUST_HEAD,     /* could not grow/shrink the L2 header for VLAN retag */
+	REASON_TX,                   /* forwarded out of the ingress port */
+	REASON_REDIRECT,             /* forwarded out of another port */
+	REASON_ICMP_TO_BACKEND,      /* ICMP frag-needed / packet-too-big sent to the flow's backend */
+	REASON_MAX,
+};
+
+/* Keeps enum reason in BTF so bpf2go emits it for the Go side. */
+const volatile enum reason reason_count = REASON_MAX;
+
+struct service_key {
+	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
+	__be16 port;   /* 0 = every port of the VIP */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct service_value {
+	__u32 id;
+	__u32 flags; /* enum service_flags */
+};
+
+struct backend_info {
+	__u8 dst_mac[6];
+	__u8 src_mac[6]; /* MAC of the egress port */
+	__u16 vlan;      /* 0 = untagged */
+	__u16 flags;     /* enum backend_flags */
+	__u32 ifindex;   /* egress port */
+	__u32 weight;    /* not used by XDP: kept so a restarted loader can adopt */
+	__u32 group;     /* priority group, 0 most preferred; same reason */
+	__u32 service_id;
+	__u8 addr[16];
+};
+
+struct __attribute__((aligned(4))) flow_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct flow_value {
+	__u32 backend;
+	__u32 incarnation;
+	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns() */
+	__u64 packets;      /* approximate: plain adds from every CPU */
+	__u64 bytes;
+};
+
+struct frag_key {
+	__u8 src[16];
+	__u8 dst[16];
+	__u32 id;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct frag_value {
+	__be16 sport;
+	__be16 dport;
+	__u32 pad;
+};
+
+struct counter {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct settings_value {
+	__u32 hash_seed; /* same on every node: same flow, same backend */
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct service_key);
+	__type(value, struct service_value);
+} services SEC(".maps");
+
+/* bit 0: which of the two table buffers of the service is live. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, __u32);
+} service_active SEC(".maps");
+
+struct table_buffer {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
+	__uint(max_entries, TBL_HDR + 1 + MAX_MEMBERS);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* index: service_id * 2 + buffer. Installing an inner map waits for an RCU
+ * grace period, so the loader does it once per service, off the hot path,
+ * and afterwards rewrites buffers in place through mmap. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, MAX_SERVICES * 2);
+	__type(key, __u32);
+	__array(values, struct table_buffer);
+} tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __u32);
+} backend_state SEC(".maps");
+
+/* index: backend_id * 2 + info slot (see STATE_INFO_SLOT). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_BACKENDS * 2);
+	__type(key, __u32);
+	__type(value, struct backend_info);
+} backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FRAGS);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+} frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, MAX_PORTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} tx_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings_value);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, REASON_MAX);
+	__type(key, __u32);
+	__type(value, struct counter);
+} reason_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct counter);
+} service_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct counter);
+} backend_stats SEC(".maps");
+
+static __always_inline void count(void *map, __u32 idx, __u64 bytes)
+{
+	struct counter *c = bpf_map_lookup_elem(map, &idx);
+
+	if (c) {
+		c->packets++;
+		c->bytes += bytes;
+	}
+}
