@@ -64,13 +64,20 @@ func Build(backends []Backend, m uint32, seed uint64) ([]uint32, error) {
 	})
 
 	n := len(backends)
-	offset := make([]uint64, n)
-	skip := make([]uint64, n)
-	next := make([]uint64, n)
+	// pos[i] walks backend i's permutation offset, offset+skip, ... mod m
+	// by addition, which is what keeps a 65537-slot build sub-millisecond.
+	pos := make([]uint32, n)
+	skip := make([]uint32, n)
 	credit := make([]uint64, n)
 	for i, b := range backends {
-		offset[i] = hash(seed, 0, b.Name) % uint64(m)
-		skip[i] = hash(seed, 1, b.Name)%uint64(m-1) + 1
+		pos[i] = uint32(hash(seed, 0, b.Name) % uint64(m))
+		skip[i] = uint32(hash(seed, 1, b.Name)%uint64(m-1) + 1)
+	}
+	step := func(i int) {
+		pos[i] += skip[i]
+		if pos[i] >= m {
+			pos[i] -= m
+		}
 	}
 
 	const empty = math.MaxUint32
@@ -92,13 +99,11 @@ func Build(backends []Backend, m uint32, seed uint64) ([]uint32, error) {
 				continue
 			}
 			credit[i] -= uint64(maxW)
-			c := (offset[i] + next[i]*skip[i]) % uint64(m)
-			for table[c] != empty {
-				next[i]++
-				c = (offset[i] + next[i]*skip[i]) % uint64(m)
+			for table[pos[i]] != empty {
+				step(i)
 			}
-			table[c] = uint32(i)
-			next[i]++
+			table[pos[i]] = uint32(i)
+			step(i)
 			filled++
 			if filled == m {
 				break

@@ -1,0 +1,126 @@
+package loader
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// readBack rebuilds the in-memory index from pinned maps, so a restarted
+// loader can change what an earlier process configured without disturbing
+// what is forwarding now.
+func (d *Dataplane) readBack() error {
+	var st uint32
+	for id := uint32(0); id < maxBackends; id++ {
+		if err := d.objs.BackendState.Lookup(id, &st); err != nil {
+			return fmt.Errorf("backend state %d: %w", id, err)
+		}
+		d.lastInc[id] = st >> stateIncShift
+	}
+
+	var sk keepbitServiceKey
+	var sv keepbitServiceValue
+	it := d.objs.Services.Iterate()
+	for it.Next(&sk, &sv) {
+		svc, err := d.readService(sk, sv)
+		if err != nil {
+			return err
+		}
+		d.services[svc.key] = svc
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate services: %w", err)
+	}
+
+	var port, val uint32
+	pit := d.objs.TxPorts.Iterate()
+	for pit.Next(&port, &val) {
+		d.ports[port] = true
+	}
+	if err := pit.Err(); err != nil {
+		return fmt.Errorf("iterate egress ports: %w", err)
+	}
+	d.resetIndex()
+	return nil
+}
+
+func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*service, error) {
+	key := ServiceKey{VIP: addrFrom16(sk.Addr), Port: netToHost16(sk.Port), Proto: Proto(sk.Proto)}
+	svc := &service{key: key, id: sv.Id, members: map[netip.Addr]*member{}}
+	if sv.Flags&serviceFlagPassNoBackend != 0 {
+		svc.noBackend = PassNoBackend
+	}
+	var active uint32
+	if err := d.objs.ServiceActive.Lookup(sv.Id, &active); err != nil {
+		return nil, fmt.Errorf("service %s: active buffer: %w", key, err)
+	}
+	svc.active = int(active & 1)
+	for b := range 2 {
+		var m *ebpf.Map
+		if err := d.objs.Tables.Lookup(sv.Id*2+uint32(b), &m); err != nil {
+			svc.closeBuffers()
+			return nil, fmt.Errorf("service %s: table buffer %d: %w", key, b, err)
+		}
+		svc.buffers[b] = m
+	}
+	mem, err := svc.buffers[svc.active].Memory()
+	if err != nil {
+		svc.closeBuffers()
+		return nil, fmt.Errorf("service %s: map table buffer: %w", key, err)
+	}
+	word := func(i uint32) uint32 {
+		var b [4]byte
+		if _, err := mem.ReadAt(b[:], int64(bufferStride*i)); err != nil {
+			return 0
+		}
+		return binary.NativeEndian.Uint32(b[:])
+	}
+	size, n := word(tblSize), word(tblMembers)
+	svc.tableSize = size
+	svc.generation = word(tblGen)
+	for i := range n {
+		id := word(tblHdr + size + i)
+		m, err := d.readMember(svc, id)
+		if err != nil {
+			svc.closeBuffers()
+			return nil, fmt.Errorf("service %s: %w", key, err)
+		}
+		svc.members[m.spec.Addr] = m
+		d.members[id] = m
+	}
+	if size == 0 {
+		svc.tableSize = 65537
+	}
+	return svc, nil
+}
+
+func (d *Dataplane) readMember(svc *service, id uint32) (*member, error) {
+	var st uint32
+	if err := d.objs.BackendState.Lookup(id, &st); err != nil {
+		return nil, fmt.Errorf("backend %d: state: %w", id, err)
+	}
+	m := &member{svc: svc, id: id, inc: st >> stateIncShift, state: State(st & stateMask)}
+	if st&stateInfoSlot != 0 {
+		m.slot = 1
+	}
+	if err := d.objs.Backends.Lookup(id*2+m.slot, &m.info); err != nil {
+		return nil, fmt.Errorf("backend %d: record: %w", id, err)
+	}
+	m.spec = BackendSpec{
+		Addr:   addrFrom16(m.info.Addr),
+		MAC:    net.HardwareAddr(append([]byte(nil), m.info.DstMac[:]...)),
+		VLAN:   m.info.Vlan,
+		Weight: m.info.Weight,
+		Group:  uint8(m.info.Group),
+		State:  m.state,
+	}
+	if m.info.Ifindex != uint32(d.ifindex) {
+		if ifc, err := net.InterfaceByIndex(int(m.info.Ifindex)); err == nil {
+			m.spec.Port = ifc.Name
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,379 @@
+// Package loader owns Keepbit's BPF objects: it loads, attaches, pins and
+// adopts the XDP forwarder and is the only code that touches its maps.
+// Callers speak in services, backends, states and counters.
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// AttachMode selects how the program is attached to the interface.
+type AttachMode int
+
+const (
+	// AttachAuto tries native (driver) XDP and falls back to generic XDP.
+	AttachAuto AttachMode = iota
+	AttachNative
+	AttachGeneric
+)
+
+// DefaultPinRoot is where bpffs is expected (and mounted when missing).
+const DefaultPinRoot = "/sys/fs/bpf"
+
+// Options configure Open.
+type Options struct {
+	// Interface is the port the forwarder runs on. Its index and MAC are
+	// the defaults for backends that name no egress port.
+	Interface string
+	// PinRoot is a bpffs mount point; state is pinned under
+	// PinRoot/keepbit/<Interface>. Default DefaultPinRoot.
+	PinRoot string
+	// NoAttach loads the program and maps without attaching or pinning:
+	// for packet tests and benchmarks that drive it with BPF_PROG_RUN.
+	NoAttach bool
+	Mode     AttachMode
+	// HashSeed must be the same on every node that can hold a VIP.
+	HashSeed uint32
+	// FlowTableSize is the flow table's capacity; 0 keeps the default.
+	// It is fixed when the maps are first created.
+	FlowTableSize uint32
+	Logger        *slog.Logger
+}
+
+// Dataplane is the forwarder on one interface.
+type Dataplane struct {
+	opts    Options
+	log     *slog.Logger
+	ifindex int
+	ifmac   net.HardwareAddr
+	pinDir  string
+	objs    keepbitObjects
+	inner   *ebpf.MapSpec
+	xdp     link.Link
+	mode    string
+	adopted bool
+
+	// applyMu serializes structural changes (services, tables); it may be
+	// held across RCU waits. mu guards the index and is only held for map
+	// writes that return in microseconds, so state changes never wait
+	// behind a table being prepared.
+	applyMu  sync.Mutex
+	mu       sync.Mutex
+	services map[ServiceKey]*service
+	members  map[uint32]*member
+	freeSvc  []uint32
+	freeBe   []uint32 // FIFO: a released backend ID is reused as late as possible
+	lastInc  []uint32 // last incarnation written per backend ID
+	ports    map[uint32]bool
+	dirty    map[ServiceKey]bool
+
+	kick chan struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+// Open loads the forwarder for opts.Interface. With state pinned by an
+// earlier process it adopts that state and upgrades the attached program
+// in place through its bpf_link, so forwarding never stops; otherwise it
+// creates the maps, pins them and attaches.
+func Open(ctx context.Context, opts Options) (*Dataplane, error) {
+	if opts.Interface == "" {
+		return nil, errors.New("interface: required")
+	}
+	if opts.PinRoot == "" {
+		opts.PinRoot = DefaultPinRoot
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	ifc, err := net.InterfaceByName(opts.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %q: %w", opts.Interface, err)
+	}
+	d := &Dataplane{
+		opts:     opts,
+		log:      opts.Logger.With("interface", opts.Interface),
+		ifindex:  ifc.Index,
+		ifmac:    ifc.HardwareAddr,
+		pinDir:   PinDir(opts.PinRoot, opts.Interface),
+		services: map[ServiceKey]*service{},
+		members:  map[uint32]*member{},
+		lastInc:  make([]uint32, maxBackends),
+		ports:    map[uint32]bool{},
+		dirty:    map[ServiceKey]bool{},
+		kick:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	if err := d.load(ctx); err != nil {
+		return nil, err
+	}
+	go d.rebuildLoop()
+	return d, nil
+}
+
+// PinDir is where the state of the forwarder on iface is pinned.
+func PinDir(root, iface string) string {
+	return filepath.Join(root, "keepbit", iface)
+}
+
+func (d *Dataplane) load(ctx context.Context) error {
+	spec, err := loadKeepbit()
+	if err != nil {
+		return fmt.Errorf("load BPF spec: %w", err)
+	}
+	if d.opts.FlowTableSize > 0 {
+		spec.Maps[keepbitMapFlows].MaxEntries = d.opts.FlowTableSize
+	}
+	d.inner = spec.Maps[keepbitMapTables].InnerMap.Copy()
+
+	if d.opts.NoAttach {
+		if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+			return fmt.Errorf("load BPF objects: %w", err)
+		}
+		return d.afterLoad(ctx)
+	}
+
+	mount := d.opts.PinRoot
+	if err := ensureBPFFS(mount, d.pinDir); err != nil {
+		return err
+	}
+	linkPin := filepath.Join(d.pinDir, "link")
+	if exists(linkPin) {
+		return d.adopt(ctx, spec, linkPin)
+	}
+	return d.create(ctx, spec, linkPin)
+}
+
+func pinnableMaps(spec *ebpf.CollectionSpec) []string {
+	var names []string
+	for name := range spec.Maps {
+		if !strings.HasPrefix(name, ".") {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+func (d *Dataplane) create(ctx context.Context, spec *ebpf.CollectionSpec, linkPin string) (err error) {
+	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+		return fmt.Errorf("load BPF objects: %w", err)
+	}
+	coll := d.mapsByName()
+	defer func() {
+		if err != nil {
+			d.objs.Close()
+			_ = os.RemoveAll(d.pinDir)
+		}
+	}()
+	for _, name := range pinnableMaps(spec) {
+		if err := coll[name].Pin(filepath.Join(d.pinDir, name)); err != nil {
+			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	if err := d.afterLoad(ctx); err != nil {
+		return err
+	}
+	if err := d.attach(); err != nil {
+		return err
+	}
+	if err := d.xdp.Pin(linkPin); err != nil {
+		_ = d.xdp.Close()
+		return fmt.Errorf("pin XDP link: %w", err)
+	}
+	d.log.Info("dataplane attached", "mode", d.mode, "pins", d.pinDir)
+	return nil
+}
+
+func (d *Dataplane) adopt(ctx context.Context, spec *ebpf.CollectionSpec, linkPin string) error {
+	repl := map[string]*ebpf.Map{}
+	closeAll := func() {
+		for _, m := range repl {
+			m.Close()
+		}
+	}
+	for _, name := range pinnableMaps(spec) {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(d.pinDir, name), nil)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("adopt pinned map %s (detach to start afresh): %w", name, err)
+		}
+		repl[name] = m
+	}
+	err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: repl})
+	closeAll() // LoadAndAssign holds its own references
+	if err != nil {
+		return fmt.Errorf("pinned maps do not fit this version (detach to start afresh): %w", err)
+	}
+	l, err := link.LoadPinnedLink(linkPin, nil)
+	if err != nil {
+		d.objs.Close()
+		return fmt.Errorf("adopt pinned XDP link: %w", err)
+	}
+	// Swap the program under the running link: no packet is lost, unlike
+	// a detach and re-attach.
+	if err := l.Update(d.objs.KeepbitXdp); err != nil {
+		l.Close()
+		d.objs.Close()
+		return fmt.Errorf("upgrade XDP program through its link: %w", err)
+	}
+	d.xdp = l
+	d.mode = "adopted"
+	if info, err := l.Info(); err == nil {
+		if xi := info.XDP(); xi != nil && xi.Ifindex != uint32(d.ifindex) {
+			d.log.Warn("pinned link is attached to another ifindex", "pinned", xi.Ifindex, "want", d.ifindex)
+		}
+	}
+	d.adopted = true
+	if err := d.readBack(); err != nil {
+		d.Close()
+		return fmt.Errorf("read back pinned state: %w", err)
+	}
+	d.log.Info("dataplane adopted", "services", len(d.services), "backends", len(d.members))
+	return d.writeSettings()
+}
+
+func (d *Dataplane) afterLoad(ctx context.Context) error {
+	d.resetIndex()
+	return d.writeSettings()
+}
+
+func (d *Dataplane) writeSettings() error {
+	s := keepbitSettingsValue{HashSeed: d.opts.HashSeed}
+	if err := d.objs.Settings.Put(uint32(0), &s); err != nil {
+		return fmt.Errorf("write settings: %w", err)
+	}
+	return nil
+}
+
+func (d *Dataplane) attach() error {
+	try := func(flags link.XDPAttachFlags) (link.Link, error) {
+		return link.AttachXDP(link.XDPOptions{Program: d.objs.KeepbitXdp, Interface: d.ifindex, Flags: flags})
+	}
+	switch d.opts.Mode {
+	case AttachGeneric:
+		l, err := try(link.XDPGenericMode)
+		if err != nil {
+			return fmt.Errorf("attach generic XDP to %s: %w", d.opts.Interface, err)
+		}
+		d.xdp, d.mode = l, "generic"
+		return nil
+	}
+	l, err := try(link.XDPDriverMode)
+	if err == nil {
+		d.xdp, d.mode = l, "native"
+		return nil
+	}
+	if d.opts.Mode == AttachNative {
+		return fmt.Errorf("attach native XDP to %s: %w", d.opts.Interface, err)
+	}
+	d.log.Warn("driver cannot run native XDP; falling back to generic XDP, which is much slower", "error", err)
+	l, gerr := try(link.XDPGenericMode)
+	if gerr != nil {
+		return fmt.Errorf("attach XDP to %s: native: %v; generic: %w", d.opts.Interface, err, gerr)
+	}
+	d.xdp, d.mode = l, "generic"
+	return nil
+}
+
+// Mode says how the program is attached: native, generic, adopted (a pinned
+// link taken over from an earlier process) or "" when not attached.
+func (d *Dataplane) Mode() string { return d.mode }
+
+// Adopted reports whether Open took over pinned state.
+func (d *Dataplane) Adopted() bool { return d.adopted }
+
+func (d *Dataplane) mapsByName() map[string]*ebpf.Map {
+	m := d.objs.keepbitMaps
+	return map[string]*ebpf.Map{
+		keepbitMapBackendState:  m.BackendState,
+		keepbitMapBackendStats:  m.BackendStats,
+		keepbitMapBackends:      m.Backends,
+		keepbitMapFlows:         m.Flows,
+		keepbitMapFrags:         m.Frags,
+		keepbitMapReasonStats:   m.ReasonStats,
+		keepbitMapServiceActive: m.ServiceActive,
+		keepbitMapServiceStats:  m.ServiceStats,
+		keepbitMapServices:      m.Services,
+		keepbitMapSettings:      m.Settings,
+		keepbitMapTables:        m.Tables,
+		keepbitMapTxPorts:       m.TxPorts,
+	}
+}
+
+// Close releases this process's handles. Pinned state stays, and with it
+// the attached program keeps forwarding with the last written state.
+func (d *Dataplane) Close() error {
+	select {
+	case <-d.stop:
+	default:
+		close(d.stop)
+		<-d.done
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, s := range d.services {
+		s.closeBuffers()
+	}
+	var errs []error
+	if d.xdp != nil {
+		errs = append(errs, d.xdp.Close())
+		d.xdp = nil
+	}
+	errs = append(errs, d.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Detach stops forwarding: it removes the pinned link (detaching the
+// program) and the pinned maps, then closes. Only an explicit operator
+// command should call it.
+func (d *Dataplane) Detach() error {
+	if d.xdp != nil {
+		if err := d.xdp.Unpin(); err != nil {
+			return fmt.Errorf("unpin XDP link: %w", err)
+		}
+	}
+	err := d.Close()
+	if !d.opts.NoAttach {
+		if rerr := os.RemoveAll(d.pinDir); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("remove pins: %w", rerr))
+		}
+	}
+	return err
+}
+
+// RemovePinned detaches the forwarder pinned for iface under root without
+// adopting it: the recovery path when pinned state does not fit this version.
+func RemovePinned(root, iface string) error {
+	if root == "" {
+		root = DefaultPinRoot
+	}
+	dir := PinDir(root, iface)
+	linkPin := filepath.Join(dir, "link")
+	if exists(linkPin) {
+		l, err := link.LoadPinnedLink(linkPin, nil)
+		if err != nil {
+			return fmt.Errorf("load pinned link: %w", err)
+		}
+		if err := l.Unpin(); err != nil {
+			l.Close()
+			return fmt.Errorf("unpin link: %w", err)
+		}
+		l.Close()
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", dir, err)
+	}
+	return nil
+}

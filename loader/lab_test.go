@@ -1,0 +1,126 @@
+package loader
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+
+	"github.com/keepbit/keepbit/internal/privtest"
+)
+
+// lab is a Dataplane loaded (not attached) on a dummy interface, with a
+// second dummy as another egress port, driven by BPF_PROG_RUN.
+type lab struct {
+	t       testing.TB
+	dp      *Dataplane
+	ifindex int
+	port2   string
+}
+
+// xdpMD is struct xdp_md as BPF_PROG_RUN takes it.
+type xdpMD struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
+// addPort creates a veth pair name <-> name+"p" (this kernel has no dummy
+// driver) and returns name's index.
+func addPort(t testing.TB, name string, hw net.HardwareAddr) int {
+	t.Helper()
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name, HardwareAddr: hw}, PeerName: name + "p"}
+	if err := netlink.LinkAdd(v); err != nil {
+		t.Fatalf("add veth %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(v) })
+	for _, n := range []string{name, name + "p"} {
+		l, err := netlink.LinkByName(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			t.Fatalf("up %s: %v", n, err)
+		}
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Index
+}
+
+func newLab(t testing.TB) *lab {
+	t.Helper()
+	privtest.Require(t)
+	suffix := rand.Uint32() & 0xffffff
+	name := fmt.Sprintf("kbl%06x", suffix)
+	port2 := fmt.Sprintf("kbq%06x", suffix)
+	l := &lab{t: t, ifindex: addPort(t, name, lbMAC), port2: port2}
+	addPort(t, port2, port2MAC)
+	dp, err := Open(context.Background(), Options{Interface: name, NoAttach: true, HashSeed: 7})
+	if err != nil {
+		t.Fatalf("open dataplane: %v", err)
+	}
+	t.Cleanup(func() { _ = dp.Close() })
+	l.dp = dp
+	return l
+}
+
+// run feeds one frame to the program as if it arrived on the lab's port.
+func (l *lab) run(in []byte) (uint32, []byte) {
+	l.t.Helper()
+	out := make([]byte, len(in)+256)
+	ctx := xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(l.ifindex)}
+	opts := ebpf.RunOptions{Data: in, DataOut: out, Context: ctx}
+	verdict, err := l.dp.objs.KeepbitXdp.Run(&opts)
+	if err != nil {
+		l.t.Fatalf("BPF_PROG_RUN: %v", err)
+	}
+	return verdict, opts.DataOut
+}
+
+func (l *lab) apply(key ServiceKey, spec ServiceSpec) {
+	l.t.Helper()
+	if _, err := l.dp.ApplyService(key, spec); err != nil {
+		l.t.Fatalf("apply %s: %v", key, err)
+	}
+}
+
+func (l *lab) reasons() map[string]Counter {
+	l.t.Helper()
+	s, err := l.dp.Stats()
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return s.Reasons
+}
+
+func svc(vip string, port uint16, proto Proto) ServiceKey {
+	return ServiceKey{VIP: netip.MustParseAddr(vip), Port: port, Proto: proto}
+}
+
+func backend(addr, hw string) BackendSpec {
+	return BackendSpec{Addr: netip.MustParseAddr(addr), MAC: mac(hw), Weight: 1, State: Up}
+}
+
+func (b BackendSpec) vlan(v uint16) BackendSpec   { b.VLAN = v; return b }
+func (b BackendSpec) port(p string) BackendSpec   { b.Port = p; return b }
+func (b BackendSpec) state(s State) BackendSpec   { b.State = s; return b }
+func (b BackendSpec) group(g uint8) BackendSpec   { b.Group = g; return b }
+func (b BackendSpec) weight(w uint32) BackendSpec { b.Weight = w; return b }
+
+const (
+	xdpAborted  = 0
+	xdpDrop     = 1
+	xdpPass     = 2
+	xdpTX       = 3
+	xdpRedirect = 4
+)
+
+func verdictName(v uint32) string {
+	return [...]string{"ABORTED", "DROP", "PASS", "TX", "REDIRECT"}[min(v, 4)]
+}

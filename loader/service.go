@@ -1,0 +1,684 @@
+package loader
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/keepbit/keepbit/internal/maglev"
+)
+
+// Mirrors of bpf/maps.h; TestLimitsMatchBPF keeps them equal.
+const (
+	maxServices = 4096
+	maxBackends = 65536
+	tblHdr      = 16
+	tblSize     = 0
+	tblMembers  = 1
+	tblGroups   = 2
+	tblGen      = 3
+	tblGroupEnd = 4
+
+	stateMask     = 0x3
+	stateInfoSlot = 0x4
+	stateIncShift = 8
+	incMask       = 0xFFFFFF
+
+	// bufferStride is the distance between elements of a mmap'd u32 array:
+	// the kernel rounds array elements up to 8 bytes.
+	bufferStride = 8
+
+	serviceFlagPassNoBackend = 1
+	backendFlagIPv6          = 1
+)
+
+type service struct {
+	key        ServiceKey
+	id         uint32
+	noBackend  NoBackendPolicy
+	tableSize  uint32
+	active     int
+	buffers    [2]*ebpf.Map
+	generation uint32
+	members    map[netip.Addr]*member
+}
+
+type member struct {
+	svc   *service
+	id    uint32
+	inc   uint32
+	slot  uint32 // live backend_info slot
+	state State
+	spec  BackendSpec
+	info  keepbitBackendInfo
+}
+
+func (m *member) word() uint32 {
+	w := uint32(m.state) | m.inc<<stateIncShift
+	if m.slot == 1 {
+		w |= stateInfoSlot
+	}
+	return w
+}
+
+func (s *service) closeBuffers() {
+	for i, b := range s.buffers {
+		if b != nil {
+			b.Close()
+			s.buffers[i] = nil
+		}
+	}
+}
+
+func (d *Dataplane) resetIndex() {
+	d.freeSvc = d.freeSvc[:0]
+	for id := uint32(0); id < maxServices; id++ {
+		if !d.serviceIDUsed(id) {
+			d.freeSvc = append(d.freeSvc, id)
+		}
+	}
+	d.freeBe = d.freeBe[:0]
+	for id := uint32(1); id < maxBackends; id++ {
+		if _, used := d.members[id]; !used {
+			d.freeBe = append(d.freeBe, id)
+		}
+	}
+}
+
+func (d *Dataplane) serviceIDUsed(id uint32) bool {
+	for _, s := range d.services {
+		if s.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+// validate checks a spec before anything is written; every error names the
+// field that is wrong.
+func validate(key ServiceKey, spec *ServiceSpec) error {
+	if !key.VIP.IsValid() {
+		return fmt.Errorf("service %s: vip: not a valid address", key)
+	}
+	switch key.Proto {
+	case TCP, UDP, ICMP, ICMPv6:
+	default:
+		return fmt.Errorf("service %s: proto: %d is not tcp, udp, icmp or icmpv6", key, key.Proto)
+	}
+	if (key.Proto == ICMP || key.Proto == ICMPv6) && key.Port != 0 {
+		return fmt.Errorf("service %s: port: must be 0 for %s", key, key.Proto)
+	}
+	size := spec.TableSize
+	if size == 0 {
+		size = maglev.DefaultSize
+	}
+	if size > maglev.MaxSize || !maglev.IsPrime(size) {
+		return fmt.Errorf("service %s: table_size: %d is not a prime up to %d", key, size, maglev.MaxSize)
+	}
+	if len(spec.Backends) > MaxMembers {
+		return fmt.Errorf("service %s: backends: %d, at most %d", key, len(spec.Backends), MaxMembers)
+	}
+	seen := map[netip.Addr]bool{}
+	for i, b := range spec.Backends {
+		where := fmt.Sprintf("service %s: backend %d (%s)", key, i, b.Addr)
+		switch {
+		case !b.Addr.IsValid():
+			return fmt.Errorf("service %s: backend %d: addr: not a valid address", key, i)
+		case seen[b.Addr.Unmap()]:
+			return fmt.Errorf("%s: addr: listed twice", where)
+		case len(b.MAC) != 6:
+			return fmt.Errorf("%s: mac: want a 6-byte Ethernet address, got %q", where, b.MAC)
+		case b.MAC[0]&1 == 1:
+			return fmt.Errorf("%s: mac: %s is a multicast address", where, b.MAC)
+		case b.VLAN > 4094:
+			return fmt.Errorf("%s: vlan: %d is outside 0-4094", where, b.VLAN)
+		case b.Weight == 0 || b.Weight > 1<<16:
+			return fmt.Errorf("%s: weight: %d is outside 1-65536", where, b.Weight)
+		case b.Group >= MaxGroups:
+			return fmt.Errorf("%s: group: %d, at most %d", where, b.Group, MaxGroups-1)
+		case b.State > Draining:
+			return fmt.Errorf("%s: state: %d is not up, down or draining", where, b.State)
+		}
+		seen[b.Addr.Unmap()] = true
+	}
+	return nil
+}
+
+// portOf resolves a backend's egress port to ifindex and MAC.
+func (d *Dataplane) portOf(name string) (uint32, net.HardwareAddr, error) {
+	if name == "" || name == d.opts.Interface {
+		return uint32(d.ifindex), d.ifmac, nil
+	}
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return 0, nil, fmt.Errorf("port %q: %w", name, err)
+	}
+	if len(ifc.HardwareAddr) != 6 {
+		return 0, nil, fmt.Errorf("port %q: has no Ethernet address", name)
+	}
+	return uint32(ifc.Index), ifc.HardwareAddr, nil
+}
+
+func (d *Dataplane) infoFor(svcID uint32, b BackendSpec) (keepbitBackendInfo, error) {
+	ifindex, srcMAC, err := d.portOf(b.Port)
+	if err != nil {
+		return keepbitBackendInfo{}, fmt.Errorf("backend %s: %w", b.Addr, err)
+	}
+	info := keepbitBackendInfo{
+		Vlan:      b.VLAN,
+		Ifindex:   ifindex,
+		Weight:    b.Weight,
+		Group:     uint32(b.Group),
+		ServiceId: svcID,
+		Addr:      addr16(b.Addr),
+	}
+	copy(info.DstMac[:], b.MAC)
+	copy(info.SrcMac[:], srcMAC)
+	if b.Addr.Unmap().Is6() {
+		info.Flags = backendFlagIPv6
+	}
+	return info, nil
+}
+
+// ApplyService makes the dataplane serve key as spec says: it creates the
+// service or updates it in place (flows of unchanged backends stay), and
+// returns one Change per write that altered forwarding. A spec that fails
+// validation changes nothing.
+func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, error) {
+	started := time.Now()
+	key.VIP = key.VIP.Unmap()
+	if err := validate(key, &spec); err != nil {
+		return nil, err
+	}
+	if spec.TableSize == 0 {
+		spec.TableSize = maglev.DefaultSize
+	}
+	// Resolve ports before touching anything, so a bad port changes nothing.
+	for i := range spec.Backends {
+		spec.Backends[i].Addr = spec.Backends[i].Addr.Unmap()
+		if _, err := d.infoFor(0, spec.Backends[i]); err != nil {
+			return nil, fmt.Errorf("service %s: %w", key, err)
+		}
+	}
+
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+
+	d.mu.Lock()
+	svc, exists := d.services[key]
+	d.mu.Unlock()
+	var changes []Change
+	if !exists {
+		var err error
+		if svc, err = d.newService(key, spec); err != nil {
+			return nil, err
+		}
+	} else if svc.tableSize != spec.TableSize {
+		svc.tableSize = spec.TableSize
+	}
+	svc.noBackend = spec.NoBackend
+
+	removed, err := d.updateMembers(svc, spec.Backends)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := d.writeTable(svc, started)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, ch)
+
+	sv := keepbitServiceValue{Id: svc.id}
+	if svc.noBackend == PassNoBackend {
+		sv.Flags = serviceFlagPassNoBackend
+	}
+	sk := serviceKeyOf(key)
+	if err := d.objs.Services.Put(&sk, &sv); err != nil {
+		return changes, fmt.Errorf("service %s: publish: %w", key, err)
+	}
+	if !exists {
+		d.mu.Lock()
+		d.services[key] = svc
+		d.mu.Unlock()
+		changes = append(changes, Change{Service: key, What: "service added", Started: started, Returned: time.Now(), Generation: svc.generation})
+	}
+	d.releaseMembers(removed)
+	return changes, nil
+}
+
+func serviceKeyOf(k ServiceKey) keepbitServiceKey {
+	return keepbitServiceKey{Addr: addr16(k.VIP), Port: hostToNet16(k.Port), Proto: uint8(k.Proto)}
+}
+
+// newService reserves an ID and installs the two table buffers. Installing
+// an inner map waits for an RCU grace period; both waits run in parallel
+// and happen only here, never when a table changes.
+func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, error) {
+	d.mu.Lock()
+	if len(d.freeSvc) == 0 {
+		d.mu.Unlock()
+		return nil, fmt.Errorf("service %s: the dataplane holds %d services already", key, maxServices)
+	}
+	id := d.freeSvc[0]
+	d.freeSvc = d.freeSvc[1:]
+	d.mu.Unlock()
+
+	svc := &service{key: key, id: id, tableSize: spec.TableSize, members: map[netip.Addr]*member{}}
+	capacity := bufferCapacity(spec.TableSize, len(spec.Backends))
+	var wg sync.WaitGroup
+	var errs [2]error
+	for b := range 2 {
+		wg.Go(func() { svc.buffers[b], errs[b] = d.installBuffer(id, b, capacity) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		svc.closeBuffers()
+		d.mu.Lock()
+		d.freeSvc = append(d.freeSvc, id)
+		d.mu.Unlock()
+		return nil, fmt.Errorf("service %s: %w", key, err)
+	}
+	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
+	if err := d.objs.ServiceStats.Put(id, zero); err != nil {
+		return nil, fmt.Errorf("service %s: reset counters: %w", key, err)
+	}
+	return svc, nil
+}
+
+func bufferCapacity(size uint32, members int) uint32 {
+	return tblHdr + size + uint32((members+63)/64*64)
+}
+
+func (d *Dataplane) installBuffer(svcID uint32, b int, capacity uint32) (*ebpf.Map, error) {
+	spec := d.inner.Copy()
+	spec.Name = "kb_table"
+	spec.MaxEntries = capacity
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, fmt.Errorf("create table buffer: %w", err)
+	}
+	if err := d.objs.Tables.Put(svcID*2+uint32(b), m); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("install table buffer: %w", err)
+	}
+	return m, nil
+}
+
+// updateMembers writes backend records and states for spec; members no
+// longer listed are marked down and returned for release after the table
+// without them is live.
+func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member, error) {
+	want := map[netip.Addr]BackendSpec{}
+	for _, b := range specs {
+		want[b.Addr] = b
+	}
+	var removed []*member
+	for addr, m := range svc.members {
+		if _, ok := want[addr]; ok {
+			continue
+		}
+		d.mu.Lock()
+		m.state = Down
+		err := d.objs.BackendState.Put(m.id, m.word())
+		d.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("service %s: backend %s: mark removed: %w", svc.key, addr, err)
+		}
+		removed = append(removed, m)
+	}
+	for _, b := range specs {
+		info, err := d.infoFor(svc.id, b)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", svc.key, err)
+		}
+		if err := d.ensurePort(info.Ifindex); err != nil {
+			return nil, fmt.Errorf("service %s: backend %s: %w", svc.key, b.Addr, err)
+		}
+		if m, ok := svc.members[b.Addr]; ok {
+			if err := d.updateMember(svc, m, b, info); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := d.addMember(svc, b, info); err != nil {
+			return nil, err
+		}
+	}
+	return removed, nil
+}
+
+func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendInfo) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.freeBe) == 0 {
+		return fmt.Errorf("service %s: backend %s: the dataplane holds %d backends already", svc.key, b.Addr, maxBackends-1)
+	}
+	id := d.freeBe[0]
+	d.freeBe = d.freeBe[1:]
+	m := &member{svc: svc, id: id, inc: (d.lastInc[id] + 1) & incMask, state: b.State, spec: b, info: info}
+	// The record is complete before the state word names it.
+	if err := d.objs.Backends.Put(id*2, &info); err != nil {
+		d.freeBe = append(d.freeBe, id)
+		return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
+	}
+	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
+	if err := d.objs.BackendStats.Put(id, zero); err != nil {
+		d.freeBe = append(d.freeBe, id)
+		return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, b.Addr, err)
+	}
+	if err := d.objs.BackendState.Put(id, m.word()); err != nil {
+		d.freeBe = append(d.freeBe, id)
+		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
+	}
+	d.lastInc[id] = m.inc
+	svc.members[b.Addr] = m
+	d.members[id] = m
+	return nil
+}
+
+// updateMember rewrites a member in place. A changed record goes to the
+// idle info slot and the state word flips to it in one write, so the XDP
+// program never reads half a record.
+func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info keepbitBackendInfo) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if info != m.info {
+		next := 1 - m.slot
+		if err := d.objs.Backends.Put(m.id*2+next, &info); err != nil {
+			return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
+		}
+		m.slot = next
+		m.info = info
+	}
+	m.spec = b
+	m.state = b.State
+	if err := d.objs.BackendState.Put(m.id, m.word()); err != nil {
+		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
+	}
+	return nil
+}
+
+func (d *Dataplane) releaseMembers(ms []*member) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range ms {
+		delete(m.svc.members, m.spec.Addr)
+		delete(d.members, m.id)
+		d.freeBe = append(d.freeBe, m.id)
+	}
+}
+
+func (d *Dataplane) ensurePort(ifindex uint32) error {
+	if ifindex == uint32(d.ifindex) {
+		return nil
+	}
+	d.mu.Lock()
+	known := d.ports[ifindex]
+	d.mu.Unlock()
+	if known {
+		return nil
+	}
+	if err := d.objs.TxPorts.Put(ifindex, ifindex); err != nil {
+		return fmt.Errorf("add egress port %d: %w", ifindex, err)
+	}
+	d.mu.Lock()
+	d.ports[ifindex] = true
+	d.mu.Unlock()
+	return nil
+}
+
+// layout computes the buffer contents for svc from its members' current
+// states: the Maglev table of the most preferred group that has a backend
+// up (or, with none up, of the most preferred group, so that a backend
+// coming up takes effect with its state write alone), and the member list
+// in group order for the dataplane's fallback scan.
+func (d *Dataplane) layout(svc *service) ([]uint32, error) {
+	d.mu.Lock()
+	ms := make([]*member, 0, len(svc.members))
+	for _, m := range svc.members {
+		ms = append(ms, m)
+	}
+	states := make(map[*member]State, len(ms))
+	for _, m := range ms {
+		states[m] = m.state
+	}
+	d.mu.Unlock()
+
+	slices.SortFunc(ms, func(a, b *member) int {
+		if c := cmp.Compare(a.spec.Group, b.spec.Group); c != 0 {
+			return c
+		}
+		return a.spec.Addr.Compare(b.spec.Addr)
+	})
+	var groupEnds []uint32
+	for i, m := range ms {
+		if i+1 == len(ms) || ms[i+1].spec.Group != m.spec.Group {
+			groupEnds = append(groupEnds, uint32(i+1))
+		}
+	}
+
+	var m uint32
+	var slots []uint32
+	if len(ms) > 0 {
+		chosen := -1
+		for _, mb := range ms {
+			if states[mb] == Up {
+				chosen = int(mb.spec.Group)
+				break
+			}
+		}
+		if chosen < 0 {
+			chosen = int(ms[0].spec.Group)
+		}
+		var group []*member
+		var bs []maglev.Backend
+		for _, mb := range ms {
+			if int(mb.spec.Group) == chosen && (states[mb] == Up || !anyUp(ms, states, chosen)) {
+				group = append(group, mb)
+				bs = append(bs, maglev.Backend{Name: mb.spec.Addr.String(), Weight: mb.spec.Weight})
+			}
+		}
+		table, err := maglev.Build(bs, svc.tableSize, uint64(d.opts.HashSeed))
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", svc.key, err)
+		}
+		m = svc.tableSize
+		slots = make([]uint32, m)
+		for i, e := range table {
+			slots[i] = group[e].id
+		}
+	}
+
+	words := make([]uint32, tblHdr+int(m)+len(ms))
+	words[tblSize] = m
+	words[tblMembers] = uint32(len(ms))
+	words[tblGroups] = uint32(len(groupEnds))
+	words[tblGen] = svc.generation + 1
+	copy(words[tblGroupEnd:], groupEnds)
+	copy(words[tblHdr:], slots)
+	for i, mb := range ms {
+		words[tblHdr+int(m)+i] = mb.id
+	}
+	return words, nil
+}
+
+func anyUp(ms []*member, states map[*member]State, group int) bool {
+	for _, m := range ms {
+		if int(m.spec.Group) == group && states[m] == Up {
+			return true
+		}
+	}
+	return false
+}
+
+// writeTable prepares the idle buffer of svc and makes it live with one
+// 4-byte write. Only a buffer too small for the table is replaced, which
+// waits for RCU; a table of the same size never does.
+func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) {
+	words, err := d.layout(svc)
+	if err != nil {
+		return Change{}, err
+	}
+	idle := 1 - svc.active
+	if need := uint32(len(words)); svc.buffers[idle] == nil || svc.buffers[idle].MaxEntries() < need {
+		buf, err := d.installBuffer(svc.id, idle, bufferCapacity(svc.tableSize, len(svc.members)))
+		if err != nil {
+			return Change{}, fmt.Errorf("service %s: %w", svc.key, err)
+		}
+		if old := svc.buffers[idle]; old != nil {
+			old.Close()
+		}
+		svc.buffers[idle] = buf
+	}
+	mem, err := svc.buffers[idle].Memory()
+	if err != nil {
+		return Change{}, fmt.Errorf("service %s: map table buffer: %w", svc.key, err)
+	}
+	raw := make([]byte, bufferStride*len(words))
+	for i, w := range words {
+		binary.NativeEndian.PutUint32(raw[bufferStride*i:], w)
+	}
+	if _, err := mem.WriteAt(raw, 0); err != nil {
+		return Change{}, fmt.Errorf("service %s: write table: %w", svc.key, err)
+	}
+	prepared := time.Now()
+	if err := d.objs.ServiceActive.Put(svc.id, uint32(idle)); err != nil {
+		return Change{}, fmt.Errorf("service %s: switch table: %w", svc.key, err)
+	}
+	returned := time.Now()
+	svc.active = idle
+	svc.generation++
+	return Change{Service: svc.key, What: "table", Started: started, Prepared: prepared, Returned: returned, Generation: svc.generation}, nil
+}
+
+// SetBackendState changes one backend's state with a single 4-byte map
+// write that the XDP program honours from its next packet: down moves new
+// and established flows away, draining keeps established flows. The
+// service's table is then rebuilt in the background without blocking the
+// caller; Sync waits for that.
+func (d *Dataplane) SetBackendState(key ServiceKey, addr netip.Addr, st State) (Change, error) {
+	started := time.Now()
+	key.VIP = key.VIP.Unmap()
+	addr = addr.Unmap()
+	if st > Draining {
+		return Change{}, fmt.Errorf("state: %d is not up, down or draining", st)
+	}
+	d.mu.Lock()
+	svc, ok := d.services[key]
+	if !ok {
+		d.mu.Unlock()
+		return Change{}, fmt.Errorf("service %s: not configured", key)
+	}
+	m, ok := svc.members[addr]
+	if !ok {
+		d.mu.Unlock()
+		return Change{}, fmt.Errorf("service %s: backend %s: not configured", key, addr)
+	}
+	prev := m.state
+	m.state = st
+	err := d.objs.BackendState.Put(m.id, m.word())
+	returned := time.Now()
+	if err != nil {
+		m.state = prev
+		d.mu.Unlock()
+		return Change{}, fmt.Errorf("service %s: backend %s: write state: %w", key, addr, err)
+	}
+	m.spec.State = st
+	d.dirty[key] = true
+	gen := svc.generation
+	d.mu.Unlock()
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+	return Change{Service: key, Backend: addr, What: "state " + st.String(), Started: started, Returned: returned, Generation: gen}, nil
+}
+
+// DeleteService stops serving key: its packets pass to the stack from the
+// next packet on, and its backends' flows are released.
+func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
+	started := time.Now()
+	key.VIP = key.VIP.Unmap()
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.mu.Lock()
+	svc, ok := d.services[key]
+	d.mu.Unlock()
+	if !ok {
+		return Change{}, fmt.Errorf("service %s: not configured", key)
+	}
+	sk := serviceKeyOf(key)
+	if err := d.objs.Services.Delete(&sk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Change{}, fmt.Errorf("service %s: unpublish: %w", key, err)
+	}
+	returned := time.Now()
+	d.mu.Lock()
+	for _, m := range svc.members {
+		m.state = Down
+		_ = d.objs.BackendState.Put(m.id, m.word())
+		delete(d.members, m.id)
+		d.freeBe = append(d.freeBe, m.id)
+	}
+	delete(d.services, key)
+	delete(d.dirty, key)
+	d.mu.Unlock()
+	// Removing the buffers waits for RCU; nothing reads them any more.
+	for b := range 2 {
+		_ = d.objs.Tables.Delete(svc.id*2 + uint32(b))
+	}
+	svc.closeBuffers()
+	d.mu.Lock()
+	d.freeSvc = append(d.freeSvc, svc.id)
+	d.mu.Unlock()
+	return Change{Service: key, What: "service removed", Started: started, Returned: returned}, nil
+}
+
+// Sync rebuilds now every table that a state change left stale.
+func (d *Dataplane) Sync() error {
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	return d.rebuildDirty()
+}
+
+func (d *Dataplane) rebuildDirty() error {
+	d.mu.Lock()
+	var todo []*service
+	for key := range d.dirty {
+		if s, ok := d.services[key]; ok {
+			todo = append(todo, s)
+		}
+		delete(d.dirty, key)
+	}
+	d.mu.Unlock()
+	var errs []error
+	for _, s := range todo {
+		if _, err := d.writeTable(s, time.Now()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Dataplane) rebuildLoop() {
+	defer close(d.done)
+	for {
+		select {
+		case <-d.stop:
+			return
+		case <-d.kick:
+			d.applyMu.Lock()
+			if err := d.rebuildDirty(); err != nil {
+				d.log.Error("table rebuild failed", "error", err)
+			}
+			d.applyMu.Unlock()
+		}
+	}
+}
