@@ -1,0 +1,299 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// topo is client <-> [lbc  LB  lbb] <-> backend. The test process's own
+// (private) namespace is the LB; client and backend get namespaces of
+// their own. The backend holds the VIP on lo, as a DSR backend does, and
+// routes replies back through the LB.
+type topo struct {
+	client, backend netns.NsHandle
+	lbc, lbb        string // LB-side interface names
+	backendMAC      net.HardwareAddr
+	vip             netip.Addr
+}
+
+const (
+	topoVIP  = "10.99.9.9"
+	echoPort = 7
+)
+
+func newNS(t testing.TB) netns.NsHandle {
+	t.Helper()
+	ch := make(chan netns.NsHandle)
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		ns, err := netns.New()
+		if err != nil {
+			errc <- err
+			return
+		}
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return // the thread stays locked and dies with the goroutine
+		}
+		orig.Close()
+		runtime.UnlockOSThread()
+		ch <- ns
+	}()
+	select {
+	case ns := <-ch:
+		t.Cleanup(func() { ns.Close() })
+		return ns
+	case err := <-errc:
+		t.Fatalf("new netns: %v", err)
+	}
+	return 0
+}
+
+// inNS runs fn on a thread inside ns. Sockets fn opens stay in ns.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, err)
+			return // leave the thread locked: it is in the wrong namespace
+		}
+		orig.Close()
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+func must(t testing.TB, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func addr(t testing.TB, h *netlink.Handle, name, cidr string) netlink.Link {
+	t.Helper()
+	l, err := h.LinkByName(name)
+	must(t, err, "find "+name)
+	a, err := netlink.ParseAddr(cidr)
+	must(t, err, "parse "+cidr)
+	must(t, h.AddrAdd(l, a), "address "+cidr+" on "+name)
+	must(t, h.LinkSetUp(l), "up "+name)
+	return l
+}
+
+func newTopo(t testing.TB) *topo {
+	t.Helper()
+	tp := &topo{client: newNS(t), backend: newNS(t), lbc: "kblbc", lbb: "kblbb", vip: netip.MustParseAddr(topoVIP)}
+	for _, p := range []struct {
+		lb, peer string
+		ns       netns.NsHandle
+	}{{tp.lbc, "eth0", tp.client}, {tp.lbb, "eth0", tp.backend}} {
+		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.lb}, PeerName: p.lb + "peer"}
+		must(t, netlink.LinkAdd(v), "add veth "+p.lb)
+		t.Cleanup(func() { _ = netlink.LinkDel(v) })
+		peer, err := netlink.LinkByName(p.lb + "peer")
+		must(t, err, "find peer")
+		must(t, netlink.LinkSetNsFd(peer, int(p.ns)), "move peer")
+		h, err := netlink.NewHandleAt(p.ns)
+		must(t, err, "netlink handle")
+		defer h.Delete()
+		peer, err = h.LinkByName(p.lb + "peer")
+		must(t, err, "find moved peer")
+		must(t, h.LinkSetName(peer, p.peer), "rename peer")
+		lo, err := h.LinkByName("lo")
+		must(t, err, "lo")
+		must(t, h.LinkSetUp(lo), "lo up")
+	}
+	root := netlink.Handle{}
+	addr(t, &root, tp.lbc, "10.99.1.1/24")
+	addr(t, &root, tp.lbb, "10.99.2.1/24")
+	must(t, os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0), "ip_forward")
+
+	hc, err := netlink.NewHandleAt(tp.client)
+	must(t, err, "client handle")
+	defer hc.Delete()
+	ceth := addr(t, hc, "eth0", "10.99.1.2/24")
+	// veth hands checksums to the peer as "to be done" (CHECKSUM_PARTIAL);
+	// a frame that XDP redirects loses that note and arrives with half a
+	// checksum. A real NIC fills it in; here the client must.
+	must(t, inNS(tp.client, func() error { return txChecksumOff("eth0") }), "client tx checksum off")
+	must(t, hc.RouteAdd(&netlink.Route{LinkIndex: ceth.Attrs().Index, Dst: netlink.NewIPNet(net.ParseIP(topoVIP)), Gw: net.ParseIP("10.99.1.1")}), "client route to VIP")
+
+	hb, err := netlink.NewHandleAt(tp.backend)
+	must(t, err, "backend handle")
+	defer hb.Delete()
+	beth := addr(t, hb, "eth0", "10.99.2.2/24")
+	addr(t, hb, "lo", topoVIP+"/32")
+	must(t, hb.RouteAdd(&netlink.Route{LinkIndex: beth.Attrs().Index, Gw: net.ParseIP("10.99.2.1")}), "backend default route")
+	tp.backendMAC = beth.Attrs().HardwareAddr
+
+	// veth delivers XDP_REDIRECTed frames only to a peer running XDP.
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	must(t, err, "load pass program")
+	t.Cleanup(func() { pass.Close() })
+	must(t, inNS(tp.backend, func() error {
+		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: beth.Attrs().Index})
+		if err == nil {
+			t.Cleanup(func() { l.Close() })
+		}
+		return err
+	}), "attach pass program in backend")
+
+	// UDP echo on the VIP, in the backend namespace.
+	var conn *net.UDPConn
+	must(t, inNS(tp.backend, func() error {
+		var err error
+		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(topoVIP), Port: echoPort})
+		return err
+	}), "backend echo listener")
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := conn.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = conn.WriteToUDP(append([]byte("echo "), buf[:n]...), from)
+		}
+	}()
+	return tp
+}
+
+// txChecksumOff is `ethtool -K name tx off` (ETHTOOL_STXCSUM).
+func txChecksumOff(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	value := struct{ cmd, data uint32 }{cmd: 0x00000017} // ETHTOOL_STXCSUM, off
+	var ifr struct {
+		name [unix.IFNAMSIZ]byte
+		data uintptr
+		_    [16]byte
+	}
+	copy(ifr.name[:], name)
+	ifr.data = uintptr(unsafe.Pointer(&value))
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
+		return fmt.Errorf("SIOCETHTOOL %s: %w", name, errno)
+	}
+	return nil
+}
+
+// echoer is a UDP socket in the client namespace.
+type echoer struct {
+	conn *net.UDPConn
+}
+
+func (tp *topo) newEchoer(t testing.TB) *echoer {
+	t.Helper()
+	var c *net.UDPConn
+	must(t, inNS(tp.client, func() error {
+		var err error
+		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.ParseIP(topoVIP), Port: echoPort})
+		return err
+	}), "client socket")
+	t.Cleanup(func() { c.Close() })
+	return &echoer{conn: c}
+}
+
+// ask sends msg to the VIP and reports whether the backend echoed it
+// within wait.
+func (e *echoer) ask(msg string, wait time.Duration) bool {
+	if _, err := e.conn.Write([]byte(msg)); err != nil {
+		return false
+	}
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(wait)
+	for {
+		_ = e.conn.SetReadDeadline(deadline)
+		n, err := e.conn.Read(buf)
+		if err != nil {
+			return false
+		}
+		if string(buf[:n]) == "echo "+msg {
+			return true
+		}
+	}
+}
+
+// pinRoot is a fresh directory that the loader must mount bpffs on itself.
+func pinRoot(t testing.TB) string {
+	dir := t.TempDir()
+	t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+func (tp *topo) spec() (ServiceKey, ServiceSpec) {
+	return ServiceKey{VIP: tp.vip, Port: echoPort, Proto: UDP}, ServiceSpec{Backends: []BackendSpec{{
+		Addr: netip.MustParseAddr("10.99.2.2"), MAC: tp.backendMAC, Port: tp.lbb, Weight: 1, State: Up}}}
+}
+
+func xdpAttached(t testing.TB, name string) bool {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	must(t, err, "find "+name)
+	x := l.Attrs().Xdp
+	return x != nil && x.Attached
+}
+
+// helperEnv makes the test binary act as a short-lived keepbit process:
+// attach, configure, report, then wait to be killed.
+const helperEnv = "KEEPBIT_LOADER_HELPER"
+
+func helperMain() int {
+	root, mac := os.Getenv("KEEPBIT_PIN_ROOT"), os.Getenv("KEEPBIT_BACKEND_MAC")
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		return 2
+	}
+	tp := &topo{lbb: "kblbb", backendMAC: hw, vip: netip.MustParseAddr(topoVIP)}
+	dp, err := Open(context.Background(), Options{Interface: "kblbc", PinRoot: root, HashSeed: 7})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper: open:", err)
+		return 1
+	}
+	key, spec := tp.spec()
+	if _, err := dp.ApplyService(key, spec); err != nil {
+		fmt.Fprintln(os.Stderr, "helper: apply:", err)
+		return 1
+	}
+	fmt.Println("ready", dp.Mode())
+	select {} // killed by the test
+}
