@@ -1,0 +1,43 @@
+# Keepbit build, test and benchmark entry points. `make help` lists them.
+
+SHELL := /bin/bash
+GO ?= go
+# One pinned clang generates the committed BPF objects (Debian bookworm's clang-16).
+BPF_CLANG ?= clang-16
+BPF_STRIP ?= llvm-strip-16
+BPF_PACKAGES := clang-16 llvm-16 libbpf-dev
+BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
+GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfel.go loader/baseline_bpfel.o
+TEST_FLAGS ?= -count=1 -timeout 30m
+BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
+
+.PHONY: help generate check-generated build test bench lint clang
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+clang: ## install the pinned clang and BPF headers with apt-get when missing
+	@command -v $(BPF_CLANG) >/dev/null && command -v $(BPF_STRIP) >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] || \
+	  { echo "installing $(BPF_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BPF_PACKAGES); }
+
+generate: clang ## regenerate the bpf2go output (loader/*_bpfel.*) from bpf/*.c
+	cd loader && BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./...
+
+check-generated: ## fail when the committed bpf2go output does not match bpf/*.c (needs clang)
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp $(GENERATED) $$tmp/ && \
+	  $(MAKE) --no-print-directory generate >/dev/null && \
+	  for f in $(GENERATED); do cmp -s $$f $$tmp/$$(basename $$f) || { echo "stale generated file: $$f (run make generate and commit)"; cp $$tmp/$$(basename $$f) $$f; exit 1; }; done && \
+	  echo "generated BPF objects match bpf/*.c"
+
+build: ## build every package
+	$(GO) build ./...
+
+test: ## run every test; as root this includes BPF and network-namespace tests
+	$(GO) test $(TEST_FLAGS) ./...
+
+bench: ## run the benchmarks (packet cost vs baseline, state change, table switch, maglev)
+	$(GO) test $(BENCH_FLAGS) ./...
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
+	$(GO) vet ./...
