@@ -38,3 +38,25 @@ static __always_inline __u32 flow_hash(const struct flow_key *key, __u32 seed)
 	h ^= h >> 16;
 	return h;
 }
+
+/* vip_filter_bit spreads an address over the prefilter; loader/flowhash.go
+ * has the twin. */
+static __always_inline __u32 vip_filter_bit(const __u8 *addr)
+{
+	const __u32 *w = (const __u32 *)addr;
+	__u32 h = (w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9E3779B1u;
+
+	return h >> 16;
+}
+
+/* flow_cache_index only spreads flows over the cache; entries are matched on
+ * the whole key, so collisions cost a miss, never a wrong backend. */
+static __always_inline __u32 flow_cache_index(const struct flow_key *key)
+{
+	const __u32 *w = (const __u32 *)key;
+	__u32 h = (w[0] ^ w[1] ^ w[2] ^ w[3]) * 0x9E3779B1u;
+
+	h ^= (w[4] ^ w[5] ^ w[6] ^ w[7]) * 0x85EBCA77u;
+	h ^= (w[8] ^ w[9]) * 0xC2B2AE3Du;
+	return (h ^ (h >> 15)) & (FLOW_CACHE_SIZE - 1);
+}

@@ -56,12 +56,14 @@ int keepbit_xdp(struct xdp_md *ctx)
 	void *data_end = (void *)(long)ctx->data_end;
 	__u64 len = data_end - data;
 	__u32 reason = REASON_PASS_NO_SERVICE, info_idx;
-	struct service_value *sv = NULL;
+	struct service_value sv = {};
+	struct flow_cache_entry *ce;
 	struct backend_info *bi;
 	struct choice ch = {};
 	struct flow_key fkey = {};
 	struct packet p = {};
 	int icmp_error = 0, action;
+	__u8 macs[12] __attribute__((aligned(4)));
 
 	if (parse_l2(data, data_end, &p, &reason) < 0)
 		goto pass;
@@ -81,13 +83,27 @@ int keepbit_xdp(struct xdp_md *ctx)
 		goto pass;
 	}
 
-	if (p.frag == FRAG_NONE && quoted_flow(data, data_end, &p, &fkey) == 0) {
-		sv = lookup_service(&fkey);
-		icmp_error = sv != NULL;
+	/* Fast path: an established flow in this CPU's cache, forwarded with
+	 * array lookups only. ICMP takes the slow path, where errors are
+	 * matched to the flow they quote. */
+	if (p.key.proto != IPPROTO_ICMP && p.key.proto != IPPROTO_ICMPV6) {
+		ce = flow_cache_hit(&p.key);
+		if (ce) {
+			if (p.frag == FRAG_FIRST)
+				track_fragment(&p);
+			flow_cache_account(ce, len);
+			count(&service_stats, ce->service, len);
+			count(&backend_stats, ce->backend, len);
+			action = forward(ctx, &p, ce->macs, ce->vlan, ce->ifindex, &reason);
+			count(&reason_stats, reason, len);
+			return action;
+		}
 	}
+
+	if (p.frag == FRAG_NONE && quoted_flow(data, data_end, &p, &fkey) == 0)
+		icmp_error = lookup_service(&fkey, &sv) == 0;
 	if (!icmp_error) {
-		sv = lookup_service(&p.key);
-		if (!sv) {
+		if (lookup_service(&p.key, &sv) < 0) {
 			reason = REASON_PASS_NO_SERVICE;
 			goto pass;
 		}
@@ -96,22 +112,26 @@ int keepbit_xdp(struct xdp_md *ctx)
 	if (p.frag == FRAG_FIRST)
 		track_fragment(&p);
 
-	count(&service_stats, sv->id, len);
-	if (choose_backend(&fkey, sv->id, len, !icmp_error, &ch) < 0)
+	count(&service_stats, sv.id, len);
+	if (choose_backend(&fkey, sv.id, len, !icmp_error, &ch) < 0)
 		goto no_backend;
 	info_idx = ch.backend * 2 + ((ch.state & STATE_INFO_SLOT) ? 1 : 0);
 	bi = bpf_map_lookup_elem(&backends, &info_idx);
 	if (!bi)
 		goto no_backend;
-	count(&backend_stats, ch.backend, len);
 	if (icmp_error)
 		reason = REASON_ICMP_TO_BACKEND;
-	action = forward(ctx, &p, bi, &reason);
+	else
+		flow_cache_fill(&fkey, sv.id, &ch, bi);
+	count(&backend_stats, ch.backend, len);
+	__builtin_memcpy(macs, bi->dst_mac, 6);
+	__builtin_memcpy(macs + 6, bi->src_mac, 6);
+	action = forward(ctx, &p, macs, bi->vlan, bi->ifindex, &reason);
 	count(&reason_stats, reason, len);
 	return action;
 
 no_backend:
-	if (sv->flags & SERVICE_F_PASS_NO_BACKEND) {
+	if (sv.flags & SERVICE_F_PASS_NO_BACKEND) {
 		reason = REASON_PASS_NO_BACKEND;
 		goto pass;
 	}

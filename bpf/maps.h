@@ -18,6 +18,9 @@
 #define MAX_FRAGS 16384
 #define MAX_PORTS 64
 #define MAX_GROUPS 8
+#define FLOW_CACHE_SIZE 8192   /* per CPU, power of two */
+#define FLOW_CACHE_FLUSH 64    /* packets between refreshes of the flow table */
+#define VIP_FILTER_WORDS 1024  /* 65536-bit prefilter of VIP addresses */
 
 /* Layout of one service table buffer (an inner u32 array):
  *   [TBL_SIZE]        Maglev table size M (0 = service has no backend)
@@ -51,6 +54,11 @@ enum backend_state_value {
 
 enum service_flags {
 	SERVICE_F_PASS_NO_BACKEND = 1, /* no usable backend: XDP_PASS instead of drop */
+};
+
+enum vip_flags {
+	VIP_F_PORTS = 1,    /* some service of this (VIP, proto) names a port */
+	VIP_F_CATCHALL = 2, /* catchall holds the port-0 service */
 };
 
 enum backend_flags {
@@ -91,6 +99,19 @@ struct service_value {
 	__u32 flags; /* enum service_flags */
 };
 
+/* vips is looked up first, by (VIP, proto): most VIPs serve one port-0
+ * service or a few ports, and one lookup settles the port-0 case. */
+struct vip_key {
+	__u8 addr[16];
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct vip_value {
+	__u32 flags; /* enum vip_flags */
+	struct service_value catchall;
+};
+
 struct backend_info {
 	__u8 dst_mac[6];
 	__u8 src_mac[6]; /* MAC of the egress port */
@@ -120,6 +141,25 @@ struct flow_value {
 	__u64 bytes;
 };
 
+/* A per-CPU direct-mapped cache of flow table entries: an established
+ * flow is forwarded with array lookups only (a hash lookup costs as much as
+ * the whole minimal XDP program here). Backend state and incarnation are
+ * still checked on every packet. */
+struct flow_cache_entry {
+	struct flow_key key;
+	__u32 backend;
+	__u32 state_word; /* backend_state at fill time: any change (state,
+			   * record slot, incarnation) sends the next packet
+			   * down the slow path, which refills the entry */
+	__u32 service;
+	__u32 ifindex;    /* egress port */
+	__u8 macs[12];    /* destination (backend) and source (egress port) */
+	__u16 vlan;
+	__u16 pad;
+	__u32 pending_packets; /* not yet added to the flow table entry */
+	__u64 pending_bytes;
+};
+
 struct frag_key {
 	__u8 src[16];
 	__u8 dst[16];
@@ -144,12 +184,36 @@ struct settings_value {
 	__u32 flags;
 };
 
+/* Port-specific services; port-0 services live in vips. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_SERVICES);
 	__type(key, struct service_key);
 	__type(value, struct service_value);
 } services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_SERVICES);
+	__type(key, struct vip_key);
+	__type(value, struct vip_value);
+} vips SEC(".maps");
+
+/* Bit vip_filter_bit(addr) is set for every VIP: a clear bit proves a
+ * packet is not for a VIP without a hash lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VIP_FILTER_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} vip_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FLOW_CACHE_SIZE);
+	__type(key, __u32);
+	__type(value, struct flow_cache_entry);
+} flow_cache SEC(".maps");
 
 /* bit 0: which of the two table buffers of the service is live. */
 struct {

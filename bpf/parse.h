@@ -114,12 +114,15 @@ static __always_inline int parse_l2(void *data, void *data_end, struct packet *p
 	return 0;
 }
 
+/* v4_mapped writes ::ffff:addr as four words (the key is 4-byte aligned). */
 static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 {
-	__builtin_memset(dst, 0, 10);
-	dst[10] = 0xff;
-	dst[11] = 0xff;
-	__builtin_memcpy(dst + 12, &addr, 4);
+	__u32 *w = (__u32 *)dst;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0x0000ffff);
+	w[3] = addr;
 }
 
 /* parse_ipv4 at off: fills key addresses and proto, frag info, l4_off. */

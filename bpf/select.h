@@ -17,19 +17,40 @@ struct choice {
 	__u32 state; /* backend_state word */
 };
 
-static __always_inline struct service_value *lookup_service(struct flow_key *key)
+/* lookup_service finds the service of a packet: the prefilter, then the
+ * VIP's entry, then (only when the VIP has port services) the exact port. */
+static __always_inline int lookup_service(struct flow_key *key, struct service_value *out)
 {
-	struct service_key sk = {};
+	__u32 bit = vip_filter_bit(key->dst), word = bit / 64;
 	struct service_value *sv;
+	struct vip_value *vv;
+	struct vip_key vk = {};
+	__u64 *filter;
 
-	__builtin_memcpy(sk.addr, key->dst, 16);
-	sk.port = key->dport;
-	sk.proto = key->proto;
-	sv = bpf_map_lookup_elem(&services, &sk);
-	if (sv || sk.port == 0)
-		return sv;
-	sk.port = 0;
-	return bpf_map_lookup_elem(&services, &sk);
+	filter = bpf_map_lookup_elem(&vip_filter, &word);
+	if (!filter || !(*filter & (1ULL << (bit % 64))))
+		return -1;
+	__builtin_memcpy(vk.addr, key->dst, 16);
+	vk.proto = key->proto;
+	vv = bpf_map_lookup_elem(&vips, &vk);
+	if (!vv)
+		return -1;
+	if ((vv->flags & VIP_F_PORTS) && key->dport) {
+		struct service_key sk = {};
+
+		__builtin_memcpy(sk.addr, key->dst, 16);
+		sk.port = key->dport;
+		sk.proto = key->proto;
+		sv = bpf_map_lookup_elem(&services, &sk);
+		if (sv) {
+			*out = *sv;
+			return 0;
+		}
+	}
+	if (!(vv->flags & VIP_F_CATCHALL))
+		return -1;
+	*out = vv->catchall;
+	return 0;
 }
 
 static __always_inline __u32 state_of(__u32 word)
@@ -138,6 +159,69 @@ static __always_inline int choose_new(__u32 svc_id, __u32 hash, struct choice *o
 		prev = end;
 	}
 	return -1;
+}
+
+/* flow_cache_hit returns this CPU's cache entry for the flow when the
+ * flow's backend is exactly as it was when the entry was filled. */
+static __always_inline struct flow_cache_entry *flow_cache_hit(struct flow_key *key)
+{
+	__u32 idx = flow_cache_index(key), id, *st;
+	const __u64 *a = (const __u64 *)key;
+	struct flow_cache_entry *e;
+	const __u64 *b;
+
+	e = bpf_map_lookup_elem(&flow_cache, &idx);
+	if (!e)
+		return NULL;
+	b = (const __u64 *)&e->key;
+	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]))
+		return NULL;
+	id = e->backend;
+	st = bpf_map_lookup_elem(&backend_state, &id);
+	if (!st || *st != e->state_word)
+		return NULL;
+	return e;
+}
+
+/* flow_cache_account counts the packet in the cache entry and, every
+ * FLOW_CACHE_FLUSH packets, moves the counts to the flow table entry, which
+ * also refreshes its LRU position and last-seen time. */
+static __always_inline void flow_cache_account(struct flow_cache_entry *e, __u64 len)
+{
+	struct flow_value *fv;
+
+	e->pending_packets++;
+	e->pending_bytes += len;
+	if (e->pending_packets < FLOW_CACHE_FLUSH)
+		return;
+	fv = bpf_map_lookup_elem(&flows, &e->key);
+	if (fv) {
+		fv->packets += e->pending_packets;
+		fv->bytes += e->pending_bytes;
+		fv->last_seen_ns = bpf_ktime_get_coarse_ns();
+	}
+	e->pending_packets = 0;
+	e->pending_bytes = 0;
+}
+
+static __always_inline void flow_cache_fill(struct flow_key *key, __u32 svc_id, struct choice *c,
+					    const struct backend_info *bi)
+{
+	__u32 idx = flow_cache_index(key);
+	struct flow_cache_entry *e = bpf_map_lookup_elem(&flow_cache, &idx);
+
+	if (!e)
+		return;
+	__builtin_memcpy(&e->key, key, sizeof(*key));
+	e->backend = c->backend;
+	e->state_word = c->state;
+	e->service = svc_id;
+	e->ifindex = bi->ifindex;
+	__builtin_memcpy(e->macs, bi->dst_mac, 6);
+	__builtin_memcpy(e->macs + 6, bi->src_mac, 6);
+	e->vlan = bi->vlan;
+	e->pending_packets = 0;
+	e->pending_bytes = 0;
 }
 
 /* choose_backend consults the flow table, then the Maglev buffer, and

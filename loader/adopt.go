@@ -34,6 +34,27 @@ func (d *Dataplane) readBack() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("iterate services: %w", err)
 	}
+	var vk keepbitVipKey
+	var vv keepbitVipValue
+	vit := d.objs.Vips.Iterate()
+	for vit.Next(&vk, &vv) {
+		if vv.Flags&vipFlagCatchall == 0 {
+			continue
+		}
+		svc, err := d.readService(keepbitServiceKey{Addr: vk.Addr, Proto: vk.Proto}, vv.Catchall)
+		if err != nil {
+			return err
+		}
+		d.services[svc.key] = svc
+	}
+	if err := vit.Err(); err != nil {
+		return fmt.Errorf("iterate VIPs: %w", err)
+	}
+	for i := range d.filter {
+		if err := d.objs.VipFilter.Lookup(uint32(i), &d.filter[i]); err != nil {
+			return fmt.Errorf("read VIP prefilter: %w", err)
+		}
+	}
 
 	var port, val uint32
 	pit := d.objs.TxPorts.Iterate()

@@ -77,6 +77,7 @@ type Dataplane struct {
 	lastInc  []uint32 // last incarnation written per backend ID
 	ports    map[uint32]bool
 	dirty    map[ServiceKey]bool
+	filter   [vipFilterWords]uint64 // what vip_filter holds
 
 	kick chan struct{}
 	stop chan struct{}
@@ -309,6 +310,9 @@ func (d *Dataplane) mapsByName() map[string]*ebpf.Map {
 		keepbitMapSettings:      m.Settings,
 		keepbitMapTables:        m.Tables,
 		keepbitMapTxPorts:       m.TxPorts,
+		keepbitMapVips:          m.Vips,
+		keepbitMapVipFilter:     m.VipFilter,
+		keepbitMapFlowCache:     m.FlowCache,
 	}
 }
 

@@ -32,6 +32,21 @@ type keepbitCounter struct {
 	Bytes   uint64
 }
 
+type keepbitFlowCacheEntry struct {
+	_              structs.HostLayout
+	Key            keepbitFlowKey
+	Backend        uint32
+	StateWord      uint32
+	Service        uint32
+	Ifindex        uint32
+	Macs           [12]uint8
+	Vlan           uint16
+	Pad            uint16
+	PendingPackets uint32
+	_              [4]byte
+	PendingBytes   uint64
+}
+
 type keepbitFlowKey struct {
 	_     structs.HostLayout
 	Src   [16]uint8
@@ -107,6 +122,19 @@ type keepbitSettingsValue struct {
 	Flags    uint32
 }
 
+type keepbitVipKey struct {
+	_     structs.HostLayout
+	Addr  [16]uint8
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type keepbitVipValue struct {
+	_        structs.HostLayout
+	Flags    uint32
+	Catchall keepbitServiceValue
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -114,6 +142,7 @@ const (
 	keepbitMapBackendState  = "backend_state"
 	keepbitMapBackendStats  = "backend_stats"
 	keepbitMapBackends      = "backends"
+	keepbitMapFlowCache     = "flow_cache"
 	keepbitMapFlows         = "flows"
 	keepbitMapFrags         = "frags"
 	keepbitMapReasonStats   = "reason_stats"
@@ -123,6 +152,8 @@ const (
 	keepbitMapSettings      = "settings"
 	keepbitMapTables        = "tables"
 	keepbitMapTxPorts       = "tx_ports"
+	keepbitMapVipFilter     = "vip_filter"
+	keepbitMapVips          = "vips"
 	keepbitProgKeepbitXdp   = "keepbit_xdp"
 	keepbitVarReasonCount   = "reason_count"
 )
@@ -179,6 +210,7 @@ type keepbitMapSpecs struct {
 	BackendState  *ebpf.MapSpec `ebpf:"backend_state"`
 	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
+	FlowCache     *ebpf.MapSpec `ebpf:"flow_cache"`
 	Flows         *ebpf.MapSpec `ebpf:"flows"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
 	ReasonStats   *ebpf.MapSpec `ebpf:"reason_stats"`
@@ -188,6 +220,8 @@ type keepbitMapSpecs struct {
 	Settings      *ebpf.MapSpec `ebpf:"settings"`
 	Tables        *ebpf.MapSpec `ebpf:"tables"`
 	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
+	Vips          *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // keepbitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -220,6 +254,7 @@ type keepbitMaps struct {
 	BackendState  *ebpf.Map `ebpf:"backend_state"`
 	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
 	Backends      *ebpf.Map `ebpf:"backends"`
+	FlowCache     *ebpf.Map `ebpf:"flow_cache"`
 	Flows         *ebpf.Map `ebpf:"flows"`
 	Frags         *ebpf.Map `ebpf:"frags"`
 	ReasonStats   *ebpf.Map `ebpf:"reason_stats"`
@@ -229,6 +264,8 @@ type keepbitMaps struct {
 	Settings      *ebpf.Map `ebpf:"settings"`
 	Tables        *ebpf.Map `ebpf:"tables"`
 	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
+	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
+	Vips          *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *keepbitMaps) Close() error {
@@ -236,6 +273,7 @@ func (m *keepbitMaps) Close() error {
 		m.BackendState,
 		m.BackendStats,
 		m.Backends,
+		m.FlowCache,
 		m.Flows,
 		m.Frags,
 		m.ReasonStats,
@@ -245,6 +283,8 @@ func (m *keepbitMaps) Close() error {
 		m.Settings,
 		m.Tables,
 		m.TxPorts,
+		m.VipFilter,
+		m.Vips,
 	)
 }
 

@@ -236,18 +236,15 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	}
 	changes = append(changes, ch)
 
-	sv := keepbitServiceValue{Id: svc.id}
-	if svc.noBackend == PassNoBackend {
-		sv.Flags = serviceFlagPassNoBackend
-	}
-	sk := serviceKeyOf(key)
-	if err := d.objs.Services.Put(&sk, &sv); err != nil {
-		return changes, fmt.Errorf("service %s: publish: %w", key, err)
-	}
 	if !exists {
 		d.mu.Lock()
 		d.services[key] = svc
 		d.mu.Unlock()
+	}
+	if err := d.publish(svc); err != nil {
+		return changes, err
+	}
+	if !exists {
 		changes = append(changes, Change{Service: key, What: "service added", Started: started, Returned: time.Now(), Generation: svc.generation})
 	}
 	d.releaseMembers(removed)
@@ -615,9 +612,14 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	if !ok {
 		return Change{}, fmt.Errorf("service %s: not configured", key)
 	}
-	sk := serviceKeyOf(key)
-	if err := d.objs.Services.Delete(&sk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return Change{}, fmt.Errorf("service %s: unpublish: %w", key, err)
+	d.mu.Lock()
+	delete(d.services, key)
+	d.mu.Unlock()
+	if err := d.unpublish(key); err != nil {
+		d.mu.Lock()
+		d.services[key] = svc
+		d.mu.Unlock()
+		return Change{}, err
 	}
 	returned := time.Now()
 	d.mu.Lock()
@@ -627,7 +629,6 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 		delete(d.members, m.id)
 		d.freeBe = append(d.freeBe, m.id)
 	}
-	delete(d.services, key)
 	delete(d.dirty, key)
 	d.mu.Unlock()
 	// Removing the buffers waits for RCU; nothing reads them any more.
