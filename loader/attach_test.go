@@ -88,9 +88,14 @@ func TestAttachPinAdoptDetach(t *testing.T) {
 	}
 	svcs := dp.Services()
 	key, spec := tp.spec()
-	if len(svcs) != 1 || svcs[0].Key != key || len(svcs[0].Backends) != 1 ||
-		svcs[0].Backends[0].Port != tp.lbb || svcs[0].Backends[0].MAC.String() != tp.backendMAC.String() {
-		t.Fatalf("adopted services = %+v, want %s via %s", svcs, key, tp.lbb)
+	catchall := ServiceKey{VIP: key.VIP, Proto: TCP}
+	if len(svcs) != 2 || svcs[0].Key != catchall || svcs[1].Key != key {
+		t.Fatalf("adopted services = %+v, want %s and %s", svcs, catchall, key)
+	}
+	for _, s := range svcs {
+		if len(s.Backends) != 1 || s.Backends[0].Port != tp.lbb || s.Backends[0].MAC.String() != tp.backendMAC.String() {
+			t.Fatalf("adopted %s backends = %+v, want one via %s", s.Key, s.Backends, tp.lbb)
+		}
 	}
 
 	// 4. The adopted state can be changed: add a second (down) backend.

@@ -179,3 +179,61 @@ func TestFlowHashMatchesBPF(t *testing.T) {
 		}
 	}
 }
+
+// TestCachedFlowFollowsRecordChange: a backend's MAC (or VLAN, or port)
+// changes while a flow is established and cached; the next packet uses the
+// new record, because the record swap flips the backend's state word.
+func TestCachedFlowFollowsRecordChange(t *testing.T) {
+	l := newLab(t)
+	key := svc("198.51.100.30", 80, TCP)
+	b := backend("10.4.0.1", "02:ab:00:00:00:01")
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{b}})
+	for range 3 {
+		if got := l.chosen("198.51.100.30", "203.0.113.70", 4242); got != b.MAC.String() {
+			t.Fatalf("flow went to %s, want %s", got, b.MAC)
+		}
+	}
+	moved := b
+	moved.MAC = mac("02:ab:00:00:00:99")
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{moved}})
+	if got := l.chosen("198.51.100.30", "203.0.113.70", 4242); got != moved.MAC.String() {
+		t.Fatalf("after the MAC change the flow went to %s, want %s", got, moved.MAC)
+	}
+}
+
+// TestFlowTableCounts: packets forwarded from the per-CPU cache reach the
+// flow table's counters in batches of 64 (bpf/maps.h FLOW_CACHE_FLUSH).
+func TestFlowTableCounts(t *testing.T) {
+	l := newLab(t)
+	key := svc("198.51.100.31", 80, TCP)
+	b := backend("10.4.0.2", "02:ab:00:00:00:02")
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{b}})
+	const sent = 200
+	for range sent {
+		l.chosen("198.51.100.31", "203.0.113.71", 5151)
+	}
+	flows, err := l.dp.Flows(10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flows) != 1 {
+		t.Fatalf("%d flows, want 1: %+v", len(flows), flows)
+	}
+	f := flows[0]
+	want := Flow{Client: netip.MustParseAddrPort("203.0.113.71:5151"), VIP: netip.MustParseAddrPort("198.51.100.31:80"), Proto: TCP, Backend: b.Addr}
+	if f.Client != want.Client || f.VIP != want.VIP || f.Proto != TCP || f.Backend != b.Addr {
+		t.Fatalf("flow %+v, want %+v", f, want)
+	}
+	// 1 counted when learned, then 3 flushes of 64.
+	if f.Packets != 1+3*64 {
+		t.Errorf("flow table counts %d packets of %d sent, want %d", f.Packets, sent, 1+3*64)
+	}
+	st, err := l.dp.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Backends[key][b.Addr].Packets != sent || st.Services[key].Packets != sent {
+		t.Errorf("backend counter %d, service counter %d, want %d each (counters are exact)",
+			st.Backends[key][b.Addr].Packets, st.Services[key].Packets, sent)
+	}
+}

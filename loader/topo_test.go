@@ -294,6 +294,11 @@ func helperMain() int {
 		fmt.Fprintln(os.Stderr, "helper: apply:", err)
 		return 1
 	}
+	// A port-0 service too, so adoption must read both service maps.
+	if _, err := dp.ApplyService(ServiceKey{VIP: key.VIP, Proto: TCP}, spec); err != nil {
+		fmt.Fprintln(os.Stderr, "helper: apply catch-all:", err)
+		return 1
+	}
 	fmt.Println("ready", dp.Mode())
 	select {} // killed by the test
 }
