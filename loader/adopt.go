@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/keepbit/keepbit/internal/maglev"
 )
 
 // readBack rebuilds the in-memory index from pinned maps, so a restarted
@@ -112,8 +114,8 @@ func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*
 		svc.members[m.spec.Addr] = m
 		d.members[id] = m
 	}
-	if size == 0 {
-		svc.tableSize = 65537
+	if size == 0 { // a service with no members: the next apply sets the size
+		svc.tableSize = maglev.DefaultSize
 	}
 	return svc, nil
 }
@@ -123,7 +125,7 @@ func (d *Dataplane) readMember(svc *service, id uint32) (*member, error) {
 	if err := d.objs.BackendState.Lookup(id, &st); err != nil {
 		return nil, fmt.Errorf("backend %d: state: %w", id, err)
 	}
-	m := &member{svc: svc, id: id, inc: st >> stateIncShift, state: State(st & stateMask)}
+	m := &member{svc: svc, id: id, inc: st >> stateIncShift}
 	if st&stateInfoSlot != 0 {
 		m.slot = 1
 	}
@@ -136,7 +138,7 @@ func (d *Dataplane) readMember(svc *service, id uint32) (*member, error) {
 		VLAN:   m.info.Vlan,
 		Weight: m.info.Weight,
 		Group:  uint8(m.info.Group),
-		State:  m.state,
+		State:  State(st & stateMask),
 	}
 	if m.info.Ifindex != uint32(d.ifindex) {
 		if ifc, err := net.InterfaceByIndex(int(m.info.Ifindex)); err == nil {

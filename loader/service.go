@@ -52,17 +52,16 @@ type service struct {
 }
 
 type member struct {
-	svc   *service
-	id    uint32
-	inc   uint32
-	slot  uint32 // live backend_info slot
-	state State
-	spec  BackendSpec
-	info  keepbitBackendInfo
+	svc  *service
+	id   uint32
+	inc  uint32
+	slot uint32      // live backend_info slot
+	spec BackendSpec // spec.State is the state the dataplane holds
+	info keepbitBackendInfo
 }
 
 func (m *member) word() uint32 {
-	w := uint32(m.state) | m.inc<<stateIncShift
+	w := uint32(m.spec.State) | m.inc<<stateIncShift
 	if m.slot == 1 {
 		w |= stateInfoSlot
 	}
@@ -79,9 +78,13 @@ func (s *service) closeBuffers() {
 }
 
 func (d *Dataplane) resetIndex() {
+	used := map[uint32]bool{}
+	for _, s := range d.services {
+		used[s.id] = true
+	}
 	d.freeSvc = d.freeSvc[:0]
 	for id := uint32(0); id < maxServices; id++ {
-		if !d.serviceIDUsed(id) {
+		if !used[id] {
 			d.freeSvc = append(d.freeSvc, id)
 		}
 	}
@@ -91,15 +94,6 @@ func (d *Dataplane) resetIndex() {
 			d.freeBe = append(d.freeBe, id)
 		}
 	}
-}
-
-func (d *Dataplane) serviceIDUsed(id uint32) bool {
-	for _, s := range d.services {
-		if s.id == id {
-			return true
-		}
-	}
-	return false
 }
 
 // validate checks a spec before anything is written; every error names the
@@ -221,9 +215,8 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 		if svc, err = d.newService(key, spec); err != nil {
 			return nil, err
 		}
-	} else if svc.tableSize != spec.TableSize {
-		svc.tableSize = spec.TableSize
 	}
+	svc.tableSize = spec.TableSize
 	svc.noBackend = spec.NoBackend
 
 	removed, err := d.updateMembers(svc, spec.Backends)
@@ -323,7 +316,7 @@ func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member,
 			continue
 		}
 		d.mu.Lock()
-		m.state = Down
+		m.spec.State = Down
 		err := d.objs.BackendState.Put(m.id, m.word())
 		d.mu.Unlock()
 		if err != nil {
@@ -360,7 +353,7 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 	}
 	id := d.freeBe[0]
 	d.freeBe = d.freeBe[1:]
-	m := &member{svc: svc, id: id, inc: (d.lastInc[id] + 1) & incMask, state: b.State, spec: b, info: info}
+	m := &member{svc: svc, id: id, inc: (d.lastInc[id] + 1) & incMask, spec: b, info: info}
 	// The record is complete before the state word names it.
 	if err := d.objs.Backends.Put(id*2, &info); err != nil {
 		d.freeBe = append(d.freeBe, id)
@@ -396,7 +389,6 @@ func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info ke
 		m.info = info
 	}
 	m.spec = b
-	m.state = b.State
 	if err := d.objs.BackendState.Put(m.id, m.word()); err != nil {
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
@@ -445,7 +437,7 @@ func (d *Dataplane) layout(svc *service) ([]uint32, error) {
 	}
 	states := make(map[*member]State, len(ms))
 	for _, m := range ms {
-		states[m] = m.state
+		states[m] = m.spec.State
 	}
 	d.mu.Unlock()
 
@@ -465,20 +457,17 @@ func (d *Dataplane) layout(svc *service) ([]uint32, error) {
 	var m uint32
 	var slots []uint32
 	if len(ms) > 0 {
-		chosen := -1
+		chosen, anyUp := ms[0].spec.Group, false
 		for _, mb := range ms {
 			if states[mb] == Up {
-				chosen = int(mb.spec.Group)
+				chosen, anyUp = mb.spec.Group, true
 				break
 			}
-		}
-		if chosen < 0 {
-			chosen = int(ms[0].spec.Group)
 		}
 		var group []*member
 		var bs []maglev.Backend
 		for _, mb := range ms {
-			if int(mb.spec.Group) == chosen && (states[mb] == Up || !anyUp(ms, states, chosen)) {
+			if mb.spec.Group == chosen && (states[mb] == Up || !anyUp) {
 				group = append(group, mb)
 				bs = append(bs, maglev.Backend{Name: mb.spec.Addr.String(), Weight: mb.spec.Weight})
 			}
@@ -505,15 +494,6 @@ func (d *Dataplane) layout(svc *service) ([]uint32, error) {
 		words[tblHdr+int(m)+i] = mb.id
 	}
 	return words, nil
-}
-
-func anyUp(ms []*member, states map[*member]State, group int) bool {
-	for _, m := range ms {
-		if int(m.spec.Group) == group && states[m] == Up {
-			return true
-		}
-	}
-	return false
 }
 
 // writeTable prepares the idle buffer of svc and makes it live with one
@@ -579,16 +559,15 @@ func (d *Dataplane) SetBackendState(key ServiceKey, addr netip.Addr, st State) (
 		d.mu.Unlock()
 		return Change{}, fmt.Errorf("service %s: backend %s: not configured", key, addr)
 	}
-	prev := m.state
-	m.state = st
+	prev := m.spec.State
+	m.spec.State = st
 	err := d.objs.BackendState.Put(m.id, m.word())
 	returned := time.Now()
 	if err != nil {
-		m.state = prev
+		m.spec.State = prev
 		d.mu.Unlock()
 		return Change{}, fmt.Errorf("service %s: backend %s: write state: %w", key, addr, err)
 	}
-	m.spec.State = st
 	d.dirty[key] = true
 	gen := svc.generation
 	d.mu.Unlock()
@@ -624,7 +603,7 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	returned := time.Now()
 	d.mu.Lock()
 	for _, m := range svc.members {
-		m.state = Down
+		m.spec.State = Down
 		_ = d.objs.BackendState.Put(m.id, m.word())
 		delete(d.members, m.id)
 		d.freeBe = append(d.freeBe, m.id)
