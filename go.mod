@@ -10,3 +10,5 @@ require (
 )
 
 require github.com/vishvananda/netns v0.0.5
+
+require golang.org/x/net v0.48.0

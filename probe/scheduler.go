@@ -1,0 +1,273 @@
+package probe
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// State is a check's verdict on its backend.
+type State int
+
+const (
+	Unknown State = iota // not enough results yet
+	Up
+	Down
+)
+
+func (s State) String() string {
+	return [...]string{"unknown", "up", "down"}[s]
+}
+
+// Result is one probe.
+type Result struct {
+	Check   string
+	Start   time.Time
+	Latency time.Duration
+	Err     error // nil: success
+}
+
+// Event is a state change of a check, with the timing words of design.md:
+// Detect is when the first probe of the run that crossed rise/fall
+// started, Decide when the crossing result came in.
+type Event struct {
+	Check   string
+	From    State
+	To      State
+	Detect  time.Time
+	Decide  time.Time
+	Latency time.Duration // of the deciding probe
+	Err     error         // of the deciding probe, for Down
+}
+
+// Scheduler runs checks. One goroutine keeps the timetable; each probe in
+// flight runs in a goroutine of its own that is parked on I/O, so checks
+// cost memory only while a probe is outstanding.
+type Scheduler struct {
+	events  chan Event
+	results chan Result // optional observer, may be nil
+
+	mu     sync.Mutex
+	checks map[string]*check
+	due    dueHeap
+	wake   chan struct{}
+}
+
+type check struct {
+	id       string
+	spec     Spec
+	prober   prober
+	next     time.Time
+	index    int // in the heap; -1 while a probe is in flight or removed
+	removed  bool
+	state    State
+	okRun    int
+	failRun  int
+	runStart time.Time // start of the first probe of the current run
+}
+
+// NewScheduler returns a scheduler whose events arrive on Events. A
+// results channel, when given, receives every probe (dropped if full).
+func NewScheduler(results chan Result) *Scheduler {
+	return &Scheduler{
+		events:  make(chan Event, 1024),
+		results: results,
+		checks:  map[string]*check{},
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// Events delivers state changes in the order they were decided.
+func (s *Scheduler) Events() <-chan Event { return s.events }
+
+// Add starts (or replaces) check id. The first probe runs within one
+// interval, spread by jitter.
+func (s *Scheduler) Add(id string, spec Spec) error {
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("check %s: %w", id, err)
+	}
+	p, err := newProber(spec)
+	if err != nil {
+		return fmt.Errorf("check %s: %w", id, err)
+	}
+	s.mu.Lock()
+	if old, ok := s.checks[id]; ok {
+		s.removeLocked(old)
+	}
+	c := &check{id: id, spec: spec, prober: p, index: -1}
+	c.next = time.Now().Add(time.Duration(rand.Float64() * float64(spec.Interval)))
+	s.checks[id] = c
+	heap.Push(&s.due, c)
+	s.mu.Unlock()
+	s.poke()
+	return nil
+}
+
+// Remove stops check id; a probe in flight finishes unreported.
+func (s *Scheduler) Remove(id string) {
+	s.mu.Lock()
+	if c, ok := s.checks[id]; ok {
+		s.removeLocked(c)
+	}
+	s.mu.Unlock()
+}
+
+func (s *Scheduler) removeLocked(c *check) {
+	c.removed = true
+	if c.index >= 0 {
+		heap.Remove(&s.due, c.index)
+	}
+	delete(s.checks, c.id)
+}
+
+// State returns the current state of check id.
+func (s *Scheduler) State(id string) (State, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.checks[id]
+	if !ok {
+		return Unknown, false
+	}
+	return c.state, true
+}
+
+func (s *Scheduler) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run keeps the timetable until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		now := time.Now()
+		for len(s.due) > 0 && !s.due[0].next.After(now) {
+			c := heap.Pop(&s.due).(*check)
+			go s.runProbe(ctx, c)
+		}
+		wait := time.Hour
+		if len(s.due) > 0 {
+			wait = time.Until(s.due[0].next)
+		}
+		s.mu.Unlock()
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+func (s *Scheduler) runProbe(ctx context.Context, c *check) {
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, c.spec.Timeout)
+	err := c.prober.probe(pctx)
+	cancel()
+	if ctx.Err() != nil {
+		return
+	}
+	r := Result{Check: c.id, Start: start, Latency: time.Since(start), Err: err}
+	if s.results != nil {
+		select {
+		case s.results <- r:
+		default:
+		}
+	}
+	s.mu.Lock()
+	if c.removed {
+		s.mu.Unlock()
+		return
+	}
+	ev, changed := c.record(r)
+	// Schedule from the previous due time, not from when the goroutine
+	// got to run, so a 5 ms check stays at 5 ms instead of drifting.
+	c.next = c.next.Add(c.interval())
+	if now := time.Now(); c.next.Before(now) {
+		c.next = now
+	}
+	heap.Push(&s.due, c)
+	s.mu.Unlock()
+	s.poke()
+	if changed {
+		select {
+		case s.events <- ev:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// record applies one result to the consecutive counters (never cumulative)
+// and reports a state change when rise or fall is crossed.
+func (c *check) record(r Result) (Event, bool) {
+	if r.Err == nil {
+		if c.okRun == 0 {
+			c.runStart = r.Start
+		}
+		c.okRun++
+		c.failRun = 0
+		if c.state != Up && c.okRun >= c.spec.Rise {
+			return c.change(Up, r), true
+		}
+		return Event{}, false
+	}
+	if c.failRun == 0 {
+		c.runStart = r.Start
+	}
+	c.failRun++
+	c.okRun = 0
+	if c.state != Down && c.failRun >= c.spec.Fall {
+		return c.change(Down, r), true
+	}
+	return Event{}, false
+}
+
+func (c *check) change(to State, r Result) Event {
+	ev := Event{Check: c.id, From: c.state, To: to, Detect: c.runStart, Decide: time.Now(), Latency: r.Latency, Err: r.Err}
+	c.state = to
+	return ev
+}
+
+// interval is the fast interval while a change is pending, with jitter.
+func (c *check) interval() time.Duration {
+	iv := c.spec.Interval
+	pending := (c.state != Up && c.okRun > 0) || (c.state != Down && c.failRun > 0)
+	if pending && c.spec.FastInterval > 0 {
+		iv = c.spec.FastInterval
+	}
+	if c.spec.Jitter > 0 {
+		iv += time.Duration((rand.Float64()*2 - 1) * c.spec.Jitter * float64(iv))
+	}
+	return iv
+}
+
+type dueHeap []*check
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h dueHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index = i
+	h[j].index = j
+}
+func (h *dueHeap) Push(x any) {
+	c := x.(*check)
+	c.index = len(*h)
+	*h = append(*h, c)
+}
+func (h *dueHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	c.index = -1
+	*h = old[:len(old)-1]
+	return c
+}

@@ -1,0 +1,215 @@
+package probe
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRiseFall feeds result sequences to a check and expects the state
+// changes at exact positions, with detect = start of the run's first probe.
+func TestRiseFall(t *testing.T) {
+	type change struct {
+		at     int // index of the deciding result
+		to     State
+		detect int // index of the first result of the run
+	}
+	cases := []struct {
+		name       string
+		rise, fall int
+		seq        string // '+' success, '-' failure
+		want       []change
+	}{
+		{"rise 2 from unknown", 2, 3, "++", []change{{1, Up, 0}}},
+		{"fall 3 after up", 2, 3, "++---", []change{{1, Up, 0}, {4, Down, 2}}},
+		{"interrupted failures do not add up", 2, 3, "++--+--+--", []change{{1, Up, 0}}},
+		{"flapping never crosses", 3, 3, "+-+-+-++-+", nil},
+		{"down from unknown after fall", 2, 2, "--", []change{{1, Down, 0}}},
+		{"recover needs rise consecutive", 2, 1, "++-+-++", []change{{1, Up, 0}, {2, Down, 2}, {6, Up, 5}}},
+		{"rise 1 fall 1 follows every result", 1, 1, "+-+", []change{{0, Up, 0}, {1, Down, 1}, {2, Up, 2}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ch := &check{id: "x", spec: Spec{Rise: c.rise, Fall: c.fall}}
+			t0 := time.Unix(1000, 0)
+			var got []change
+			for i, r := range c.seq {
+				res := Result{Check: "x", Start: t0.Add(time.Duration(i) * time.Second)}
+				if r == '-' {
+					res.Err = errors.New("refused")
+				}
+				if ev, ok := ch.record(res); ok {
+					got = append(got, change{at: i, to: ev.To, detect: int(ev.Detect.Sub(t0) / time.Second)})
+				}
+			}
+			if !slices.Equal(got, c.want) {
+				t.Fatalf("changes %+v, want %+v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ok := Spec{Kind: TCP, Target: netip.MustParseAddrPort("127.0.0.1:80"), Interval: time.Second, Timeout: time.Second / 2, Rise: 1, Fall: 1}
+	with := func(f func(*Spec)) Spec { s := ok; f(&s); return s }
+	cases := []struct {
+		name    string
+		spec    Spec
+		wantErr string
+	}{
+		{"no type", with(func(s *Spec) { s.Kind = "" }), "type: required"},
+		{"bad type", with(func(s *Spec) { s.Kind = "smtp" }), `type: "smtp" is not`},
+		{"tcp without port", with(func(s *Spec) { s.Target = netip.AddrPortFrom(s.Target.Addr(), 0) }), "target: tcp needs address:port"},
+		{"icmp without address", with(func(s *Spec) { s.Kind = ICMP; s.Target = netip.AddrPort{} }), "target: icmp needs an address"},
+		{"exec without command", with(func(s *Spec) { s.Kind = Exec }), "command: required"},
+		{"interval too short", with(func(s *Spec) { s.Interval = time.Microsecond }), "interval: 1µs, must be at least 1ms"},
+		{"fast interval too short", with(func(s *Spec) { s.FastInterval = time.Microsecond }), "fast_interval"},
+		{"timeout zero", with(func(s *Spec) { s.Timeout = 0 }), "timeout: 0s, must be positive"},
+		{"timeout beyond interval", with(func(s *Spec) { s.Timeout = 2 * time.Second }), "timeout: 2s is longer than the interval 1s"},
+		{"rise 0", with(func(s *Spec) { s.Rise = 0 }), "rise: 0"},
+		{"fall 0", with(func(s *Spec) { s.Fall = 0 }), "fall: 0"},
+		{"jitter too big", with(func(s *Spec) { s.Jitter = 0.9 }), "jitter: 0.9"},
+		{"bad status", with(func(s *Spec) { s.Kind = HTTP; s.ExpectStatus = []int{99} }), "expect_status: 99"},
+		{"udp without payload", with(func(s *Spec) { s.Kind = UDP }), "payload: required"},
+	}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid spec rejected: %v", err)
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := c.spec.Validate()
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Fatalf("got %v, want error containing %q", err, c.wantErr)
+			}
+		})
+	}
+}
+
+// toggler is a TCP listener the test can take down and bring back.
+type toggler struct {
+	t    *testing.T
+	addr string
+	ln   net.Listener
+}
+
+func (g *toggler) up() {
+	ln, err := net.Listen("tcp", g.addr)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.ln = ln
+	g.addr = ln.Addr().String()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+}
+
+func (g *toggler) down() { g.ln.Close() }
+
+func waitEvent(t *testing.T, s *Scheduler, want State, within time.Duration) Event {
+	t.Helper()
+	select {
+	case ev := <-s.Events():
+		if ev.To != want {
+			t.Fatalf("event %s -> %s, want -> %s", ev.From, ev.To, want)
+		}
+		return ev
+	case <-time.After(within):
+		t.Fatalf("no -> %s event within %v", want, within)
+	}
+	return Event{}
+}
+
+// TestSchedulerDetectsDown: a TCP backend goes away and comes back; the
+// events arrive within fall (rise) x interval plus generous slack, with
+// detect before decide.
+func TestSchedulerDetectsDown(t *testing.T) {
+	g := &toggler{t: t, addr: "127.0.0.1:0"}
+	g.up()
+	s := NewScheduler(nil)
+	ctx := t.Context()
+	go s.Run(ctx)
+	spec := Spec{Kind: TCP, Target: netip.MustParseAddrPort(g.addr), Interval: 20 * time.Millisecond,
+		FastInterval: 5 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 2, Fall: 3, Jitter: 0.1}
+	if err := s.Add("web", spec); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, s, Up, 2*time.Second)
+
+	g.down()
+	downAt := time.Now()
+	ev := waitEvent(t, s, Down, 2*time.Second)
+	// Fall 3 at the fast interval after the first failure: ~20 ms + 2 x 5 ms.
+	t.Logf("down decided %v after the listener closed (detect->decide %v)", ev.Decide.Sub(downAt), ev.Decide.Sub(ev.Detect))
+	if ev.Detect.After(ev.Decide) || ev.Detect.Before(downAt.Add(-spec.Interval)) {
+		t.Errorf("detect %v, decide %v, listener down at %v", ev.Detect, ev.Decide, downAt)
+	}
+	if !strings.Contains(ev.Err.Error(), "refused") {
+		t.Errorf("deciding error %v, want connection refused", ev.Err)
+	}
+	if st, _ := s.State("web"); st != Down {
+		t.Errorf("state %s, want down", st)
+	}
+
+	g.up()
+	waitEvent(t, s, Up, 2*time.Second)
+	s.Remove("web")
+	if _, ok := s.State("web"); ok {
+		t.Error("removed check still known")
+	}
+}
+
+// TestFiveMillisecondInterval measures the spacing of a 5 ms check: the
+// mean must be close to 5 ms (generous bounds; the figure is logged).
+func TestFiveMillisecondInterval(t *testing.T) {
+	g := &toggler{t: t, addr: "127.0.0.1:0"}
+	g.up()
+	results := make(chan Result, 4096)
+	s := NewScheduler(results)
+	go s.Run(t.Context())
+	if err := s.Add("fast", Spec{Kind: TCP, Target: netip.MustParseAddrPort(g.addr), Interval: 5 * time.Millisecond,
+		Timeout: 4 * time.Millisecond, Rise: 1, Fall: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var starts []time.Time
+	deadline := time.After(time.Second)
+collect:
+	for {
+		select {
+		case r := <-results:
+			if r.Err != nil {
+				t.Fatalf("probe failed: %v", r.Err)
+			}
+			starts = append(starts, r.Start)
+		case <-deadline:
+			break collect
+		}
+	}
+	if len(starts) < 20 {
+		t.Fatalf("%d probes in 1s at a 5ms interval", len(starts))
+	}
+	var gaps []time.Duration
+	for i := 1; i < len(starts); i++ {
+		gaps = append(gaps, starts[i].Sub(starts[i-1]))
+	}
+	slices.Sort(gaps)
+	var sum time.Duration
+	for _, g := range gaps {
+		sum += g
+	}
+	mean := sum / time.Duration(len(gaps))
+	t.Logf("5ms check: %d probes in 1s, interval mean %v p50 %v p99 %v max %v", len(starts), mean, gaps[len(gaps)/2], gaps[len(gaps)*99/100], gaps[len(gaps)-1])
+	if mean < 4*time.Millisecond || mean > 8*time.Millisecond {
+		t.Errorf("mean interval %v, want about 5ms", mean)
+	}
+}
