@@ -7,4 +7,9 @@ import (
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(privtest.Main(m)) }
+func TestMain(m *testing.M) {
+	if os.Getenv(listenerEnv) != "" {
+		os.Exit(listenerMain())
+	}
+	os.Exit(privtest.Main(m))
+}

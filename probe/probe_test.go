@@ -211,4 +211,3 @@ func TestProbeICMP(t *testing.T) {
 		})
 	}
 }
-

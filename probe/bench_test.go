@@ -1,0 +1,126 @@
+package probe
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// listenerEnv turns the test binary into a process of TCP listeners that
+// accept and close, so a benchmark measures the prober's CPU alone.
+const listenerEnv = "KEEPBIT_PROBE_LISTENERS"
+
+func listenerMain() int {
+	n, _ := strconv.Atoi(os.Getenv(listenerEnv))
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		addrs = append(addrs, ln.Addr().String())
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+	}
+	fmt.Println(strings.Join(addrs, " "))
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n') // until the benchmark closes stdin
+	return 0
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkChecks: N TCP checks at 100 ms (jitter 0.2) against 100 local
+// listeners in another process, 3 s per round. Reports probes/s, failures,
+// CPU cores and CPU per probe used by the prober, goroutines and heap.
+// The figure is N=10000 (100,000 probes/s); smaller N show the
+// cost where the 2-core machine is not saturated by the listeners.
+func BenchmarkChecks(b *testing.B) {
+	for _, n := range []int{1000, 5000, 10000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) { benchChecks(b, n) })
+	}
+}
+
+func benchChecks(b *testing.B, checks int) {
+	const listeners = 100
+	helper := exec.Command("/proc/self/exe")
+	helper.Env = append(os.Environ(), listenerEnv+"="+strconv.Itoa(listeners))
+	stdin, _ := helper.StdinPipe()
+	stdout, _ := helper.StdoutPipe()
+	if err := helper.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { stdin.Close(); _ = helper.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		b.Fatal(err)
+	}
+	addrs := strings.Fields(line)
+
+	for b.Loop() {
+		results := make(chan Result, 1<<16)
+		s := NewScheduler(results)
+		ctx, cancel := context.WithCancel(context.Background())
+		go s.Run(ctx)
+		for i := range checks {
+			sp := Spec{Kind: TCP, Target: netip.MustParseAddrPort(addrs[i%listeners]), Interval: 100 * time.Millisecond,
+				Timeout: 90 * time.Millisecond, Rise: 2, Fall: 3, Jitter: 0.2}
+			if err := s.Add(fmt.Sprint("c", i), sp); err != nil {
+				b.Fatal(err)
+			}
+		}
+		time.Sleep(500 * time.Millisecond) // let the first round start
+		var ok, failed int
+		var maxG int
+		cpu0, t0 := cpuTime(), time.Now()
+		end := time.After(3 * time.Second)
+		sample := time.NewTicker(50 * time.Millisecond)
+	loop:
+		for {
+			select {
+			case r := <-results:
+				if r.Err == nil {
+					ok++
+				} else {
+					failed++
+				}
+			case <-sample.C:
+				maxG = max(maxG, runtime.NumGoroutine())
+			case <-end:
+				break loop
+			}
+		}
+		wall, cpu := time.Since(t0), cpuTime()-cpu0
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		cancel()
+		sample.Stop()
+		b.ReportMetric(float64(ok+failed)/wall.Seconds(), "probes/s")
+		b.ReportMetric(float64(failed)/float64(ok+failed)*100, "failed-%")
+		b.ReportMetric(cpu.Seconds()/wall.Seconds(), "cpu-cores")
+		b.ReportMetric(float64(cpu.Microseconds())/float64(ok+failed), "cpu-us/probe")
+		b.ReportMetric(float64(maxG), "max-goroutines")
+		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MiB")
+	}
+}
