@@ -1,0 +1,136 @@
+// Package config reads keepbit.yaml: it decodes, applies defaults and
+// validates, and every error names the file, the line and the field. It
+// describes desired state only; the control loop turns it into dataplane
+// and probe calls.
+package config
+
+import (
+	"net/netip"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is one keepbit.yaml.
+type Config struct {
+	Node       Node        `yaml:"node"`
+	Interfaces []Interface `yaml:"interfaces"`
+	API        API         `yaml:"api"`
+	Metrics    Metrics     `yaml:"metrics"`
+	Log        Log         `yaml:"log"`
+	Defaults   Defaults    `yaml:"defaults"`
+	Services   []Service   `yaml:"services"`
+}
+
+// Node holds what every Keepbit node sharing VIPs must agree on.
+type Node struct {
+	Name string `yaml:"name"`
+	// HashSeed must be equal on all nodes: same flow, same backend.
+	HashSeed uint32 `yaml:"hash_seed"`
+	PinRoot  string `yaml:"pin_root"`
+}
+
+// Interface is a port the forwarder runs on.
+type Interface struct {
+	Name string `yaml:"name"`
+	Mode string `yaml:"mode"` // auto (default), native, generic
+}
+
+type API struct {
+	Socket string `yaml:"socket"`
+}
+
+type Metrics struct {
+	Listen string `yaml:"listen"` // empty = 127.0.0.1:9469; "off" disables
+}
+
+type Log struct {
+	Format string `yaml:"format"` // text (default) or json
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+}
+
+// Defaults apply to every service that does not say otherwise.
+type Defaults struct {
+	Check     yaml.Node `yaml:"check"`
+	TableSize uint32    `yaml:"table_size"`
+}
+
+// Check is a health check as written; probe.Spec is what runs.
+type Check struct {
+	Type         string        `yaml:"type"`
+	Port         uint16        `yaml:"port"` // 0 = the service port
+	Interval     time.Duration `yaml:"interval"`
+	FastInterval time.Duration `yaml:"fast_interval"`
+	Timeout      time.Duration `yaml:"timeout"`
+	Rise         int           `yaml:"rise"`
+	Fall         int           `yaml:"fall"`
+	Jitter       float64       `yaml:"jitter"`
+	Source       netip.Addr    `yaml:"source"`
+	Interface    string        `yaml:"interface"`
+	Method       string        `yaml:"method"`
+	Path         string        `yaml:"path"`
+	Host         string        `yaml:"host"`
+	ExpectStatus []int         `yaml:"expect_status"`
+	ExpectBody   string        `yaml:"expect_body"`
+	CAFile       string        `yaml:"ca_file"`
+	TLSNoVerify  bool          `yaml:"tls_no_verify"`
+	Payload      string        `yaml:"payload"`
+	ExpectReply  string        `yaml:"expect_reply"`
+	Command      string        `yaml:"command"`
+	Args         []string      `yaml:"args"`
+	Env          []string      `yaml:"env"`
+}
+
+// Flap dampening: after Transitions state changes within Within, a
+// backend is held down for HoldDown.
+type Flap struct {
+	Transitions int           `yaml:"transitions"`
+	Within      time.Duration `yaml:"within"`
+	HoldDown    time.Duration `yaml:"hold_down"`
+}
+
+// Notify runs a command on every state change, the event in its
+// environment (like keepalived's notify scripts).
+type Notify struct {
+	Command string        `yaml:"command"`
+	Args    []string      `yaml:"args"`
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Service is a VIP, port and protocol with its backends.
+type Service struct {
+	Name       string     `yaml:"name"`
+	VIP        netip.Addr `yaml:"vip"`
+	Port       uint16     `yaml:"port"` // 0 = every port
+	Protocol   string     `yaml:"protocol"`
+	Interface  string     `yaml:"interface"`
+	Forwarding string     `yaml:"forwarding"` // dsr (the only mode so far)
+	TableSize  uint32     `yaml:"table_size"`
+	// WhenAllDown: drop, pass (to the local stack) or keep-last (keep
+	// forwarding to the last healthy set).
+	WhenAllDown string `yaml:"when_all_down"`
+	// PanicThreshold in percent: when more than this share of backends is
+	// down, stop ejecting (0 = off).
+	PanicThreshold int       `yaml:"panic_threshold"`
+	Flap           Flap      `yaml:"flap"`
+	Notify         Notify    `yaml:"notify"`
+	CheckNode      yaml.Node `yaml:"check"`
+	Backends       []Backend `yaml:"backends"`
+
+	// Check is the effective check: defaults, then the service's own.
+	Check Check `yaml:"-"`
+}
+
+// Backend is one real server of a service.
+type Backend struct {
+	Address   netip.Addr `yaml:"address"`
+	MAC       string     `yaml:"mac"` // empty: resolved from the neighbour table
+	Weight    uint32     `yaml:"weight"`
+	Group     uint8      `yaml:"group"` // priority group, 0 most preferred
+	VLAN      uint16     `yaml:"vlan"`
+	Port      string     `yaml:"port"` // egress interface; default the service's
+	CheckNode yaml.Node  `yaml:"check"`
+
+	// Check is the effective check: the service's, then the backend's own.
+	Check Check `yaml:"-"`
+}

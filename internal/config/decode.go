@@ -1,0 +1,205 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// decoder walks YAML nodes into Go values by their yaml tags, so that every
+// error, and every later validation error, can name file, line and field.
+type decoder struct {
+	file  string
+	errs  []error
+	lines map[string]int // field path -> line
+}
+
+func (d *decoder) errorf(line int, path, format string, args ...any) {
+	d.errs = append(d.errs, fmt.Errorf("%s:%d: %s: %s", d.file, line, path, fmt.Sprintf(format, args...)))
+}
+
+// fail reports a validation problem at the line where path was written
+// (or its nearest written parent).
+func (d *decoder) fail(path, format string, args ...any) {
+	d.errorf(d.lineOf(path), path, format, args...)
+}
+
+func (d *decoder) lineOf(path string) int {
+	for p := path; p != ""; {
+		if l, ok := d.lines[p]; ok {
+			return l
+		}
+		i := max(strings.LastIndexAny(p, ".["), 0)
+		p = p[:i]
+	}
+	return 1
+}
+
+func join(path, field string) string {
+	if path == "" {
+		return field
+	}
+	return path + "." + field
+}
+
+var (
+	nodeType     = reflect.TypeFor[yaml.Node]()
+	durationType = reflect.TypeFor[time.Duration]()
+	addrType     = reflect.TypeFor[netip.Addr]()
+)
+
+// decode stores n into v, which may already hold defaults: only the keys
+// present in n change it.
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	if n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	d.lines[path] = n.Line
+	switch v.Type() {
+	case nodeType:
+		v.Set(reflect.ValueOf(*n))
+		return
+	case durationType:
+		if !d.scalar(n, path) {
+			return
+		}
+		dur, err := time.ParseDuration(n.Value)
+		if err != nil || dur < 0 {
+			d.errorf(n.Line, path, "%q is not a duration like 250ms or 2s", n.Value)
+			return
+		}
+		v.SetInt(int64(dur))
+		return
+	case addrType:
+		if !d.scalar(n, path) {
+			return
+		}
+		a, err := netip.ParseAddr(n.Value)
+		if err != nil {
+			d.errorf(n.Line, path, "%q is not an IPv4 or IPv6 address", n.Value)
+			return
+		}
+		v.Set(reflect.ValueOf(a))
+		return
+	}
+
+	switch v.Kind() {
+	case reflect.Struct:
+		d.decodeStruct(n, v, path)
+	case reflect.Slice:
+		if n.Kind != yaml.SequenceNode {
+			d.errorf(n.Line, path, "want a list")
+			return
+		}
+		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, item := range n.Content {
+			d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+		v.Set(s)
+	case reflect.String:
+		if d.scalar(n, path) {
+			v.SetString(n.Value)
+		}
+	case reflect.Bool:
+		if !d.scalar(n, path) {
+			return
+		}
+		switch n.Value {
+		case "true":
+			v.SetBool(true)
+		case "false":
+			v.SetBool(false)
+		default:
+			d.errorf(n.Line, path, "%q is not true or false", n.Value)
+		}
+	case reflect.Int, reflect.Int64:
+		if !d.scalar(n, path) {
+			return
+		}
+		i, err := strconv.ParseInt(n.Value, 10, 64)
+		if err != nil {
+			d.errorf(n.Line, path, "%q is not a whole number", n.Value)
+			return
+		}
+		v.SetInt(i)
+	case reflect.Uint8, reflect.Uint16, reflect.Uint32:
+		if !d.scalar(n, path) {
+			return
+		}
+		bits := v.Type().Bits()
+		u, err := strconv.ParseUint(n.Value, 10, bits)
+		if err != nil {
+			d.errorf(n.Line, path, "%q is not a whole number from 0 to %d", n.Value, uint64(1)<<bits-1)
+			return
+		}
+		v.SetUint(u)
+	case reflect.Float64:
+		if !d.scalar(n, path) {
+			return
+		}
+		f, err := strconv.ParseFloat(n.Value, 64)
+		if err != nil {
+			d.errorf(n.Line, path, "%q is not a number", n.Value)
+			return
+		}
+		v.SetFloat(f)
+	default:
+		d.errorf(n.Line, path, "cannot hold a %s", v.Kind())
+	}
+}
+
+func (d *decoder) scalar(n *yaml.Node, path string) bool {
+	if n.Kind != yaml.ScalarNode {
+		d.errorf(n.Line, path, "want a single value, not a list or mapping")
+		return false
+	}
+	return true
+}
+
+func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
+	if n.Kind != yaml.MappingNode {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return
+		}
+		d.errorf(n.Line, path, "want a mapping of fields")
+		return
+	}
+	t := v.Type()
+	fields := map[string]int{}
+	var known []string
+	for i := range t.NumField() {
+		tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		fields[tag] = i
+		known = append(known, tag)
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		fp := join(path, key.Value)
+		idx, ok := fields[key.Value]
+		switch {
+		case !ok:
+			slices.Sort(known)
+			d.errorf(key.Line, fp, "unknown field (known: %s)", strings.Join(known, ", "))
+			continue
+		case seen[key.Value]:
+			d.errorf(key.Line, fp, "given twice")
+			continue
+		}
+		seen[key.Value] = true
+		d.decode(val, v.Field(idx), fp)
+		d.lines[fp] = key.Line
+	}
+}

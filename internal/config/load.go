@@ -1,0 +1,305 @@
+package config
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/keepbit/keepbit/internal/maglev"
+	"github.com/keepbit/keepbit/probe"
+)
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultName is how errors name the embedded default config.
+const DefaultName = "<embedded default keepbit.yaml>"
+
+// Default returns the embedded default config (the one `make demo` runs).
+func Default() (*Config, error) { return Parse(DefaultName, defaultYAML) }
+
+// DefaultYAML returns the text of the embedded default config.
+func DefaultYAML() []byte { return append([]byte(nil), defaultYAML...) }
+
+// Load reads and validates file.
+func Load(file string) (*Config, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(file, data)
+}
+
+// builtinCheck is what a service gets when neither it nor defaults.check
+// says otherwise.
+var builtinCheck = Check{Type: "tcp", Interval: time.Second, Timeout: 500 * time.Millisecond, Rise: 2, Fall: 3, Jitter: 0.1}
+
+// Parse decodes and validates data read from file. The error lists every
+// problem found, one per line, each as file:line: field: what is wrong.
+func Parse(file string, data []byte) (*Config, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	if root.Kind == 0 {
+		return nil, fmt.Errorf("%s: empty config", file)
+	}
+	d := &decoder{file: file, lines: map[string]int{}}
+	cfg := &Config{}
+	d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
+	if len(d.errs) == 0 {
+		d.applyDefaults(cfg) // decodes the inherited checks
+	}
+	if len(d.errs) == 0 {
+		d.validate(cfg)
+	}
+	if len(d.errs) > 0 {
+		return nil, errors.Join(d.errs...)
+	}
+	return cfg, nil
+}
+
+func (d *decoder) applyDefaults(c *Config) {
+	if c.Node.PinRoot == "" {
+		c.Node.PinRoot = "/sys/fs/bpf"
+	}
+	for i := range c.Interfaces {
+		if c.Interfaces[i].Mode == "" {
+			c.Interfaces[i].Mode = "auto"
+		}
+	}
+	if c.API.Socket == "" {
+		c.API.Socket = "/run/keepbit/keepbit.sock"
+	}
+	if c.Metrics.Listen == "" {
+		c.Metrics.Listen = "127.0.0.1:9469"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Defaults.TableSize == 0 {
+		c.Defaults.TableSize = maglev.DefaultSize
+	}
+	defCheck := builtinCheck
+	if c.Defaults.Check.Kind != 0 {
+		d.decode(&c.Defaults.Check, reflect.ValueOf(&defCheck).Elem(), "defaults.check")
+	}
+	for i := range c.Services {
+		s := &c.Services[i]
+		path := fmt.Sprintf("services[%d]", i)
+		if s.Protocol == "" {
+			s.Protocol = "tcp"
+		}
+		if s.Name == "" {
+			s.Name = fmt.Sprintf("%s/%s", netip.AddrPortFrom(s.VIP, s.Port), s.Protocol)
+		}
+		if s.Interface == "" && len(c.Interfaces) == 1 {
+			s.Interface = c.Interfaces[0].Name
+		}
+		if s.Forwarding == "" {
+			s.Forwarding = "dsr"
+		}
+		if s.TableSize == 0 {
+			s.TableSize = c.Defaults.TableSize
+		}
+		if s.WhenAllDown == "" {
+			s.WhenAllDown = "drop"
+		}
+		if s.Notify.Command != "" && s.Notify.Timeout == 0 {
+			s.Notify.Timeout = 5 * time.Second
+		}
+		s.Check = defCheck
+		if s.CheckNode.Kind != 0 {
+			d.decode(&s.CheckNode, reflect.ValueOf(&s.Check).Elem(), path+".check")
+		}
+		for j := range s.Backends {
+			b := &s.Backends[j]
+			if b.Weight == 0 && d.lines[fmt.Sprintf("%s.backends[%d].weight", path, j)] == 0 {
+				b.Weight = 1
+			}
+			b.Check = s.Check
+			if b.CheckNode.Kind != 0 {
+				d.decode(&b.CheckNode, reflect.ValueOf(&b.Check).Elem(), fmt.Sprintf("%s.backends[%d].check", path, j))
+			}
+		}
+	}
+}
+
+func (d *decoder) validate(c *Config) {
+	if !filepath.IsAbs(c.Node.PinRoot) {
+		d.fail("node.pin_root", "%q is not an absolute path", c.Node.PinRoot)
+	}
+	if len(c.Interfaces) == 0 {
+		d.fail("interfaces", "at least one interface is required")
+	}
+	ifaces := map[string]bool{}
+	for i, ifc := range c.Interfaces {
+		p := fmt.Sprintf("interfaces[%d]", i)
+		switch {
+		case ifc.Name == "":
+			d.fail(p+".name", "required")
+		case ifaces[ifc.Name]:
+			d.fail(p+".name", "%q is listed twice", ifc.Name)
+		}
+		ifaces[ifc.Name] = true
+		oneOf(d, p+".mode", ifc.Mode, "auto", "native", "generic")
+	}
+	if !filepath.IsAbs(c.API.Socket) {
+		d.fail("api.socket", "%q is not an absolute path", c.API.Socket)
+	}
+	if c.Metrics.Listen != "off" {
+		if _, _, err := net.SplitHostPort(c.Metrics.Listen); err != nil {
+			d.fail("metrics.listen", "%q is not host:port or off", c.Metrics.Listen)
+		}
+	}
+	oneOf(d, "log.format", c.Log.Format, "text", "json")
+	oneOf(d, "log.level", c.Log.Level, "debug", "info", "warn", "error")
+
+	names := map[string]bool{}
+	keys := map[string]string{}
+	for i := range c.Services {
+		s := &c.Services[i]
+		p := fmt.Sprintf("services[%d]", i)
+		if names[s.Name] {
+			d.fail(p+".name", "%q is used by another service", s.Name)
+		}
+		names[s.Name] = true
+		if !s.VIP.IsValid() {
+			d.fail(p+".vip", "required")
+			continue
+		}
+		oneOf(d, p+".protocol", s.Protocol, "tcp", "udp", "icmp", "icmpv6")
+		key := fmt.Sprintf("%s/%d/%s", s.VIP, s.Port, s.Protocol)
+		if other, dup := keys[key]; dup {
+			d.fail(p, "same VIP, port and protocol as service %q", other)
+		}
+		keys[key] = s.Name
+		if (s.Protocol == "icmp" || s.Protocol == "icmpv6") && s.Port != 0 {
+			d.fail(p+".port", "must be 0 for %s", s.Protocol)
+		}
+		switch {
+		case s.Interface == "":
+			d.fail(p+".interface", "required when more than one interface is configured")
+		case !ifaces[s.Interface]:
+			d.fail(p+".interface", "%q is not in interfaces", s.Interface)
+		}
+		oneOf(d, p+".forwarding", s.Forwarding, "dsr")
+		if s.TableSize > maglev.MaxSize || !maglev.IsPrime(s.TableSize) {
+			d.fail(p+".table_size", "%d is not a prime up to %d", s.TableSize, maglev.MaxSize)
+		}
+		oneOf(d, p+".when_all_down", s.WhenAllDown, "drop", "pass", "keep-last")
+		if s.PanicThreshold < 0 || s.PanicThreshold > 100 {
+			d.fail(p+".panic_threshold", "%d is not a percentage from 0 to 100", s.PanicThreshold)
+		}
+		if f := s.Flap; f.Transitions != 0 || f.Within != 0 || f.HoldDown != 0 {
+			if f.Transitions < 2 || f.Within <= 0 || f.HoldDown <= 0 {
+				d.fail(p+".flap", "needs transitions (at least 2), within and hold_down together")
+			}
+		}
+		if len(s.Backends) > 1024 {
+			d.fail(p+".backends", "%d backends, at most 1024", len(s.Backends))
+		}
+		d.validateCheck(p+".check", s, s.Check)
+		addrs := map[netip.Addr]bool{}
+		for j := range s.Backends {
+			b := &s.Backends[j]
+			bp := fmt.Sprintf("%s.backends[%d]", p, j)
+			switch {
+			case !b.Address.IsValid():
+				d.fail(bp+".address", "required")
+			case addrs[b.Address]:
+				d.fail(bp+".address", "%s is listed twice", b.Address)
+			}
+			addrs[b.Address] = true
+			if b.MAC != "" {
+				if hw, err := net.ParseMAC(b.MAC); err != nil || len(hw) != 6 {
+					d.fail(bp+".mac", "%q is not an Ethernet address like 02:00:5e:10:00:01", b.MAC)
+				} else if hw[0]&1 == 1 {
+					d.fail(bp+".mac", "%s is a multicast address", b.MAC)
+				}
+			}
+			if b.Weight < 1 || b.Weight > 65536 {
+				d.fail(bp+".weight", "%d is outside 1-65536", b.Weight)
+			}
+			if b.Group > 7 {
+				d.fail(bp+".group", "%d, at most 7", b.Group)
+			}
+			if b.VLAN > 4094 {
+				d.fail(bp+".vlan", "%d is outside 0-4094", b.VLAN)
+			}
+			if b.CheckNode.Kind != 0 {
+				d.validateCheck(bp+".check", s, b.Check)
+			}
+		}
+	}
+}
+
+// validateCheck checks c through probe's own rules (with a placeholder
+// target, since the backend address is filled in later).
+func (d *decoder) validateCheck(path string, s *Service, c Check) {
+	sp := c.Spec(netip.MustParseAddr("192.0.2.1"), s.Port)
+	err := sp.Validate()
+	if err == nil {
+		return
+	}
+	field, _, _ := strings.Cut(err.Error(), ":")
+	if field == "target" {
+		d.fail(join(path, "port"), "the service has port 0: the check needs a port of its own")
+		return
+	}
+	msg := strings.TrimPrefix(err.Error(), field+": ")
+	d.fail(join(path, strings.ReplaceAll(field, " ", "_")), "%s", msg)
+}
+
+// Spec turns the check into a probe for a backend at addr serving port.
+func (c Check) Spec(addr netip.Addr, servicePort uint16) probe.Spec {
+	port := c.Port
+	if port == 0 {
+		port = servicePort
+	}
+	return probe.Spec{
+		Kind:         probe.Kind(c.Type),
+		Target:       netip.AddrPortFrom(addr, port),
+		Interval:     c.Interval,
+		FastInterval: c.FastInterval,
+		Timeout:      c.Timeout,
+		Rise:         c.Rise,
+		Fall:         c.Fall,
+		Jitter:       c.Jitter,
+		Source:       c.Source,
+		Interface:    c.Interface,
+		Method:       c.Method,
+		Path:         c.Path,
+		Host:         c.Host,
+		ExpectStatus: c.ExpectStatus,
+		ExpectBody:   c.ExpectBody,
+		CAFile:       c.CAFile,
+		TLSNoVerify:  c.TLSNoVerify,
+		Payload:      []byte(c.Payload),
+		ExpectReply:  c.ExpectReply,
+		Command:      c.Command,
+		Args:         c.Args,
+		Env:          c.Env,
+	}
+}
+
+func oneOf(d *decoder, path, got string, allowed ...string) {
+	for _, a := range allowed {
+		if got == a {
+			return
+		}
+	}
+	d.fail(path, "%q is not one of %s", got, strings.Join(allowed, ", "))
+}
