@@ -2,12 +2,10 @@ package loader
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 	"unsafe"
@@ -18,6 +16,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/keepbit/keepbit/internal/privtest"
 )
 
 // topo is client <-> [lbc  LB  lbb] <-> backend. The test process's own
@@ -36,65 +36,9 @@ const (
 	echoPort = 7
 )
 
-func newNS(t testing.TB) netns.NsHandle {
-	t.Helper()
-	ch := make(chan netns.NsHandle)
-	errc := make(chan error)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		ns, err := netns.New()
-		if err != nil {
-			errc <- err
-			return
-		}
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return // the thread stays locked and dies with the goroutine
-		}
-		orig.Close()
-		runtime.UnlockOSThread()
-		ch <- ns
-	}()
-	select {
-	case ns := <-ch:
-		t.Cleanup(func() { ns.Close() })
-		return ns
-	case err := <-errc:
-		t.Fatalf("new netns: %v", err)
-	}
-	return 0
-}
+func newNS(t testing.TB) netns.NsHandle { return privtest.NewNS(t) }
 
-// inNS runs fn on a thread inside ns. Sockets fn opens stay in ns.
-func inNS(ns netns.NsHandle, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, err)
-			return // leave the thread locked: it is in the wrong namespace
-		}
-		orig.Close()
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+func inNS(ns netns.NsHandle, fn func() error) error { return privtest.InNS(ns, fn) }
 
 func must(t testing.TB, err error, what string) {
 	t.Helper()
