@@ -1,0 +1,120 @@
+// keepbitd is the Keepbit daemon: it reads keepbit.yaml, probes every
+// backend and keeps the XDP dataplane pointed at the healthy ones.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/loader"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "keepbitd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keepbitd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "/etc/keepbit/keepbit.yaml", `config file; "default" runs the embedded demo config`)
+	checkOnly := fs.String("check-config", "", "validate `FILE` and exit without touching anything")
+	printDefault := fs.Bool("print-default-config", false, "print the embedded default config and exit")
+	detach := fs.Bool("detach", false, "detach the forwarder from every interface in the config and exit: forwarding STOPS")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *printDefault {
+		_, err := stdout.Write(config.DefaultYAML())
+		return err
+	}
+	if *checkOnly != "" {
+		cfg, err := config.Load(*checkOnly)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: ok, %d interfaces, %d services\n", *checkOnly, len(cfg.Interfaces), len(cfg.Services))
+		return nil
+	}
+	load := func() (*config.Config, error) {
+		if *configPath == "default" {
+			return config.Default()
+		}
+		return config.Load(*configPath)
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	if *detach {
+		var errs []error
+		for _, ifc := range cfg.Interfaces {
+			if err := loader.RemovePinned(cfg.Node.PinRoot, ifc.Name); err != nil {
+				errs = append(errs, fmt.Errorf("interface %s: %w", ifc.Name, err))
+				continue
+			}
+			log.Warn("forwarder detached", "interface", ifc.Name)
+		}
+		return errors.Join(errs...)
+	}
+
+	rec := recorder.New(4096)
+	ctl, err := control.New(ctx, cfg, log, rec)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				next, err := load()
+				if err != nil {
+					// The running config keeps serving.
+					log.Error("reload refused", "error", err)
+					rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
+					continue
+				}
+				if err := ctl.Reload(ctx, next); err != nil {
+					log.Error("reload incomplete", "error", err)
+					continue
+				}
+				log.Info("config reloaded", "generation", ctl.Generation())
+			}
+		}
+	}()
+	log.Info("keepbitd running", "config", *configPath, "interfaces", ctl.Interfaces())
+	err = ctl.Run(ctx)
+	log.Info("keepbitd stopping; the dataplane keeps forwarding")
+	return err
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	level := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[c.Level]
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

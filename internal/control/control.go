@@ -1,0 +1,615 @@
+// Package control is Keepbit's reconcile loop: config and probe events in,
+// dataplane writes and flight-recorder events out. It is the only writer
+// of the dataplane.
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/neigh"
+	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
+)
+
+// Admin is an operator's override of a backend.
+type Admin string
+
+const (
+	Enabled  Admin = ""         // follow the health checks
+	Draining Admin = "draining" // keep established flows, no new ones
+	Disabled Admin = "disabled" // down
+)
+
+// Controller owns the dataplanes of the configured interfaces.
+type Controller struct {
+	log   *slog.Logger
+	rec   *recorder.Recorder
+	sched *probe.Scheduler
+
+	applyMu sync.Mutex // serializes reloads
+	mu      sync.Mutex
+	cfg     *config.Config
+	gen     int
+	dps     map[string]*loader.Dataplane
+	svcs    map[string]*service
+	byCheck map[string]*backend
+}
+
+type service struct {
+	cfg      config.Service
+	key      loader.ServiceKey
+	dp       *loader.Dataplane
+	backends map[netip.Addr]*backend
+	order    []netip.Addr
+}
+
+type backend struct {
+	svc       *service
+	cfg       config.Backend
+	checkID   string
+	mac       net.HardwareAddr
+	health    probe.State
+	state     loader.State // what the dataplane holds
+	admin     Admin
+	reason    string
+	since     time.Time
+	flaps     []time.Time
+	heldUntil time.Time
+	spec      probe.Spec
+}
+
+// New opens (or adopts) the dataplane of every interface and applies cfg.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorder.Recorder) (*Controller, error) {
+	c := &Controller{
+		log: log, rec: rec, sched: probe.NewScheduler(nil),
+		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
+	}
+	if err := c.Reload(ctx, cfg); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Run drives the probes and applies their verdicts until ctx ends. It
+// never detaches: the pinned dataplane keeps forwarding after exit.
+func (c *Controller) Run(ctx context.Context) error {
+	go func() { _ = c.sched.Run(ctx) }()
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-c.sched.Events():
+			c.onProbe(ev)
+		case <-retry.C:
+			c.retryUnresolved(ctx)
+		}
+	}
+}
+
+// Close releases the dataplanes without detaching them.
+func (c *Controller) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for name, dp := range c.dps {
+		if err := dp.Close(); err != nil {
+			c.log.Warn("close dataplane", "interface", name, "error", err)
+		}
+	}
+	c.dps = map[string]*loader.Dataplane{}
+}
+
+// Generation counts successful config loads.
+func (c *Controller) Generation() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.gen
+}
+
+func attachMode(m string) loader.AttachMode {
+	switch m {
+	case "native":
+		return loader.AttachNative
+	case "generic":
+		return loader.AttachGeneric
+	}
+	return loader.AttachAuto
+}
+
+func protoOf(s string) loader.Proto {
+	p, _ := loader.ParseProto(s) // validated by config
+	return p
+}
+
+// Reload makes the running state match cfg, touching only what changed:
+// unchanged services keep their tables and flows. cfg is already valid;
+// a failure part-way is reported and the next reload retries.
+func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	started := time.Now()
+	var errs []error
+
+	want := map[string]config.Interface{}
+	for _, ifc := range cfg.Interfaces {
+		want[ifc.Name] = ifc
+	}
+	for _, ifc := range cfg.Interfaces {
+		c.mu.Lock()
+		_, open := c.dps[ifc.Name]
+		c.mu.Unlock()
+		if open {
+			continue
+		}
+		dp, err := loader.Open(ctx, loader.Options{Interface: ifc.Name, PinRoot: cfg.Node.PinRoot, Mode: attachMode(ifc.Mode),
+			HashSeed: cfg.Node.HashSeed, Logger: c.log})
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
+		}
+		c.log.Info("dataplane ready", "interface", ifc.Name, "mode", dp.Mode(), "adopted", dp.Adopted())
+		c.mu.Lock()
+		c.dps[ifc.Name] = dp
+		c.mu.Unlock()
+	}
+
+	// Services gone, or moved to another key or interface, leave first.
+	next := map[string]config.Service{}
+	for _, s := range cfg.Services {
+		next[s.Name] = s
+	}
+	c.mu.Lock()
+	var gone []*service
+	for name, s := range c.svcs {
+		n, keep := next[name]
+		if !keep || s.cfg.Interface != n.Interface || s.key != (loader.ServiceKey{VIP: n.VIP, Port: n.Port, Proto: protoOf(n.Protocol)}) {
+			gone = append(gone, s)
+		}
+	}
+	c.mu.Unlock()
+	for _, s := range gone {
+		c.removeService(s)
+	}
+
+	for _, sc := range cfg.Services {
+		if err := c.applyService(ctx, sc); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// Adopted services that the config no longer names are stale.
+	for name, dp := range c.dataplanes() {
+		for _, si := range dp.Services() {
+			if !c.known(si.Key, name) {
+				if _, err := dp.DeleteService(si.Key); err != nil {
+					errs = append(errs, err)
+				} else {
+					c.log.Info("removed a service the config no longer has", "service", si.Key)
+				}
+			}
+		}
+	}
+	for name, dp := range c.dataplanes() {
+		if _, ok := want[name]; !ok {
+			c.log.Warn("interface removed from config: detaching", "interface", name)
+			if err := dp.Detach(); err != nil {
+				errs = append(errs, err)
+			}
+			c.mu.Lock()
+			delete(c.dps, name)
+			c.mu.Unlock()
+		}
+	}
+
+	c.mu.Lock()
+	c.cfg = cfg
+	c.gen++
+	gen := c.gen
+	c.mu.Unlock()
+	err := errors.Join(errs...)
+	reason := fmt.Sprintf("generation %d, %d services, took %v", gen, len(cfg.Services), time.Since(started).Round(time.Microsecond))
+	if err != nil {
+		reason += ": " + err.Error()
+	}
+	c.rec.Add(recorder.Event{Kind: "reload", Reason: reason})
+	return err
+}
+
+func (c *Controller) dataplanes() map[string]*loader.Dataplane {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps(c.dps)
+}
+
+func maps[K comparable, V any](m map[K]V) map[K]V {
+	out := make(map[K]V, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+func (c *Controller) known(key loader.ServiceKey, iface string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.svcs {
+		if s.key == key && s.cfg.Interface == iface {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *Controller) removeService(s *service) {
+	for _, b := range s.backends {
+		c.sched.Remove(b.checkID)
+	}
+	if _, err := s.dp.DeleteService(s.key); err != nil {
+		c.log.Warn("remove service", "service", s.cfg.Name, "error", err)
+	}
+	c.mu.Lock()
+	delete(c.svcs, s.cfg.Name)
+	for _, b := range s.backends {
+		delete(c.byCheck, b.checkID)
+	}
+	c.mu.Unlock()
+	c.rec.Add(recorder.Event{Kind: "service-removed", Service: s.cfg.Name})
+}
+
+func (c *Controller) applyService(ctx context.Context, sc config.Service) error {
+	c.mu.Lock()
+	dp := c.dps[sc.Interface]
+	s, exists := c.svcs[sc.Name]
+	c.mu.Unlock()
+	key := loader.ServiceKey{VIP: sc.VIP, Port: sc.Port, Proto: protoOf(sc.Protocol)}
+	if !exists {
+		s = &service{key: key, dp: dp, backends: map[netip.Addr]*backend{}}
+	}
+	// What an earlier keepbitd left in the dataplane, to resume from.
+	pinned := map[netip.Addr]loader.BackendSpec{}
+	for _, si := range dp.Services() {
+		if si.Key == key {
+			for _, b := range si.Backends {
+				pinned[b.Addr] = b
+			}
+		}
+	}
+
+	next := map[netip.Addr]*backend{}
+	var order []netip.Addr
+	for _, bc := range sc.Backends {
+		b := s.backends[bc.Address]
+		if b == nil {
+			b = &backend{svc: s, checkID: sc.Name + "|" + bc.Address.String(), state: loader.Down, health: probe.Unknown, since: time.Now(), reason: "waiting for checks"}
+			if p, ok := pinned[bc.Address]; ok {
+				b.state, b.reason = p.State, "adopted"
+				b.mac = p.MAC
+			}
+		}
+		b.svc = s
+		macChanged := bc.MAC != b.cfg.MAC
+		b.cfg = bc
+		if bc.MAC != "" {
+			b.mac, _ = net.ParseMAC(bc.MAC)
+		} else if b.mac == nil || macChanged {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			hw, err := neigh.Resolve(rctx, egress(sc, bc), bc.Address)
+			cancel()
+			if err != nil {
+				c.log.Warn("backend MAC unresolved; retrying", "service", sc.Name, "backend", bc.Address, "error", err)
+				b.mac = nil
+			} else {
+				b.mac = hw
+			}
+		}
+		next[bc.Address] = b
+		order = append(order, bc.Address)
+	}
+
+	c.mu.Lock()
+	for addr, b := range s.backends {
+		if next[addr] == nil {
+			delete(c.byCheck, b.checkID)
+			c.sched.Remove(b.checkID)
+		}
+	}
+	s.cfg, s.key, s.dp, s.backends, s.order = sc, key, dp, next, order
+	c.svcs[sc.Name] = s
+	spec := c.specLocked(s)
+	c.mu.Unlock()
+
+	if _, err := dp.ApplyService(key, spec); err != nil {
+		return fmt.Errorf("service %s: %w", sc.Name, err)
+	}
+	for _, addr := range order {
+		b := next[addr]
+		ps := bcCheck(sc, b.cfg)
+		c.mu.Lock()
+		c.byCheck[b.checkID] = b
+		same := reflect.DeepEqual(ps, b.spec)
+		b.spec = ps
+		c.mu.Unlock()
+		if !same {
+			if err := c.sched.Add(b.checkID, ps); err != nil {
+				return fmt.Errorf("service %s: %w", sc.Name, err)
+			}
+		}
+	}
+	if !exists {
+		c.rec.Add(recorder.Event{Kind: "service-added", Service: sc.Name, Reason: key.String()})
+	}
+	return nil
+}
+
+func bcCheck(sc config.Service, bc config.Backend) probe.Spec {
+	return bc.Check.Spec(bc.Address, sc.Port)
+}
+
+func egress(sc config.Service, bc config.Backend) string {
+	if bc.Port != "" {
+		return bc.Port
+	}
+	return sc.Interface
+}
+
+// specLocked is the dataplane's view of s: backends with a known MAC.
+func (c *Controller) specLocked(s *service) loader.ServiceSpec {
+	spec := loader.ServiceSpec{TableSize: s.cfg.TableSize}
+	if s.cfg.WhenAllDown == "pass" {
+		spec.NoBackend = loader.PassNoBackend
+	}
+	for _, addr := range s.order {
+		b := s.backends[addr]
+		if b.mac == nil {
+			continue
+		}
+		spec.Backends = append(spec.Backends, loader.BackendSpec{
+			Addr: addr, MAC: b.mac, VLAN: b.cfg.VLAN, Port: b.cfg.Port, Weight: b.cfg.Weight, Group: b.cfg.Group, State: b.state,
+		})
+	}
+	return spec
+}
+
+func (c *Controller) retryUnresolved(ctx context.Context) {
+	c.mu.Lock()
+	var todo []config.Service
+	for _, s := range c.svcs {
+		for _, b := range s.backends {
+			if b.mac == nil {
+				todo = append(todo, s.cfg)
+				break
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, sc := range todo {
+		if err := c.applyService(ctx, sc); err != nil {
+			c.log.Warn("retry service", "service", sc.Name, "error", err)
+		}
+	}
+}
+
+// onProbe turns a check's verdict into the backend's dataplane state,
+// through the operator's override and the service's policies.
+func (c *Controller) onProbe(ev probe.Event) {
+	c.mu.Lock()
+	b := c.byCheck[ev.Check]
+	if b == nil {
+		c.mu.Unlock()
+		return
+	}
+	b.health = ev.To
+	if ev.To == probe.Down && ev.Err != nil {
+		b.reason = "check failed: " + ev.Err.Error()
+	} else {
+		b.reason = "check " + ev.To.String()
+	}
+	if s := b.svc.cfg.Flap; s.Transitions > 0 {
+		now := time.Now()
+		b.flaps = append(b.flaps, now)
+		for len(b.flaps) > 0 && now.Sub(b.flaps[0]) > s.Within {
+			b.flaps = b.flaps[1:]
+		}
+		if len(b.flaps) >= s.Transitions {
+			b.heldUntil = now.Add(s.HoldDown)
+			b.flaps = nil
+			b.reason = fmt.Sprintf("flapping: %d transitions within %v, held down for %v", s.Transitions, s.Within, s.HoldDown)
+			time.AfterFunc(s.HoldDown, func() { c.reevaluate(b) })
+		}
+	}
+	c.mu.Unlock()
+	c.settle(b, ev.Detect, ev.Decide)
+}
+
+func (c *Controller) reevaluate(b *backend) {
+	c.settle(b, time.Time{}, time.Now())
+}
+
+// settle computes what the dataplane should hold for b and writes it.
+func (c *Controller) settle(b *backend, detect, decide time.Time) {
+	c.mu.Lock()
+	s := b.svc
+	if c.svcs[s.cfg.Name] != s || s.backends[b.cfg.Address] != b {
+		c.mu.Unlock()
+		return // removed meanwhile
+	}
+	want, kind, reason := c.desiredLocked(b)
+	if want == b.state || b.mac == nil {
+		c.mu.Unlock()
+		if kind == "panic" || kind == "keep-last" {
+			c.rec.Add(recorder.Event{Kind: kind, Service: s.cfg.Name, Backend: b.cfg.Address.String(), Reason: reason, Detect: detect, Decide: decide})
+		}
+		return
+	}
+	ch, err := s.dp.SetBackendState(s.key, b.cfg.Address, want)
+	if err != nil {
+		c.mu.Unlock()
+		c.log.Error("apply backend state", "service", s.cfg.Name, "backend", b.cfg.Address, "error", err)
+		return
+	}
+	b.state, b.since = want, ch.Returned
+	notify := s.cfg.Notify
+	c.mu.Unlock()
+	e := c.rec.Add(recorder.Event{Kind: "backend-" + want.String(), Service: s.cfg.Name, Backend: b.cfg.Address.String(),
+		Reason: reason, Detect: detect, Decide: decide, Apply: ch.Returned})
+	c.log.Info("backend "+want.String(), "service", s.cfg.Name, "backend", b.cfg.Address, "reason", reason,
+		"detect_to_decide", e.DetectToDecide, "decide_to_apply", e.DecideToApply)
+	if notify.Command != "" {
+		go c.runNotify(notify, e)
+	}
+}
+
+// desiredLocked applies, in order: the operator's override, flap hold-down,
+// the health verdict, then the service's panic threshold and keep-last
+// policy, which may refuse to take a backend out.
+func (c *Controller) desiredLocked(b *backend) (loader.State, string, string) {
+	switch b.admin {
+	case Disabled:
+		return loader.Down, "", "disabled by operator"
+	case Draining:
+		return loader.Draining, "", "draining by operator"
+	}
+	if time.Now().Before(b.heldUntil) {
+		return loader.Down, "", b.reason
+	}
+	if b.health == probe.Up {
+		return loader.Up, "", b.reason
+	}
+	if b.health == probe.Unknown {
+		return b.state, "", b.reason
+	}
+	s := b.svc
+	if b.state == loader.Up {
+		up, total := 0, len(s.backends)
+		for _, o := range s.backends {
+			if o.state == loader.Up {
+				up++
+			}
+		}
+		if t := s.cfg.PanicThreshold; t > 0 && (total-up+1)*100 > t*total {
+			return loader.Up, "panic", fmt.Sprintf("%d of %d backends would be down, beyond the panic threshold of %d%%: not ejected (%s)", total-up+1, total, t, b.reason)
+		}
+		if s.cfg.WhenAllDown == "keep-last" && up == 1 {
+			return loader.Up, "keep-last", "last healthy backend kept (when_all_down: keep-last): " + b.reason
+		}
+	}
+	return loader.Down, "", b.reason
+}
+
+func (c *Controller) runNotify(n config.Notify, e recorder.Event) {
+	ctx, cancel := context.WithTimeout(context.Background(), n.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, n.Command, n.Args...)
+	cmd.Env = append(os.Environ(),
+		"KEEPBIT_EVENT="+e.Kind, "KEEPBIT_SERVICE="+e.Service, "KEEPBIT_BACKEND="+e.Backend,
+		"KEEPBIT_STATE="+strings.TrimPrefix(e.Kind, "backend-"), "KEEPBIT_REASON="+e.Reason,
+		fmt.Sprintf("KEEPBIT_SEQ=%d", e.Seq))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		c.log.Warn("notify hook failed", "command", n.Command, "error", err, "output", strings.TrimSpace(string(out)))
+	}
+}
+
+// SetAdmin applies an operator override to a backend of a service.
+func (c *Controller) SetAdmin(service string, addr netip.Addr, a Admin) error {
+	c.mu.Lock()
+	s := c.svcs[service]
+	if s == nil {
+		c.mu.Unlock()
+		return fmt.Errorf("service %q: not configured", service)
+	}
+	b := s.backends[addr]
+	if b == nil {
+		c.mu.Unlock()
+		return fmt.Errorf("service %q: backend %s: not configured", service, addr)
+	}
+	b.admin = a
+	c.mu.Unlock()
+	c.settle(b, time.Time{}, time.Now())
+	return nil
+}
+
+// BackendStatus is one backend as the daemon sees it.
+type BackendStatus struct {
+	Address string    `json:"address"`
+	MAC     string    `json:"mac"`
+	Weight  uint32    `json:"weight"`
+	Group   uint8     `json:"group"`
+	Health  string    `json:"health"`
+	State   string    `json:"state"`
+	Admin   string    `json:"admin,omitempty"`
+	Reason  string    `json:"reason"`
+	Since   time.Time `json:"since"`
+}
+
+// ServiceStatus is one service as the daemon sees it.
+type ServiceStatus struct {
+	Name      string          `json:"name"`
+	Key       string          `json:"key"`
+	Interface string          `json:"interface"`
+	Backends  []BackendStatus `json:"backends"`
+}
+
+// Status lists services in config order.
+func (c *Controller) Status() []ServiceStatus {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []ServiceStatus
+	if c.cfg == nil {
+		return out
+	}
+	for _, sc := range c.cfg.Services {
+		s := c.svcs[sc.Name]
+		if s == nil {
+			continue
+		}
+		ss := ServiceStatus{Name: sc.Name, Key: s.key.String(), Interface: sc.Interface}
+		for _, addr := range s.order {
+			b := s.backends[addr]
+			mac := ""
+			if b.mac != nil {
+				mac = b.mac.String()
+			}
+			ss.Backends = append(ss.Backends, BackendStatus{Address: addr.String(), MAC: mac, Weight: b.cfg.Weight, Group: b.cfg.Group,
+				Health: b.health.String(), State: b.state.String(), Admin: string(b.admin), Reason: b.reason, Since: b.since})
+		}
+		out = append(out, ss)
+	}
+	return out
+}
+
+// Dataplane returns the dataplane of a service, for counters and flows.
+func (c *Controller) Dataplane(service string) (*loader.Dataplane, loader.ServiceKey, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.svcs[service]
+	if s == nil {
+		return nil, loader.ServiceKey{}, false
+	}
+	return s.dp, s.key, true
+}
+
+// Interfaces lists the open dataplanes by interface name.
+func (c *Controller) Interfaces() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	names := make([]string, 0, len(c.dps))
+	for n := range c.dps {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
