@@ -8,11 +8,7 @@ import (
 	"os"
 	"testing"
 	"time"
-	"unsafe"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -93,7 +89,7 @@ func newTopo(t testing.TB) *topo {
 	// veth hands checksums to the peer as "to be done" (CHECKSUM_PARTIAL);
 	// a frame that XDP redirects loses that note and arrives with half a
 	// checksum. A real NIC fills it in; here the client must.
-	must(t, inNS(tp.client, func() error { return txChecksumOff("eth0") }), "client tx checksum off")
+	must(t, inNS(tp.client, func() error { return privtest.TxChecksumOff("eth0") }), "client tx checksum off")
 	must(t, hc.RouteAdd(&netlink.Route{LinkIndex: ceth.Attrs().Index, Dst: netlink.NewIPNet(net.ParseIP(topoVIP)), Gw: net.ParseIP("10.99.1.1")}), "client route to VIP")
 
 	hb, err := netlink.NewHandleAt(tp.backend)
@@ -104,18 +100,7 @@ func newTopo(t testing.TB) *topo {
 	must(t, hb.RouteAdd(&netlink.Route{LinkIndex: beth.Attrs().Index, Gw: net.ParseIP("10.99.2.1")}), "backend default route")
 	tp.backendMAC = beth.Attrs().HardwareAddr
 
-	// veth delivers XDP_REDIRECTed frames only to a peer running XDP.
-	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
-	must(t, err, "load pass program")
-	t.Cleanup(func() { pass.Close() })
-	must(t, inNS(tp.backend, func() error {
-		l, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: beth.Attrs().Index})
-		if err == nil {
-			t.Cleanup(func() { l.Close() })
-		}
-		return err
-	}), "attach pass program in backend")
+	privtest.AttachPass(t, tp.backend, beth.Attrs().Index)
 
 	// UDP echo on the VIP, in the backend namespace.
 	var conn *net.UDPConn
@@ -136,27 +121,6 @@ func newTopo(t testing.TB) *topo {
 		}
 	}()
 	return tp
-}
-
-// txChecksumOff is `ethtool -K name tx off` (ETHTOOL_STXCSUM).
-func txChecksumOff(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{cmd: 0x00000017} // ETHTOOL_STXCSUM, off
-	var ifr struct {
-		name [unix.IFNAMSIZ]byte
-		data uintptr
-		_    [16]byte
-	}
-	copy(ifr.name[:], name)
-	ifr.data = uintptr(unsafe.Pointer(&value))
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr))); errno != 0 {
-		return fmt.Errorf("SIOCETHTOOL %s: %w", name, errno)
-	}
-	return nil
 }
 
 // echoer is a UDP socket in the client namespace.

@@ -1,0 +1,310 @@
+// Package netnstests holds Keepbit's end-to-end tests: real keepbitd
+// processes, clients and backends in network namespaces the tests create.
+package netnstests
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/keepbit/keepbit/internal/privtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(privtest.Main(m)) }
+
+const vip = "10.70.9.9"
+
+// lab: client (10.70.0.2) -- kbc [LB: this test's namespace] kb1 -- b1
+// (10.71.1.2), kb2 -- b2 (10.71.2.2). Backends hold the VIP on lo and
+// route back through the LB, as L2 DSR backends behind a router would.
+type lab struct {
+	t        *testing.T
+	client   netns.NsHandle
+	backends []*backendNS
+	dir      string // config, pins, binaries
+}
+
+type backendNS struct {
+	name string
+	ns   netns.NsHandle
+	addr string
+	mu   sync.Mutex
+	srv  map[int]*http.Server
+}
+
+func must(t testing.TB, err error, what string) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+}
+
+func veth(t *testing.T, lbName string, ns netns.NsHandle, lbAddr, peerAddr string) netlink.Link {
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: lbName}, PeerName: lbName + "p"}
+	must(t, netlink.LinkAdd(v), "add veth "+lbName)
+	t.Cleanup(func() { _ = netlink.LinkDel(v) })
+	peer, err := netlink.LinkByName(lbName + "p")
+	must(t, err, "find peer")
+	must(t, netlink.LinkSetNsFd(peer, int(ns)), "move peer")
+	lb, err := netlink.LinkByName(lbName)
+	must(t, err, "find "+lbName)
+	a, _ := netlink.ParseAddr(lbAddr)
+	must(t, netlink.AddrAdd(lb, a), "address "+lbAddr)
+	must(t, netlink.LinkSetUp(lb), "up "+lbName)
+	h, err := netlink.NewHandleAt(ns)
+	must(t, err, "handle")
+	defer h.Delete()
+	p, err := h.LinkByName(lbName + "p")
+	must(t, err, "find moved peer")
+	pa, _ := netlink.ParseAddr(peerAddr)
+	must(t, h.AddrAdd(p, pa), "peer address")
+	must(t, h.LinkSetUp(p), "peer up")
+	lo, _ := h.LinkByName("lo")
+	must(t, h.LinkSetUp(lo), "lo up")
+	return p
+}
+
+func newLab(t *testing.T) *lab {
+	privtest.Require(t)
+	l := &lab{t: t, client: privtest.NewNS(t), dir: t.TempDir()}
+	must(t, os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0), "ip_forward")
+	cp := veth(t, "kbc", l.client, "10.70.0.1/24", "10.70.0.2/24")
+	hc, _ := netlink.NewHandleAt(l.client)
+	defer hc.Delete()
+	must(t, hc.RouteAdd(&netlink.Route{LinkIndex: cp.Attrs().Index, Dst: netlink.NewIPNet(net.ParseIP(vip)), Gw: net.ParseIP("10.70.0.1")}), "client route")
+	must(t, privtest.InNS(l.client, func() error { return privtest.TxChecksumOff("kbcp") }), "client checksum offload off")
+	for i := 1; i <= 2; i++ {
+		b := &backendNS{name: fmt.Sprintf("b%d", i), ns: privtest.NewNS(t), addr: fmt.Sprintf("10.71.%d.2", i), srv: map[int]*http.Server{}}
+		p := veth(t, fmt.Sprintf("kb%d", i), b.ns, fmt.Sprintf("10.71.%d.1/24", i), b.addr+"/24")
+		h, _ := netlink.NewHandleAt(b.ns)
+		lo, _ := h.LinkByName("lo")
+		va, _ := netlink.ParseAddr(vip + "/32")
+		must(t, h.AddrAdd(lo, va), "VIP on backend lo")
+		must(t, h.RouteAdd(&netlink.Route{LinkIndex: p.Attrs().Index, Gw: net.ParseIP(fmt.Sprintf("10.71.%d.1", i))}), "backend default route")
+		h.Delete()
+		privtest.AttachPass(t, b.ns, p.Attrs().Index)
+		l.backends = append(l.backends, b)
+		b.serve(t, 80)
+	}
+	return l
+}
+
+// serve starts an HTTP server on every address of the backend, port port,
+// answering with the backend's name.
+func (b *backendNS) serve(t *testing.T, port int) {
+	var ln net.Listener
+	must(t, privtest.InNS(b.ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
+		return err
+	}), "backend listen")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s:%d", b.name, port)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	b.mu.Lock()
+	b.srv[port] = srv
+	b.mu.Unlock()
+	t.Cleanup(func() { srv.Close() })
+}
+
+// stop kills the backend's server on port: new connections are refused.
+func (b *backendNS) stop(port int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.srv[port].Close()
+}
+
+// get fetches http://VIP:port/ from the client namespace on a new
+// connection and returns the body ("" on failure).
+func (l *lab) get(port int) (string, error) {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := privtest.InNS(l.client, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	cl := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/", vip, port))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
+}
+
+// spread makes n requests and counts the answers by backend.
+func (l *lab) spread(port, n int) (map[string]int, int) {
+	got := map[string]int{}
+	failed := 0
+	for range n {
+		body, err := l.get(port)
+		if err != nil {
+			failed++
+			continue
+		}
+		got[body]++
+	}
+	return got, failed
+}
+
+// daemon is a running keepbitd.
+type daemon struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs []map[string]any
+	done chan struct{}
+}
+
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+func keepbitd(t *testing.T) string {
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "keepbit-bin")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "keepbitd")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, "../cmd/keepbitd").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("%v: %s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatalf("build keepbitd: %v", buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+func (l *lab) writeConfig(extra string) string {
+	path := filepath.Join(l.dir, "keepbit.yaml")
+	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s}
+interfaces: [{name: kbc}]
+api: {socket: %s}
+metrics: {listen: "off"}
+log: {format: json, level: debug}
+defaults:
+  check: {type: http, path: /, interval: 50ms, timeout: 40ms, rise: 2, fall: 2, jitter: 0.1}
+services:
+  - name: web
+    vip: %s
+    port: 80
+    backends:
+      - {address: 10.71.1.2, port: kb1}
+      - {address: 10.71.2.2, port: kb2}
+%s`, filepath.Join(l.dir, "bpf"), filepath.Join(l.dir, "keepbit.sock"), vip, extra)
+	must(l.t, os.WriteFile(path, []byte(cfg), 0o600), "write config")
+	return path
+}
+
+func (l *lab) startDaemon(cfgPath string) *daemon {
+	d := &daemon{cmd: exec.Command(keepbitd(l.t), "--config", cfgPath), done: make(chan struct{})}
+	stderr, err := d.cmd.StderrPipe()
+	must(l.t, err, "stderr pipe")
+	must(l.t, d.cmd.Start(), "start keepbitd")
+	l.t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.done
+		_ = exec.Command(keepbitd(l.t), "--config", cfgPath, "--detach").Run()
+		_ = unix.Unmount(filepath.Join(l.dir, "bpf"), unix.MNT_DETACH)
+	})
+	go func() {
+		defer close(d.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) != nil {
+				m = map[string]any{"msg": sc.Text()}
+			}
+			d.mu.Lock()
+			d.logs = append(d.logs, m)
+			d.mu.Unlock()
+		}
+		_ = d.cmd.Wait()
+	}()
+	return d
+}
+
+// mark is the position of the next log record, for waitLog.
+func (d *daemon) mark() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.logs)
+}
+
+// waitLog waits for a log record from position from on whose fields
+// include all of want.
+func (d *daemon) waitLog(t *testing.T, from int, within time.Duration, want map[string]string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	seen := from
+	for time.Now().Before(deadline) {
+		d.mu.Lock()
+		logs := d.logs[seen:]
+		d.mu.Unlock()
+		for _, m := range logs {
+			seen++
+			match := true
+			for k, v := range want {
+				if fmt.Sprint(m[k]) != v {
+					match = false
+					break
+				}
+			}
+			if match {
+				return m
+			}
+		}
+		select {
+		case <-d.done:
+			t.Fatalf("keepbitd exited while waiting for %v; log: %v", want, d.dump())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no log record %v within %v; log:\n%s", want, within, d.dump())
+	return nil
+}
+
+func (d *daemon) dump() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var b strings.Builder
+	for _, m := range d.logs {
+		j, _ := json.Marshal(m)
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func (d *daemon) signal(s syscall.Signal) { _ = d.cmd.Process.Signal(s) }
+
+func execDetach(t *testing.T, cfg string) ([]byte, error) {
+	return exec.Command(keepbitd(t), "--config", cfg, "--detach").CombinedOutput()
+}
