@@ -177,29 +177,40 @@ type daemon struct {
 	done chan struct{}
 }
 
-var buildOnce struct {
+// binaries builds keepbitd and keepbitctl once per test process.
+var binaries struct {
 	sync.Once
-	path string
-	err  error
+	dir string
+	err error
 }
 
-func keepbitd(t *testing.T) string {
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "keepbit-bin")
-		if err != nil {
-			buildOnce.err = err
+func binary(t *testing.T, name string) string {
+	binaries.Do(func() {
+		binaries.dir, binaries.err = os.MkdirTemp("", "keepbit-bin")
+		if binaries.err != nil {
 			return
 		}
-		buildOnce.path = filepath.Join(dir, "keepbitd")
-		out, err := exec.Command("go", "build", "-o", buildOnce.path, "../cmd/keepbitd").CombinedOutput()
-		if err != nil {
-			buildOnce.err = fmt.Errorf("%v: %s", err, out)
+		for _, cmd := range []string{"keepbitd", "keepbitctl"} {
+			out, err := exec.Command("go", "build", "-o", filepath.Join(binaries.dir, cmd), "../cmd/"+cmd).CombinedOutput()
+			if err != nil {
+				binaries.err = fmt.Errorf("build %s: %v: %s", cmd, err, out)
+				return
+			}
 		}
 	})
-	if buildOnce.err != nil {
-		t.Fatalf("build keepbitd: %v", buildOnce.err)
+	if binaries.err != nil {
+		t.Fatal(binaries.err)
 	}
-	return buildOnce.path
+	return filepath.Join(binaries.dir, name)
+}
+
+func keepbitd(t *testing.T) string { return binary(t, "keepbitd") }
+
+// ctl runs keepbitctl against the lab's daemon.
+func (l *lab) ctl(args ...string) (string, error) {
+	full := append([]string{"-socket", filepath.Join(l.dir, "keepbit.sock")}, args...)
+	out, err := exec.Command(binary(l.t, "keepbitctl"), full...).CombinedOutput()
+	return string(out), err
 }
 
 func (l *lab) writeConfig(extra string) string {

@@ -12,7 +12,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
+	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
@@ -80,6 +82,21 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer ctl.Close()
 
+	reload := func(ctx context.Context) error {
+		next, err := load()
+		if err != nil {
+			// The running config keeps serving.
+			log.Error("reload refused", "error", err)
+			rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
+			return err
+		}
+		if err := ctl.Reload(ctx, next); err != nil {
+			log.Error("reload incomplete", "error", err)
+			return err
+		}
+		log.Info("config reloaded", "generation", ctl.Generation())
+		return nil
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -89,19 +106,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				next, err := load()
-				if err != nil {
-					// The running config keeps serving.
-					log.Error("reload refused", "error", err)
-					rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
-					continue
-				}
-				if err := ctl.Reload(ctx, next); err != nil {
-					log.Error("reload incomplete", "error", err)
-					continue
-				}
-				log.Info("config reloaded", "generation", ctl.Generation())
+				_ = reload(ctx)
 			}
+		}
+	}()
+	srv := &api.Daemon{Control: ctl, Events: rec, Reload: reload, Started: time.Now(), Log: log}
+	go func() {
+		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
+			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)
 		}
 	}()
 	log.Info("keepbitd running", "config", *configPath, "interfaces", ctl.Interfaces())
