@@ -218,7 +218,7 @@ func (l *lab) writeConfig(extra string) string {
 	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s}
 interfaces: [{name: kbc}]
 api: {socket: %s}
-metrics: {listen: "off"}
+metrics: {listen: "127.0.0.1:9469"}
 log: {format: json, level: debug}
 defaults:
   check: {type: http, path: /, interval: 50ms, timeout: 40ms, rise: 2, fall: 2, jitter: 0.1}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -162,6 +163,30 @@ func TestDaemonOperator(t *testing.T) {
 	out, err = l.ctl("flows", "-limit", "5")
 	if err != nil || !strings.Contains(out, "10.70.0.2:") || !strings.Contains(out, vip+":80") {
 		t.Fatalf("flows: %v\n%s", err, out)
+	}
+
+	// Metrics, scraped as Prometheus would.
+	resp, err := http.Get("http://127.0.0.1:9469/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	metrics := string(body)
+	for _, re := range []string{
+		`keepbit_backend_state\{backend="10.71.1.2",service="web"\} 1\n`,
+		`keepbit_backend_healthy\{backend="10.71.2.2",service="web"\} 1\n`,
+		`keepbit_backend_packets_total\{backend="10.71.1.2",service="web"\} [1-9]`,
+		`keepbit_service_bytes_total\{service="web"\} [1-9]`,
+		`keepbit_dataplane_packets_total\{interface="kbc",reason="redirect"\} [1-9]`,
+		`keepbit_probe_latency_seconds_count\{backend="10.71.2.2",service="web"\} [1-9]`,
+		`keepbit_backend_transitions_total\{service="web",state="draining"\} 1\n`,
+		`keepbit_failover_phase_seconds_count\{phase="decide_to_apply"\} [1-9]`,
+		`keepbit_config_generation 1\n`,
+	} {
+		if !regexp.MustCompile(re).MatchString(metrics) {
+			t.Errorf("metrics lack %s", re)
+		}
 	}
 
 	// Bad requests get a clear error and change nothing.

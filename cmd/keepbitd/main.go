@@ -17,6 +17,7 @@ import (
 	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/metrics"
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
 )
@@ -110,6 +111,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}()
+	if cfg.Metrics.Listen != "off" {
+		m := metrics.New(ctl)
+		go m.Follow(ctx, rec)
+		go func() {
+			if err := m.Serve(ctx, cfg.Metrics.Listen); err != nil {
+				log.Error("metrics stopped", "listen", cfg.Metrics.Listen, "error", err)
+			}
+		}()
+	}
 	srv := &api.Daemon{Control: ctl, Events: rec, Reload: reload, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {

@@ -36,9 +36,13 @@ const (
 
 // Controller owns the dataplanes of the configured interfaces.
 type Controller struct {
-	log   *slog.Logger
-	rec   *recorder.Recorder
-	sched *probe.Scheduler
+	log     *slog.Logger
+	rec     *recorder.Recorder
+	sched   *probe.Scheduler
+	results chan probe.Result
+
+	// ProbeObserver, when set before Run, sees every probe result.
+	ProbeObserver func(service, backend string, r probe.Result)
 
 	applyMu sync.Mutex // serializes reloads
 	mu      sync.Mutex
@@ -74,8 +78,9 @@ type backend struct {
 
 // New opens (or adopts) the dataplane of every interface and applies cfg.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorder.Recorder) (*Controller, error) {
+	results := make(chan probe.Result, 4096)
 	c := &Controller{
-		log: log, rec: rec, sched: probe.NewScheduler(nil),
+		log: log, rec: rec, sched: probe.NewScheduler(results), results: results,
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
 	}
 	if err := c.Reload(ctx, cfg); err != nil {
@@ -97,6 +102,11 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case ev := <-c.sched.Events():
 			c.onProbe(ev)
+		case r := <-c.results:
+			if c.ProbeObserver != nil {
+				service, backend, _ := strings.Cut(r.Check, "|")
+				c.ProbeObserver(service, backend, r)
+			}
 		case <-retry.C:
 			c.retryUnresolved(ctx)
 		}

@@ -1,0 +1,176 @@
+// Package metrics exposes keepbitd to Prometheus: dataplane counters and
+// backend states read at scrape time, failovers and phase durations from
+// the flight recorder, probe latencies as they come.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/probe"
+)
+
+// Metrics is one registry for one daemon.
+type Metrics struct {
+	reg          *prometheus.Registry
+	probeLatency *prometheus.HistogramVec
+	probeFailed  *prometheus.CounterVec
+	transitions  *prometheus.CounterVec
+	phases       *prometheus.HistogramVec
+	reloads      *prometheus.CounterVec
+}
+
+// New registers Keepbit's metrics for ctl.
+func New(ctl *control.Controller) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		probeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "keepbit_probe_latency_seconds", Help: "Health probe latency.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"service", "backend"}),
+		probeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepbit_probe_failures_total", Help: "Failed health probes."}, []string{"service", "backend"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepbit_backend_transitions_total", Help: "Backend state changes written to the dataplane, by new state."},
+			[]string{"service", "state"}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "keepbit_failover_phase_seconds", Help: "Failover phase durations: detect_to_decide, decide_to_apply, detect_to_apply.",
+			Buckets: prometheus.ExponentialBuckets(0.000001, 4, 14)}, []string{"phase"}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepbit_config_reloads_total", Help: "Config reloads by result."}, []string{"result"}),
+	}
+	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads,
+		&dataplaneCollector{ctl: ctl}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctl.ProbeObserver = m.observeProbe
+	return m
+}
+
+func (m *Metrics) observeProbe(service, backend string, r probe.Result) {
+	m.probeLatency.WithLabelValues(service, backend).Observe(r.Latency.Seconds())
+	if r.Err != nil {
+		m.probeFailed.WithLabelValues(service, backend).Inc()
+	}
+}
+
+// Follow turns flight-recorder events into counters and histograms until
+// ctx ends.
+func (m *Metrics) Follow(ctx context.Context, rec *recorder.Recorder) {
+	var after uint64
+	for {
+		evs, err := rec.Wait(ctx, after)
+		if err != nil {
+			return
+		}
+		for _, e := range evs {
+			after = e.Seq
+			switch {
+			case strings.HasPrefix(e.Kind, "backend-"):
+				m.transitions.WithLabelValues(e.Service, strings.TrimPrefix(e.Kind, "backend-")).Inc()
+				if !e.Detect.IsZero() {
+					m.phases.WithLabelValues("detect_to_decide").Observe(e.DetectToDecide.Seconds())
+					m.phases.WithLabelValues("detect_to_apply").Observe(e.DetectToApply.Seconds())
+				}
+				if !e.Apply.IsZero() {
+					m.phases.WithLabelValues("decide_to_apply").Observe(e.DecideToApply.Seconds())
+				}
+			case e.Kind == "reload":
+				result := "ok"
+				if strings.Contains(e.Reason, ": ") {
+					result = "incomplete"
+				}
+				m.reloads.WithLabelValues(result).Inc()
+			case e.Kind == "reload-failed":
+				m.reloads.WithLabelValues("refused").Inc()
+			}
+		}
+	}
+}
+
+// Serve answers /metrics on addr until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+var (
+	descState = prometheus.NewDesc("keepbit_backend_state", "Backend state in the dataplane: 0 down, 1 up, 2 draining.",
+		[]string{"service", "backend"}, nil)
+	descHealth = prometheus.NewDesc("keepbit_backend_healthy", "1 when the backend's health check says up.",
+		[]string{"service", "backend"}, nil)
+	descSvcPackets = prometheus.NewDesc("keepbit_service_packets_total", "Packets the dataplane matched to the service.", []string{"service"}, nil)
+	descSvcBytes   = prometheus.NewDesc("keepbit_service_bytes_total", "Bytes the dataplane matched to the service.", []string{"service"}, nil)
+	descBePackets  = prometheus.NewDesc("keepbit_backend_packets_total", "Packets forwarded to the backend.", []string{"service", "backend"}, nil)
+	descBeBytes    = prometheus.NewDesc("keepbit_backend_bytes_total", "Bytes forwarded to the backend.", []string{"service", "backend"}, nil)
+	descReasons    = prometheus.NewDesc("keepbit_dataplane_packets_total", "Packets seen by the XDP program, by verdict reason.", []string{"interface", "reason"}, nil)
+	descGeneration = prometheus.NewDesc("keepbit_config_generation", "Config generation in force.", nil, nil)
+)
+
+// dataplaneCollector reads the dataplane and the controller at scrape time.
+type dataplaneCollector struct {
+	ctl *control.Controller
+}
+
+func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descState, descHealth, descSvcPackets, descSvcBytes, descBePackets, descBeBytes, descReasons, descGeneration} {
+		ch <- d
+	}
+}
+
+func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(c.ctl.Generation()))
+	seen := map[string]bool{}
+	for _, s := range c.ctl.Status() {
+		for _, b := range s.Backends {
+			state := map[string]float64{"down": 0, "up": 1, "draining": 2}[b.State]
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, state, s.Name, b.Address)
+			healthy := 0.0
+			if b.Health == "up" {
+				healthy = 1
+			}
+			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, healthy, s.Name, b.Address)
+		}
+		dp, key, ok := c.ctl.Dataplane(s.Name)
+		if !ok {
+			continue
+		}
+		st, err := dp.Stats()
+		if err != nil {
+			continue
+		}
+		sc := st.Services[key]
+		ch <- prometheus.MustNewConstMetric(descSvcPackets, prometheus.CounterValue, float64(sc.Packets), s.Name)
+		ch <- prometheus.MustNewConstMetric(descSvcBytes, prometheus.CounterValue, float64(sc.Bytes), s.Name)
+		for addr, bc := range st.Backends[key] {
+			ch <- prometheus.MustNewConstMetric(descBePackets, prometheus.CounterValue, float64(bc.Packets), s.Name, addr.String())
+			ch <- prometheus.MustNewConstMetric(descBeBytes, prometheus.CounterValue, float64(bc.Bytes), s.Name, addr.String())
+		}
+		if !seen[s.Interface] {
+			seen[s.Interface] = true
+			for reason, rc := range st.Reasons {
+				ch <- prometheus.MustNewConstMetric(descReasons, prometheus.CounterValue, float64(rc.Packets), s.Interface, reason)
+			}
+		}
+	}
+}
