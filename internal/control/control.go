@@ -51,6 +51,10 @@ type Controller struct {
 	dps     map[string]*loader.Dataplane
 	svcs    map[string]*service
 	byCheck map[string]*backend
+	// unresolved backends (service name -> addresses) wait for the
+	// resolver goroutine, never for the event loop.
+	unresolved  map[string]map[netip.Addr]bool
+	kickResolve chan struct{}
 }
 
 type service struct {
@@ -82,6 +86,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 	c := &Controller{
 		log: log, rec: rec, sched: probe.NewScheduler(results), results: results,
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
+		unresolved: map[string]map[netip.Addr]bool{}, kickResolve: make(chan struct{}, 1),
 	}
 	if err := c.Reload(ctx, cfg); err != nil {
 		c.Close()
@@ -94,8 +99,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 // never detaches: the pinned dataplane keeps forwarding after exit.
 func (c *Controller) Run(ctx context.Context) error {
 	go func() { _ = c.sched.Run(ctx) }()
-	retry := time.NewTicker(2 * time.Second)
-	defer retry.Stop()
+	go c.resolveLoop(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -107,8 +111,6 @@ func (c *Controller) Run(ctx context.Context) error {
 				service, backend, _ := strings.Cut(r.Check, "|")
 				c.ProbeObserver(service, backend, r)
 			}
-		case <-retry.C:
-			c.retryUnresolved(ctx)
 		}
 	}
 }
@@ -316,14 +318,9 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service) error 
 		if bc.MAC != "" {
 			b.mac, _ = net.ParseMAC(bc.MAC)
 		} else if b.mac == nil || macChanged {
-			rctx, cancel := context.WithTimeout(ctx, time.Second)
-			hw, err := neigh.Resolve(rctx, egress(sc, bc), bc.Address)
-			cancel()
-			if err != nil {
-				c.log.Warn("backend MAC unresolved; retrying", "service", sc.Name, "backend", bc.Address, "error", err)
-				b.mac = nil
-			} else {
-				b.mac = hw
+			b.mac = neigh.Lookup(egress(sc, bc), bc.Address)
+			if b.mac == nil {
+				c.queueResolve(sc.Name, bc.Address)
 			}
 		}
 		next[bc.Address] = b
@@ -394,21 +391,91 @@ func (c *Controller) specLocked(s *service) loader.ServiceSpec {
 	return spec
 }
 
-func (c *Controller) retryUnresolved(ctx context.Context) {
+func (c *Controller) queueResolve(service string, addr netip.Addr) {
 	c.mu.Lock()
-	var todo []config.Service
-	for _, s := range c.svcs {
-		for _, b := range s.backends {
-			if b.mac == nil {
-				todo = append(todo, s.cfg)
-				break
+	if c.unresolved[service] == nil {
+		c.unresolved[service] = map[netip.Addr]bool{}
+	}
+	c.unresolved[service][addr] = true
+	c.mu.Unlock()
+	select {
+	case c.kickResolve <- struct{}{}:
+	default:
+	}
+}
+
+// resolveLoop asks the network for the MACs of backends the neighbour table
+// did not know (16 at a time), and re-applies a service when one answers;
+// what stays silent is asked again every 2 s.
+func (c *Controller) resolveLoop(ctx context.Context) {
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.kickResolve:
+		case <-retry.C:
+		}
+		type job struct {
+			service, iface string
+			addr           netip.Addr
+		}
+		var jobs []job
+		c.mu.Lock()
+		for name, addrs := range c.unresolved {
+			s := c.svcs[name]
+			for addr := range addrs {
+				if s == nil || s.backends[addr] == nil || s.backends[addr].mac != nil {
+					delete(addrs, addr)
+					continue
+				}
+				jobs = append(jobs, job{name, egress(s.cfg, s.backends[addr].cfg), addr})
 			}
 		}
-	}
-	c.mu.Unlock()
-	for _, sc := range todo {
-		if err := c.applyService(ctx, sc); err != nil {
-			c.log.Warn("retry service", "service", sc.Name, "error", err)
+		c.mu.Unlock()
+		found := map[string]bool{}
+		var fmu sync.Mutex
+		sem := make(chan struct{}, 16)
+		var wg sync.WaitGroup
+		for _, j := range jobs {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				rctx, cancel := context.WithTimeout(ctx, time.Second)
+				hw, err := neigh.Resolve(rctx, j.iface, j.addr)
+				cancel()
+				if err != nil {
+					c.log.Debug("backend MAC unresolved", "service", j.service, "backend", j.addr, "error", err)
+					return
+				}
+				c.mu.Lock()
+				if s := c.svcs[j.service]; s != nil && s.backends[j.addr] != nil {
+					s.backends[j.addr].mac = hw
+					delete(c.unresolved[j.service], j.addr)
+				}
+				c.mu.Unlock()
+				fmu.Lock()
+				found[j.service] = true
+				fmu.Unlock()
+			})
+		}
+		wg.Wait()
+		for name := range found {
+			c.mu.Lock()
+			s := c.svcs[name]
+			c.mu.Unlock()
+			if s == nil {
+				continue
+			}
+			c.applyMu.Lock()
+			err := c.applyService(ctx, s.cfg)
+			c.applyMu.Unlock()
+			if err != nil {
+				c.log.Warn("apply service after MAC resolution", "service", name, "error", err)
+			} else {
+				c.log.Info("backend MACs resolved", "service", name)
+			}
 		}
 	}
 }

@@ -20,6 +20,16 @@ import (
 // usable neighbour states: the kernel has (or recently had) an answer.
 const usable = netlink.NUD_REACHABLE | netlink.NUD_STALE | netlink.NUD_DELAY | netlink.NUD_PROBE | netlink.NUD_PERMANENT | netlink.NUD_NOARP
 
+// Lookup returns addr's MAC on ifname from the neighbour table only; nil
+// when the kernel does not know it. It never waits.
+func Lookup(ifname string, addr netip.Addr) net.HardwareAddr {
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil
+	}
+	return fromTable(ifc.Index, addr.Unmap())
+}
+
 // Resolve returns addr's MAC on interface ifname.
 func Resolve(ctx context.Context, ifname string, addr netip.Addr) (net.HardwareAddr, error) {
 	addr = addr.Unmap()
