@@ -203,18 +203,31 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 		}
 	}
 
-	d.applyMu.Lock()
-	defer d.applyMu.Unlock()
-
+	// A new service's buffers are installed before taking applyMu: each
+	// install waits for an RCU grace period, and creations of different
+	// services should overlap those waits, not queue behind each other.
 	d.mu.Lock()
 	svc, exists := d.services[key]
 	d.mu.Unlock()
-	var changes []Change
+	var fresh *service
 	if !exists {
 		var err error
-		if svc, err = d.newService(key, spec); err != nil {
+		if fresh, err = d.newService(key, spec); err != nil {
 			return nil, err
 		}
+	}
+
+	d.applyMu.Lock()
+	defer d.applyMu.Unlock()
+	d.mu.Lock()
+	svc, exists = d.services[key]
+	d.mu.Unlock()
+	var changes []Change
+	switch {
+	case !exists:
+		svc = fresh
+	case fresh != nil: // created concurrently by another caller
+		d.discardService(fresh)
 	}
 	svc.tableSize = spec.TableSize
 	svc.noBackend = spec.NoBackend
@@ -281,6 +294,17 @@ func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, erro
 		return nil, fmt.Errorf("service %s: reset counters: %w", key, err)
 	}
 	return svc, nil
+}
+
+// discardService undoes newService for a service that was never published.
+func (d *Dataplane) discardService(s *service) {
+	for b := range 2 {
+		_ = d.objs.Tables.Delete(s.id*2 + uint32(b))
+	}
+	s.closeBuffers()
+	d.mu.Lock()
+	d.freeSvc = append(d.freeSvc, s.id)
+	d.mu.Unlock()
 }
 
 func bufferCapacity(size uint32, members int) uint32 {

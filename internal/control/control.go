@@ -198,11 +198,23 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 		c.removeService(s)
 	}
 
+	// Services apply in parallel: creating one waits for RCU grace
+	// periods in the kernel, and those waits overlap.
+	var emu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
 	for _, sc := range cfg.Services {
-		if err := c.applyService(ctx, sc); err != nil {
-			errs = append(errs, err)
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := c.applyService(ctx, sc); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		})
 	}
+	wg.Wait()
 	// Adopted services that the config no longer names are stale.
 	for name, dp := range c.dataplanes() {
 		for _, si := range dp.Services() {
