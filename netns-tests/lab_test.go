@@ -184,7 +184,7 @@ var binaries struct {
 	err error
 }
 
-func binary(t *testing.T, name string) string {
+func binary(t testing.TB, name string) string {
 	binaries.Do(func() {
 		binaries.dir, binaries.err = os.MkdirTemp("", "keepbit-bin")
 		if binaries.err != nil {
@@ -204,7 +204,7 @@ func binary(t *testing.T, name string) string {
 	return filepath.Join(binaries.dir, name)
 }
 
-func keepbitd(t *testing.T) string { return binary(t, "keepbitd") }
+func keepbitd(t testing.TB) string { return binary(t, "keepbitd") }
 
 // ctl runs keepbitctl against the lab's daemon.
 func (l *lab) ctl(args ...string) (string, error) {
@@ -234,16 +234,20 @@ services:
 	return path
 }
 
-func (l *lab) startDaemon(cfgPath string) *daemon {
-	d := &daemon{cmd: exec.Command(keepbitd(l.t), "--config", cfgPath), done: make(chan struct{})}
+func (l *lab) startDaemon(cfgPath string) *daemon { return runDaemon(l.t, cfgPath, l.dir) }
+
+// runDaemon starts keepbitd on cfgPath, whose pin root is dir/bpf; when tb
+// ends it is killed, its forwarder detached and the bpffs unmounted.
+func runDaemon(tb testing.TB, cfgPath, dir string) *daemon {
+	d := &daemon{cmd: exec.Command(keepbitd(tb), "--config", cfgPath), done: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
-	must(l.t, err, "stderr pipe")
-	must(l.t, d.cmd.Start(), "start keepbitd")
-	l.t.Cleanup(func() {
+	must(tb, err, "stderr pipe")
+	must(tb, d.cmd.Start(), "start keepbitd")
+	tb.Cleanup(func() {
 		_ = d.cmd.Process.Kill()
 		<-d.done
-		_ = exec.Command(keepbitd(l.t), "--config", cfgPath, "--detach").Run()
-		_ = unix.Unmount(filepath.Join(l.dir, "bpf"), unix.MNT_DETACH)
+		_ = exec.Command(keepbitd(tb), "--config", cfgPath, "--detach").Run()
+		_ = unix.Unmount(filepath.Join(dir, "bpf"), unix.MNT_DETACH)
 	})
 	go func() {
 		defer close(d.done)
@@ -271,7 +275,7 @@ func (d *daemon) mark() int {
 
 // waitLog waits for a log record from position from on whose fields
 // include all of want.
-func (d *daemon) waitLog(t *testing.T, from int, within time.Duration, want map[string]string) map[string]any {
+func (d *daemon) waitLog(t testing.TB, from int, within time.Duration, want map[string]string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	seen := from
@@ -300,6 +304,19 @@ func (d *daemon) waitLog(t *testing.T, from int, within time.Duration, want map[
 	}
 	t.Fatalf("no log record %v within %v; log:\n%s", want, within, d.dump())
 	return nil
+}
+
+// count is how many log records have message msg.
+func (d *daemon) count(msg string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for _, m := range d.logs {
+		if m["msg"] == msg {
+			n++
+		}
+	}
+	return n
 }
 
 func (d *daemon) dump() string {

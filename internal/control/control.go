@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/neigh"
 	"github.com/keepbit/keepbit/internal/recorder"
@@ -207,7 +209,7 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if err := c.applyService(ctx, sc); err != nil {
+			if err := c.applyService(ctx, sc, false); err != nil {
 				emu.Lock()
 				errs = append(errs, err)
 				emu.Unlock()
@@ -239,6 +241,8 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 		}
 	}
 
+	warnNeighbourTable(c.log, cfg)
+
 	c.mu.Lock()
 	c.cfg = cfg
 	c.gen++
@@ -251,6 +255,25 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 	c.rec.Add(recorder.Event{Kind: "reload", Reason: reason})
 	return err
+}
+
+// warnNeighbourTable: every on-link backend that is probed needs a
+// neighbour entry, and the kernel keeps at most gc_thresh3 of them (1024 by
+// default); beyond that, probes fail with "no buffer space".
+func warnNeighbourTable(log *slog.Logger, cfg *config.Config) {
+	n := 0
+	for _, s := range cfg.Services {
+		n += len(s.Backends)
+	}
+	data, err := os.ReadFile("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+	if err != nil {
+		return // not visible in this network namespace
+	}
+	var limit int
+	if _, err := fmt.Sscan(string(data), &limit); err == nil && n > limit {
+		log.Warn("more backends than the kernel keeps neighbour entries: probes of on-link backends beyond that fail; raise net.ipv4.neigh.default.gc_thresh1/2/3 or route backends through a gateway",
+			"backends", n, "gc_thresh3", limit)
+	}
 }
 
 func (c *Controller) dataplanes() map[string]*loader.Dataplane {
@@ -294,11 +317,31 @@ func (c *Controller) removeService(s *service) {
 	c.rec.Add(recorder.Event{Kind: "service-removed", Service: s.cfg.Name})
 }
 
-func (c *Controller) applyService(ctx context.Context, sc config.Service) error {
+// sameService reports whether two configs of a service are equal in
+// everything but where they were written.
+func sameService(a, b config.Service) bool {
+	a.CheckNode, b.CheckNode = yaml.Node{}, yaml.Node{}
+	a.Backends, b.Backends = slices.Clone(a.Backends), slices.Clone(b.Backends)
+	if len(a.Backends) != len(b.Backends) {
+		return false
+	}
+	for i := range a.Backends {
+		a.Backends[i].CheckNode, b.Backends[i].CheckNode = yaml.Node{}, yaml.Node{}
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// applyService makes the dataplane and the checks match sc; an unchanged
+// service is left alone unless force (new MACs to write).
+func (c *Controller) applyService(ctx context.Context, sc config.Service, force bool) error {
 	c.mu.Lock()
 	dp := c.dps[sc.Interface]
 	s, exists := c.svcs[sc.Name]
+	unchanged := !force && exists && sameService(s.cfg, sc) && len(c.unresolved[sc.Name]) == 0
 	c.mu.Unlock()
+	if unchanged {
+		return nil // its tables, flows and checks stay as they are
+	}
 	key := loader.ServiceKey{VIP: sc.VIP, Port: sc.Port, Proto: protoOf(sc.Protocol)}
 	if !exists {
 		s = &service{key: key, dp: dp, backends: map[netip.Addr]*backend{}}
@@ -481,7 +524,7 @@ func (c *Controller) resolveLoop(ctx context.Context) {
 				continue
 			}
 			c.applyMu.Lock()
-			err := c.applyService(ctx, s.cfg)
+			err := c.applyService(ctx, s.cfg, true)
 			c.applyMu.Unlock()
 			if err != nil {
 				c.log.Warn("apply service after MAC resolution", "service", name, "error", err)
