@@ -26,7 +26,13 @@ import (
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(privtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := privtest.Main(m)
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
+}
 
 const vip = "10.70.9.9"
 
