@@ -11,7 +11,10 @@ GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfe
 TEST_FLAGS ?= -count=1 -timeout 30m
 BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
-.PHONY: help generate check-generated build test bench lint clang
+.PHONY: help generate check-generated build test test-deps bench lint clang
+
+# Peers the tests run against (VRRP interop).
+TEST_PACKAGES := keepalived
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,7 +35,11 @@ check-generated: ## fail when the committed bpf2go output does not match bpf/*.c
 build: ## build every package
 	$(GO) build ./...
 
-test: ## run every test; as root this includes BPF and network-namespace tests
+test-deps: ## as root, install what the privileged tests run against (keepalived) when missing
+	@if [ "$$(id -u)" = 0 ] && ! command -v keepalived >/dev/null; then \
+	  echo "installing $(TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); fi
+
+test: test-deps ## run every test; as root this includes BPF and network-namespace tests
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## run the benchmarks (packet cost vs baseline, state change, table switch, maglev)
