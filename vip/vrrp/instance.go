@@ -1,0 +1,446 @@
+package vrrp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
+
+	"github.com/keepbit/keepbit/vip"
+)
+
+// InstanceConfig is one virtual router on one interface.
+type InstanceConfig struct {
+	Name      string
+	Interface string
+	Machine   Config // Primary is filled in from the interface when zero
+	// Peers switches to unicast advertisements to these addresses;
+	// empty means the VRRP multicast group.
+	Peers []netip.Addr
+	// Burst of announcements on becoming Master, and the period of
+	// re-announcement while Master (0 = none).
+	Burst   vip.Burst
+	Refresh time.Duration
+}
+
+// Event is a state change with the timing words of design.md.
+type Event struct {
+	Instance string
+	From, To State
+	Reason   string
+	Detect   time.Time // timer fired / advertisement received
+	Decide   time.Time // state changed
+	Announce time.Time // first gratuitous ARP / NA round sent (to Master)
+}
+
+// Counters of received packets, by what happened to them.
+type Counters struct {
+	Accepted, BadTTL, Malformed, OtherVRID, Own, NotPeer, OwnerDiscard uint64
+}
+
+// Instance runs a Machine on an interface.
+type Instance struct {
+	cfg    InstanceConfig
+	log    *slog.Logger
+	events func(Event)
+	v6     bool
+	ifc    *net.Interface
+	p4     *ipv4.PacketConn
+	p6     *ipv6.PacketConn
+	ann    *vip.Announcer
+
+	mu       sync.Mutex
+	m        *Machine
+	last     State // reported to events
+	counters Counters
+	track    chan func(*Machine, time.Time) []Action
+}
+
+type received struct {
+	adv Advertisement
+	src netip.Addr
+	at  time.Time
+}
+
+// NewInstance opens the sockets of cfg. events receives every state change.
+func NewInstance(cfg InstanceConfig, log *slog.Logger, events func(Event)) (*Instance, error) {
+	if len(cfg.Machine.Addrs) == 0 {
+		return nil, fmt.Errorf("vrrp %s: no virtual address", cfg.Name)
+	}
+	ifc, err := net.InterfaceByName(cfg.Interface)
+	if err != nil {
+		return nil, fmt.Errorf("vrrp %s: interface %q: %w", cfg.Name, cfg.Interface, err)
+	}
+	in := &Instance{cfg: cfg, log: log, events: events, ifc: ifc, v6: cfg.Machine.Addrs[0].Unmap().Is6(),
+		track: make(chan func(*Machine, time.Time) []Action, 16)}
+	if !in.cfg.Machine.Primary.IsValid() {
+		if in.cfg.Machine.Primary, err = primary(ifc, in.v6); err != nil {
+			return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
+		}
+	}
+	// The interface scopes it; the machine compares bare addresses.
+	in.cfg.Machine.Primary = in.cfg.Machine.Primary.WithZone("")
+	if err := in.open(); err != nil {
+		return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
+	}
+	if in.ann, err = vip.NewAnnouncer(cfg.Interface, in.v6); err != nil {
+		in.close()
+		return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
+	}
+	in.m = NewMachine(in.cfg.Machine)
+	return in, nil
+}
+
+// primary is the interface's first IPv4 address, or its IPv6 link-local
+// address (RFC 5798: IPv6 advertisements come from the link-local).
+func primary(ifc *net.Interface, v6 bool) (netip.Addr, error) {
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, _ := netip.AddrFromSlice(ipn.IP)
+		ip = ip.Unmap()
+		if !v6 && ip.Is4() {
+			return ip, nil
+		}
+		if v6 && ip.Is6() && ip.IsLinkLocalUnicast() {
+			return ip.WithZone(ifc.Name), nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("interface %s has no %s address to advertise from", ifc.Name, map[bool]string{false: "IPv4", true: "IPv6 link-local"}[v6])
+}
+
+func bindToDevice(c net.PacketConn, ifname string) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return errors.New("socket without a descriptor")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), ifname) }); err != nil {
+		return err
+	}
+	return serr
+}
+
+func (in *Instance) open() error {
+	if !in.v6 {
+		c, err := net.ListenPacket("ip4:112", "0.0.0.0")
+		if err != nil {
+			return fmt.Errorf("vrrp socket: %w", err)
+		}
+		if err := bindToDevice(c, in.ifc.Name); err != nil {
+			c.Close()
+			return fmt.Errorf("bind to %s: %w", in.ifc.Name, err)
+		}
+		p := ipv4.NewPacketConn(c)
+		in.p4 = p
+		if err := errors.Join(p.SetControlMessage(ipv4.FlagTTL|ipv4.FlagDst, true), p.SetMulticastTTL(TTL), p.SetTTL(TTL),
+			p.SetMulticastInterface(in.ifc), p.SetMulticastLoopback(false)); err != nil {
+			c.Close()
+			return err
+		}
+		if len(in.cfg.Peers) == 0 {
+			if err := p.JoinGroup(in.ifc, &net.IPAddr{IP: MulticastV4.AsSlice()}); err != nil {
+				c.Close()
+				return fmt.Errorf("join %s: %w", MulticastV4, err)
+			}
+		}
+		return nil
+	}
+	c, err := net.ListenPacket("ip6:112", "::")
+	if err != nil {
+		return fmt.Errorf("vrrp socket: %w", err)
+	}
+	if err := bindToDevice(c, in.ifc.Name); err != nil {
+		c.Close()
+		return fmt.Errorf("bind to %s: %w", in.ifc.Name, err)
+	}
+	p := ipv6.NewPacketConn(c)
+	in.p6 = p
+	if err := errors.Join(p.SetControlMessage(ipv6.FlagHopLimit|ipv6.FlagDst, true), p.SetMulticastHopLimit(TTL), p.SetHopLimit(TTL),
+		p.SetMulticastInterface(in.ifc), p.SetMulticastLoopback(false)); err != nil {
+		c.Close()
+		return err
+	}
+	if len(in.cfg.Peers) == 0 {
+		if err := p.JoinGroup(in.ifc, &net.IPAddr{IP: MulticastV6.AsSlice()}); err != nil {
+			c.Close()
+			return fmt.Errorf("join %s: %w", MulticastV6, err)
+		}
+	}
+	return nil
+}
+
+func (in *Instance) close() {
+	if in.p4 != nil {
+		in.p4.Close()
+	}
+	if in.p6 != nil {
+		in.p6.Close()
+	}
+	if in.ann != nil {
+		in.ann.Close()
+	}
+}
+
+// State returns the current state, priority and master.
+func (in *Instance) State() (State, uint8, netip.Addr) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.m.State(), in.m.Priority(), in.m.Master()
+}
+
+// Counters returns the receive counters.
+func (in *Instance) Counters() Counters {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.counters
+}
+
+// Track applies a tracking verdict: fault or not, and the priority in
+// force otherwise.
+func (in *Instance) Track(fault bool, reason string, priority uint8) {
+	in.track <- func(m *Machine, now time.Time) []Action {
+		if fault {
+			return m.EnterFault(now, reason)
+		}
+		m.SetPriority(priority)
+		return m.LeaveFault(now)
+	}
+}
+
+// Run takes part in the election until ctx ends, then resigns (priority
+// 0) so a backup takes over at once, and releases the VIPs.
+func (in *Instance) Run(ctx context.Context) error {
+	defer in.close()
+	recv := make(chan received, 64)
+	go in.readLoop(recv)
+	in.mu.Lock()
+	acts := in.m.Start(time.Now())
+	in.mu.Unlock()
+	in.do(ctx, acts, time.Now())
+	refresh := time.NewTicker(max(in.cfg.Refresh, time.Hour))
+	if in.cfg.Refresh <= 0 {
+		refresh.Stop()
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		in.mu.Lock()
+		dl := in.m.Deadline()
+		in.mu.Unlock()
+		if dl.IsZero() {
+			timer.Reset(time.Hour)
+		} else {
+			timer.Reset(time.Until(dl))
+		}
+		select {
+		case <-ctx.Done():
+			in.mu.Lock()
+			acts := in.m.Shutdown(time.Now())
+			in.mu.Unlock()
+			in.do(context.Background(), acts, time.Now())
+			return nil
+		case r := <-recv:
+			in.mu.Lock()
+			acts := in.m.Receive(r.at, r.adv, r.src)
+			in.mu.Unlock()
+			in.do(ctx, acts, r.at)
+		case now := <-timer.C:
+			in.mu.Lock()
+			acts := in.m.Tick(now)
+			in.mu.Unlock()
+			in.do(ctx, acts, now)
+		case f := <-in.track:
+			now := time.Now()
+			in.mu.Lock()
+			acts := f(in.m, now)
+			in.mu.Unlock()
+			in.do(ctx, acts, now)
+		case <-refresh.C:
+			if st, _, _ := in.State(); st == Master {
+				_ = in.ann.Once(in.cfg.Machine.Addrs)
+			}
+		}
+	}
+}
+
+// do carries out actions; detect is when their cause happened. A state
+// change is decided when the machine returned it, before it is carried
+// out; its announce time is when the first announcement went out.
+func (in *Instance) do(ctx context.Context, acts []Action, detect time.Time) {
+	var ev *Event
+	for _, a := range acts {
+		if a.Kind == Transition {
+			ev = &Event{Instance: in.cfg.Name, To: a.To, Reason: a.Reason, Detect: detect, Decide: time.Now()}
+		}
+	}
+	for _, a := range acts {
+		switch a.Kind {
+		case SendAdvert:
+			if err := in.send(a.Priority); err != nil {
+				in.log.Warn("vrrp: send advertisement", "instance", in.cfg.Name, "error", err)
+			}
+		case Announce:
+			for _, addr := range in.cfg.Machine.Addrs {
+				if err := vip.Add(in.cfg.Interface, addr); err != nil {
+					in.log.Error("vrrp: take vip", "instance", in.cfg.Name, "error", err)
+				}
+			}
+			if err := in.ann.Burst(ctx, in.cfg.Machine.Addrs, in.cfg.Burst); err != nil {
+				in.log.Warn("vrrp: announce", "instance", in.cfg.Name, "error", err)
+			}
+			if ev != nil && ev.Announce.IsZero() {
+				ev.Announce = time.Now()
+			}
+		case Release:
+			for _, addr := range in.cfg.Machine.Addrs {
+				if err := vip.Remove(in.cfg.Interface, addr); err != nil {
+					in.log.Error("vrrp: release vip", "instance", in.cfg.Name, "error", err)
+				}
+			}
+		}
+	}
+	if ev != nil {
+		in.mu.Lock()
+		ev.From = in.last
+		in.last = ev.To
+		in.mu.Unlock()
+		in.events(*ev)
+	}
+}
+
+func (in *Instance) send(prio uint8) error {
+	ad := Advertisement{VRID: in.cfg.Machine.VRID, Priority: prio, Interval: in.cfg.Machine.Interval, Addrs: in.cfg.Machine.Addrs}
+	dsts := in.cfg.Peers
+	if len(dsts) == 0 {
+		dsts = []netip.Addr{MulticastV4}
+		if in.v6 {
+			dsts = []netip.Addr{MulticastV6}
+		}
+	}
+	var errs []error
+	for _, dst := range dsts {
+		b, err := ad.Marshal(in.cfg.Machine.Primary, dst)
+		if err != nil {
+			return err
+		}
+		to := &net.IPAddr{IP: dst.AsSlice()}
+		if in.v6 {
+			to.Zone = in.ifc.Name
+			_, err = in.p6.WriteTo(b, &ipv6.ControlMessage{IfIndex: in.ifc.Index, HopLimit: TTL}, to)
+		} else {
+			_, err = in.p4.WriteTo(b, &ipv4.ControlMessage{Src: in.cfg.Machine.Primary.AsSlice(), IfIndex: in.ifc.Index}, to)
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// readLoop receives, checks as RFC 5798 section 7.1 asks, and forwards
+// advertisements for this VRID to the state machine.
+func (in *Instance) readLoop(out chan<- received) {
+	buf := make([]byte, 2048)
+	for {
+		var (
+			n       int
+			hops    int
+			src     netip.Addr
+			dst     netip.Addr
+			err     error
+			fromRaw net.Addr
+		)
+		if in.v6 {
+			var cm *ipv6.ControlMessage
+			n, cm, fromRaw, err = in.p6.ReadFrom(buf)
+			if cm != nil {
+				hops = cm.HopLimit
+				dst, _ = netip.AddrFromSlice(cm.Dst)
+			}
+		} else {
+			var cm *ipv4.ControlMessage
+			n, cm, fromRaw, err = in.p4.ReadFrom(buf)
+			if cm != nil {
+				hops = cm.TTL
+				dst, _ = netip.AddrFromSlice(cm.Dst)
+			}
+		}
+		if err != nil {
+			return // socket closed
+		}
+		at := time.Now()
+		if ipa, ok := fromRaw.(*net.IPAddr); ok {
+			src, _ = netip.AddrFromSlice(ipa.IP)
+		}
+		src, dst = src.Unmap(), dst.Unmap()
+		in.mu.Lock()
+		verdict := in.check(buf[:n], hops, src, dst)
+		in.mu.Unlock()
+		if verdict.ok {
+			select {
+			case out <- received{adv: verdict.adv, src: src, at: at}:
+			default: // the loop is behind; the next advertisement will do
+			}
+		}
+	}
+}
+
+type verdict struct {
+	ok  bool
+	adv Advertisement
+}
+
+func (in *Instance) check(b []byte, hops int, src, dst netip.Addr) verdict {
+	c := &in.counters
+	if src == in.cfg.Machine.Primary {
+		c.Own++
+		return verdict{}
+	}
+	if hops != TTL {
+		c.BadTTL++
+		return verdict{}
+	}
+	if len(in.cfg.Peers) > 0 {
+		known := false
+		for _, p := range in.cfg.Peers {
+			known = known || p == src
+		}
+		if !known {
+			c.NotPeer++
+			return verdict{}
+		}
+	}
+	a, err := Parse(b, src, dst)
+	if err != nil {
+		c.Malformed++
+		return verdict{}
+	}
+	if a.VRID != in.cfg.Machine.VRID {
+		c.OtherVRID++
+		return verdict{}
+	}
+	if in.cfg.Machine.Priority == OwnerPriority {
+		c.OwnerDiscard++
+		return verdict{}
+	}
+	c.Accepted++
+	return verdict{ok: true, adv: a}
+}
