@@ -20,6 +20,54 @@ type Config struct {
 	Log        Log         `yaml:"log"`
 	Defaults   Defaults    `yaml:"defaults"`
 	Services   []Service   `yaml:"services"`
+	VRRP       []VRRP      `yaml:"vrrp"`
+}
+
+// VRRP is one VRRPv3 virtual router: the VIPs this node may own.
+type VRRP struct {
+	Name           string        `yaml:"name"`
+	VRID           uint8         `yaml:"vrid"`
+	Interface      string        `yaml:"interface"`
+	Priority       uint8         `yaml:"priority"` // 1-254; 255 = address owner
+	AdvertInterval time.Duration `yaml:"advert_interval"`
+	Preempt        *bool         `yaml:"preempt"` // default true
+	PreemptDelay   time.Duration `yaml:"preempt_delay"`
+	// Peers: unicast advertisements to these; empty = multicast.
+	Peers     []netip.Addr `yaml:"peers"`
+	VIPs      []netip.Addr `yaml:"vips"`
+	Announce  Announce     `yaml:"announce"`
+	Track     Track        `yaml:"track"`
+	SyncGroup string       `yaml:"sync_group"`
+	Notify    Notify       `yaml:"notify"`
+}
+
+// Announce: gratuitous ARP / unsolicited NA on becoming master.
+type Announce struct {
+	Count   int           `yaml:"count"`   // default 3
+	Spacing time.Duration `yaml:"spacing"` // default 10ms
+	Refresh time.Duration `yaml:"refresh"` // re-announce while master; 0 = never
+}
+
+// Track lists what lowers this node's priority (by Weight) or, with
+// weight 0, puts the instance in fault.
+type Track struct {
+	Dataplane  *TrackItem     `yaml:"dataplane"` // the forwarder attached on the instance's interface
+	Interfaces []TrackItem    `yaml:"interfaces"`
+	Services   []TrackItem    `yaml:"services"` // all backends down
+	Commands   []TrackCommand `yaml:"commands"`
+}
+
+type TrackItem struct {
+	Name   string `yaml:"name"`
+	Weight int    `yaml:"weight"`
+}
+
+type TrackCommand struct {
+	Command  string        `yaml:"command"`
+	Args     []string      `yaml:"args"`
+	Interval time.Duration `yaml:"interval"` // default 1s
+	Timeout  time.Duration `yaml:"timeout"`  // default 500ms
+	Weight   int           `yaml:"weight"`
 }
 
 // Node holds what every Keepbit node sharing VIPs must agree on.

@@ -71,7 +71,7 @@ func TestBadConfigs(t *testing.T) {
 	}{
 		{"syntax", "services: [", []string{"k.yaml: yaml: line 1: did not find expected node content"}},
 		{"empty", "", []string{"k.yaml: empty config"}},
-		{"unknown top-level field", head + "servces: []\n", []string{"k.yaml:2: servces: unknown field (known: api, defaults, interfaces, log, metrics, node, services)"}},
+		{"unknown top-level field", head + "servces: []\n", []string{"k.yaml:2: servces: unknown field (known: api, defaults, interfaces, log, metrics, node, services, vrrp)"}},
 		{"no interfaces", "services: []\n", []string{"k.yaml:1: interfaces: at least one interface is required"}},
 		{"bad VIP", head + "services:\n  - vip: 192.0.2.300\n", []string{`k.yaml:3: services[0].vip: "192.0.2.300" is not an IPv4 or IPv6 address`}},
 		{"missing VIP", head + "services:\n  - port: 80\n", []string{"k.yaml:3: services[0].vip: required"}},
@@ -111,6 +111,13 @@ func TestBadConfigs(t *testing.T) {
 		{"log level", head + "log: {level: loud}\n", []string{`k.yaml:2: log.level: "loud" is not one of debug, info, warn, error`}},
 		{"metrics address", head + "metrics: {listen: nowhere}\n", []string{`k.yaml:2: metrics.listen: "nowhere" is not host:port or off`}},
 		{"duplicate key", head + "log: {level: info, level: warn}\n", []string{"k.yaml:2: log.level: given twice"}},
+		{"vrrp without vrid and vips", head + "vrrp:\n  - name: v\n", []string{"k.yaml:3: vrrp[0].vrid: required, 1-255", "k.yaml:3: vrrp[0].vips: at least one VIP is required"}},
+		{"vrrp interval not in centiseconds", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    advert_interval: 15ms\n", []string{"k.yaml:5: vrrp[0].advert_interval: 15ms: want a multiple of 10ms from 10ms to 40.95s (VRRPv3 counts centiseconds)"}},
+		{"vrrp priority 0", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    priority: 0\n", []string{"k.yaml:5: vrrp[0].priority: 0 is reserved for resignation: use 1-254, or 255 for the address owner"}},
+		{"vrrp mixed families", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1, 2001:db8::1]\n", []string{"k.yaml:4: vrrp[0].vips[1]: 2001:db8::1: all VIPs of an instance must be IPv4 or all IPv6 (VRRPv3 runs one family per instance)"}},
+		{"vrrp duplicate vrid", head + "vrrp:\n  - {name: a, vrid: 1, vips: [192.0.2.1]}\n  - {name: b, vrid: 1, vips: [192.0.2.2]}\n", []string{`k.yaml:4: vrrp[1].vrid: 1 is already used on eth0 by instance "a"`}},
+		{"vrrp tracks an unknown service", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    track: {services: [{name: nope, weight: 10}]}\n", []string{`k.yaml:5: vrrp[0].track.services[0].name: "nope" is not a configured service`}},
+		{"vrrp track weight", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    track: {interfaces: [{name: eth1, weight: 300}]}\n", []string{"k.yaml:5: vrrp[0].track.interfaces[0].weight: 300, want 0 (fault) to 253"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -123,5 +130,25 @@ func TestBadConfigs(t *testing.T) {
 				t.Fatalf("errors:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(c.want, "\n  "))
 			}
 		})
+	}
+}
+
+func TestVRRPDefaults(t *testing.T) {
+	c, err := Parse("k.yaml", []byte(`
+interfaces: [{name: eth0}]
+vrrp:
+  - vrid: 51
+    vips: [192.0.2.10]
+    track:
+      dataplane: {weight: 0}
+      commands: [{command: /bin/true, weight: 20}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := c.VRRP[0]
+	if v.Name != "vrid-51" || v.Interface != "eth0" || v.Priority != 100 || v.AdvertInterval != time.Second || !*v.Preempt ||
+		v.Announce.Count != 3 || v.Announce.Spacing != 10*time.Millisecond || v.Track.Commands[0].Interval != time.Second || v.Track.Dataplane == nil {
+		t.Fatalf("defaults not applied: %+v", v)
 	}
 }

@@ -95,6 +95,11 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	switch v.Kind() {
 	case reflect.Struct:
 		d.decodeStruct(n, v, path)
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		d.decode(n, v.Elem(), path)
 	case reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
 			d.errorf(n.Line, path, "want a list")

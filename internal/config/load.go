@@ -92,6 +92,43 @@ func (d *decoder) applyDefaults(c *Config) {
 	if c.Defaults.TableSize == 0 {
 		c.Defaults.TableSize = maglev.DefaultSize
 	}
+	for i := range c.VRRP {
+		v := &c.VRRP[i]
+		if v.Name == "" {
+			v.Name = fmt.Sprintf("vrid-%d", v.VRID)
+		}
+		if v.Interface == "" && len(c.Interfaces) == 1 {
+			v.Interface = c.Interfaces[0].Name
+		}
+		if v.Priority == 0 && d.lines[fmt.Sprintf("vrrp[%d].priority", i)] == 0 {
+			v.Priority = 100
+		}
+		if v.AdvertInterval == 0 {
+			v.AdvertInterval = time.Second
+		}
+		if v.Preempt == nil {
+			yes := true
+			v.Preempt = &yes
+		}
+		if v.Announce.Count == 0 {
+			v.Announce.Count = 3
+		}
+		if v.Announce.Spacing == 0 {
+			v.Announce.Spacing = 10 * time.Millisecond
+		}
+		for j := range v.Track.Commands {
+			tc := &v.Track.Commands[j]
+			if tc.Interval == 0 {
+				tc.Interval = time.Second
+			}
+			if tc.Timeout == 0 {
+				tc.Timeout = 500 * time.Millisecond
+			}
+		}
+		if v.Notify.Command != "" && v.Notify.Timeout == 0 {
+			v.Notify.Timeout = 5 * time.Second
+		}
+	}
 	defCheck := builtinCheck
 	if c.Defaults.Check.Kind != 0 {
 		d.decode(&c.Defaults.Check, reflect.ValueOf(&defCheck).Elem(), "defaults.check")
@@ -167,6 +204,7 @@ func (d *decoder) validate(c *Config) {
 	oneOf(d, "log.format", c.Log.Format, "text", "json")
 	oneOf(d, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 
+	d.validateVRRP(c, ifaces)
 	names := map[string]bool{}
 	keys := map[string]string{}
 	for i := range c.Services {
@@ -248,6 +286,92 @@ func (d *decoder) validate(c *Config) {
 
 // validateCheck checks c through probe's own rules (with a placeholder
 // target, since the backend address is filled in later).
+func (d *decoder) validateVRRP(c *Config, ifaces map[string]bool) {
+	names := map[string]bool{}
+	vrids := map[string]string{}
+	for i := range c.VRRP {
+		v := &c.VRRP[i]
+		p := fmt.Sprintf("vrrp[%d]", i)
+		if names[v.Name] {
+			d.fail(p+".name", "%q is used by another instance", v.Name)
+		}
+		names[v.Name] = true
+		if v.VRID == 0 {
+			d.fail(p+".vrid", "required, 1-255")
+		}
+		switch {
+		case v.Interface == "":
+			d.fail(p+".interface", "required when more than one interface is configured")
+		case !ifaces[v.Interface]:
+			d.fail(p+".interface", "%q is not in interfaces", v.Interface)
+		}
+		if v.Priority == 0 {
+			d.fail(p+".priority", "0 is reserved for resignation: use 1-254, or 255 for the address owner")
+		}
+		if v.AdvertInterval < 10*time.Millisecond || v.AdvertInterval > 40950*time.Millisecond || v.AdvertInterval%(10*time.Millisecond) != 0 {
+			d.fail(p+".advert_interval", "%v: want a multiple of 10ms from 10ms to 40.95s (VRRPv3 counts centiseconds)", v.AdvertInterval)
+		}
+		if len(v.VIPs) == 0 {
+			d.fail(p+".vips", "at least one VIP is required")
+		}
+		v6 := len(v.VIPs) > 0 && v.VIPs[0].Is6()
+		for j, a := range v.VIPs {
+			if a.Is6() != v6 {
+				d.fail(fmt.Sprintf("%s.vips[%d]", p, j), "%s: all VIPs of an instance must be IPv4 or all IPv6 (VRRPv3 runs one family per instance)", a)
+			}
+		}
+		for j, a := range v.Peers {
+			if a.Is6() != v6 {
+				d.fail(fmt.Sprintf("%s.peers[%d]", p, j), "%s is not of the VIPs' family", a)
+			}
+		}
+		key := fmt.Sprintf("%s/%d/%v", v.Interface, v.VRID, v6)
+		if other, dup := vrids[key]; dup {
+			d.fail(p+".vrid", "%d is already used on %s by instance %q", v.VRID, v.Interface, other)
+		}
+		vrids[key] = v.Name
+		if v.Announce.Count < 1 || v.Announce.Count > 100 {
+			d.fail(p+".announce.count", "%d, want 1-100", v.Announce.Count)
+		}
+		weight := func(path string, w int) {
+			if w < 0 || w > 253 {
+				d.fail(path, "%d, want 0 (fault) to 253", w)
+			}
+		}
+		if v.Track.Dataplane != nil {
+			weight(p+".track.dataplane.weight", v.Track.Dataplane.Weight)
+		}
+		for j, it := range v.Track.Interfaces {
+			ip := fmt.Sprintf("%s.track.interfaces[%d]", p, j)
+			if it.Name == "" {
+				d.fail(ip+".name", "required")
+			}
+			weight(ip+".weight", it.Weight)
+		}
+		svcNames := map[string]bool{}
+		for _, s := range c.Services {
+			svcNames[s.Name] = true
+		}
+		for j, it := range v.Track.Services {
+			ip := fmt.Sprintf("%s.track.services[%d]", p, j)
+			if !svcNames[it.Name] {
+				d.fail(ip+".name", "%q is not a configured service", it.Name)
+			}
+			weight(ip+".weight", it.Weight)
+		}
+		for j, tc := range v.Track.Commands {
+			ip := fmt.Sprintf("%s.track.commands[%d]", p, j)
+			if tc.Command == "" {
+				d.fail(ip+".command", "required")
+			}
+			if tc.Timeout > tc.Interval {
+				d.fail(ip+".timeout", "%v is longer than the interval %v", tc.Timeout, tc.Interval)
+			}
+			weight(ip+".weight", tc.Weight)
+		}
+	}
+}
+
 func (d *decoder) validateCheck(path string, s *Service, c Check) {
 	sp := c.Spec(netip.MustParseAddr("192.0.2.1"), s.Port)
 	err := sp.Validate()
