@@ -23,6 +23,7 @@ import (
 
 	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
 )
 
@@ -43,6 +44,7 @@ commands:
   backends [SERVICE]              backends (of one service)
   events [-follow] [-after N]     flight recorder events
   flows [-limit N]                top flows by packets
+  vip                             VRRP instances: state, priority, master, last transition
   reload                          re-read the daemon's config file
   check-config FILE               validate a config file locally
   drain SERVICE BACKEND [-wait] [-timeout D] [-idle D]
@@ -136,6 +138,25 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			fmt.Fprintln(w, "CLIENT\tVIP\tPROTO\tBACKEND\tPACKETS\tBYTES\tIDLE")
 			for _, f := range flows {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%s\n", f.Client, f.VIP, f.Proto, f.Backend, f.Packets, f.Bytes, f.LastSeen.Round(time.Millisecond))
+			}
+		})
+	case "vip":
+		var vips []control.VIPStatus
+		if err := c.get(ctx, "/v1/vip", &vips); err != nil {
+			return err
+		}
+		return c.print(vips, func(w *tabwriter.Writer) {
+			fmt.Fprintln(w, "INSTANCE\tVRID\tINTERFACE\tVIPS\tSTATE\tPRIORITY\tMASTER\tSINCE\tREASON")
+			for _, v := range vips {
+				prio := fmt.Sprint(v.Priority)
+				if v.Priority != v.BasePriority {
+					prio = fmt.Sprintf("%d (of %d: %s)", v.Priority, v.BasePriority, v.Tracking)
+				}
+				since := "-"
+				if !v.Since.IsZero() {
+					since = v.Since.Format("15:04:05.000")
+				}
+				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.VRID, v.Interface, strings.Join(v.VIPs, ","), v.State, prio, v.Master, since, v.Reason)
 			}
 		})
 	case "reload":

@@ -78,6 +78,7 @@ func (d *Daemon) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/services", d.services)
 	mux.HandleFunc("GET /v1/events", d.events)
 	mux.HandleFunc("GET /v1/flows", d.flows)
+	mux.HandleFunc("GET /v1/vip", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, d.Control.VIPs()) })
 	mux.HandleFunc("POST /v1/reload", d.reload)
 	mux.HandleFunc("POST /v1/check-config", d.checkConfig)
 	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", d.admin)

@@ -57,6 +57,9 @@ type Controller struct {
 	// resolver goroutine, never for the event loop.
 	unresolved  map[string]map[netip.Addr]bool
 	kickResolve chan struct{}
+
+	base context.Context // lifetime of VRRP instances
+	vrrp map[string]*vrrpRun
 }
 
 type service struct {
@@ -89,6 +92,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 		log: log, rec: rec, sched: probe.NewScheduler(results), results: results,
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
 		unresolved: map[string]map[netip.Addr]bool{}, kickResolve: make(chan struct{}, 1),
+		base: ctx, vrrp: map[string]*vrrpRun{},
 	}
 	if err := c.Reload(ctx, cfg); err != nil {
 		c.Close()
@@ -102,6 +106,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 func (c *Controller) Run(ctx context.Context) error {
 	go func() { _ = c.sched.Run(ctx) }()
 	go c.resolveLoop(ctx)
+	go c.trackLoop(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -117,8 +122,10 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// Close releases the dataplanes without detaching them.
+// Close resigns the VRRP instances (so a backup takes the VIPs at once)
+// and releases the dataplanes without detaching them.
 func (c *Controller) Close() {
+	c.stopVRRP()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, dp := range c.dps {
@@ -242,6 +249,9 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 
 	warnNeighbourTable(c.log, cfg)
+	if err := c.reloadVRRP(cfg); err != nil {
+		errs = append(errs, err)
+	}
 
 	c.mu.Lock()
 	c.cfg = cfg

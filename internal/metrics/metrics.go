@@ -22,12 +22,13 @@ import (
 
 // Metrics is one registry for one daemon.
 type Metrics struct {
-	reg          *prometheus.Registry
-	probeLatency *prometheus.HistogramVec
-	probeFailed  *prometheus.CounterVec
-	transitions  *prometheus.CounterVec
-	phases       *prometheus.HistogramVec
-	reloads      *prometheus.CounterVec
+	reg             *prometheus.Registry
+	probeLatency    *prometheus.HistogramVec
+	probeFailed     *prometheus.CounterVec
+	transitions     *prometheus.CounterVec
+	phases          *prometheus.HistogramVec
+	reloads         *prometheus.CounterVec
+	vrrpTransitions *prometheus.CounterVec
 }
 
 // New registers Keepbit's metrics for ctl.
@@ -43,12 +44,14 @@ func New(ctl *control.Controller) *Metrics {
 			Name: "keepbit_backend_transitions_total", Help: "Backend state changes written to the dataplane, by new state."},
 			[]string{"service", "state"}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "keepbit_failover_phase_seconds", Help: "Failover phase durations: detect_to_decide, decide_to_apply, detect_to_apply.",
+			Name: "keepbit_failover_phase_seconds", Help: "Failover phase durations: detect_to_decide, decide_to_apply, detect_to_apply, detect_to_announce.",
 			Buckets: prometheus.ExponentialBuckets(0.000001, 4, 14)}, []string{"phase"}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepbit_config_reloads_total", Help: "Config reloads by result."}, []string{"result"}),
+		vrrpTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keepbit_vrrp_transitions_total", Help: "VRRP state changes by new state."}, []string{"instance", "state"}),
 	}
-	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads,
+	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
 		&dataplaneCollector{ctl: ctl}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctl.ProbeObserver = m.observeProbe
 	return m
@@ -81,6 +84,11 @@ func (m *Metrics) Follow(ctx context.Context, rec *recorder.Recorder) {
 				}
 				if !e.Apply.IsZero() {
 					m.phases.WithLabelValues("decide_to_apply").Observe(e.DecideToApply.Seconds())
+				}
+			case strings.HasPrefix(e.Kind, "vrrp-"):
+				m.vrrpTransitions.WithLabelValues(e.Service, strings.TrimPrefix(e.Kind, "vrrp-")).Inc()
+				if !e.Announce.IsZero() {
+					m.phases.WithLabelValues("detect_to_announce").Observe(e.DetectToAnnounce.Seconds())
 				}
 			case e.Kind == "reload":
 				result := "ok"
@@ -125,6 +133,8 @@ var (
 	descBeBytes    = prometheus.NewDesc("keepbit_backend_bytes_total", "Bytes forwarded to the backend.", []string{"service", "backend"}, nil)
 	descReasons    = prometheus.NewDesc("keepbit_dataplane_packets_total", "Packets seen by the XDP program, by verdict reason.", []string{"interface", "reason"}, nil)
 	descGeneration = prometheus.NewDesc("keepbit_config_generation", "Config generation in force.", nil, nil)
+	descVRRP       = prometheus.NewDesc("keepbit_vrrp_state", "VRRP instance state: 0 initialize, 1 backup, 2 master, 3 fault.", []string{"instance"}, nil)
+	descVRRPPrio   = prometheus.NewDesc("keepbit_vrrp_priority", "VRRP priority in force (after tracking).", []string{"instance"}, nil)
 )
 
 // dataplaneCollector reads the dataplane and the controller at scrape time.
@@ -133,13 +143,18 @@ type dataplaneCollector struct {
 }
 
 func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descState, descHealth, descSvcPackets, descSvcBytes, descBePackets, descBeBytes, descReasons, descGeneration} {
+	for _, d := range []*prometheus.Desc{descState, descHealth, descSvcPackets, descSvcBytes, descBePackets, descBeBytes, descReasons, descGeneration, descVRRP, descVRRPPrio} {
 		ch <- d
 	}
 }
 
 func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(c.ctl.Generation()))
+	for _, v := range c.ctl.VIPs() {
+		st := map[string]float64{"initialize": 0, "backup": 1, "master": 2, "fault": 3}[v.State]
+		ch <- prometheus.MustNewConstMetric(descVRRP, prometheus.GaugeValue, st, v.Name)
+		ch <- prometheus.MustNewConstMetric(descVRRPPrio, prometheus.GaugeValue, float64(v.Priority), v.Name)
+	}
 	seen := map[string]bool{}
 	for _, s := range c.ctl.Status() {
 		for _, b := range s.Backends {

@@ -21,10 +21,13 @@ type Event struct {
 	Detect time.Time `json:"detect,omitzero"`
 	Decide time.Time `json:"decide,omitzero"`
 	Apply  time.Time `json:"apply,omitzero"`
+	// Announce: gratuitous ARP / NA sent (VIP moves only).
+	Announce time.Time `json:"announce,omitzero"`
 	// Durations between phases, for people and metrics.
-	DetectToDecide time.Duration `json:"detect_to_decide,omitempty"`
-	DecideToApply  time.Duration `json:"decide_to_apply,omitempty"`
-	DetectToApply  time.Duration `json:"detect_to_apply,omitempty"`
+	DetectToDecide   time.Duration `json:"detect_to_decide,omitempty"`
+	DecideToApply    time.Duration `json:"decide_to_apply,omitempty"`
+	DetectToApply    time.Duration `json:"detect_to_apply,omitempty"`
+	DetectToAnnounce time.Duration `json:"detect_to_announce,omitempty"`
 }
 
 // Recorder keeps the last Size events.
@@ -54,6 +57,9 @@ func (r *Recorder) Add(e Event) Event {
 	}
 	if !e.Detect.IsZero() && !e.Apply.IsZero() {
 		e.DetectToApply = e.Apply.Sub(e.Detect)
+	}
+	if !e.Detect.IsZero() && !e.Announce.IsZero() {
+		e.DetectToAnnounce = e.Announce.Sub(e.Detect)
 	}
 	r.mu.Lock()
 	e.Seq = r.next

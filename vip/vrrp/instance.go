@@ -62,7 +62,11 @@ type Instance struct {
 	m        *Machine
 	last     State // reported to events
 	counters Counters
-	track    chan func(*Machine, time.Time) []Action
+	// The latest tracking verdict; the run loop applies it when poked.
+	wantFault  bool
+	wantReason string
+	wantPrio   uint8
+	trackKick  chan struct{}
 }
 
 type received struct {
@@ -81,7 +85,7 @@ func NewInstance(cfg InstanceConfig, log *slog.Logger, events func(Event)) (*Ins
 		return nil, fmt.Errorf("vrrp %s: interface %q: %w", cfg.Name, cfg.Interface, err)
 	}
 	in := &Instance{cfg: cfg, log: log, events: events, ifc: ifc, v6: cfg.Machine.Addrs[0].Unmap().Is6(),
-		track: make(chan func(*Machine, time.Time) []Action, 16)}
+		trackKick: make(chan struct{}, 1)}
 	if !in.cfg.Machine.Primary.IsValid() {
 		if in.cfg.Machine.Primary, err = primary(ifc, in.v6); err != nil {
 			return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
@@ -218,12 +222,12 @@ func (in *Instance) Counters() Counters {
 // Track applies a tracking verdict: fault or not, and the priority in
 // force otherwise.
 func (in *Instance) Track(fault bool, reason string, priority uint8) {
-	in.track <- func(m *Machine, now time.Time) []Action {
-		if fault {
-			return m.EnterFault(now, reason)
-		}
-		m.SetPriority(priority)
-		return m.LeaveFault(now)
+	in.mu.Lock()
+	in.wantFault, in.wantReason, in.wantPrio = fault, reason, priority
+	in.mu.Unlock()
+	select {
+	case in.trackKick <- struct{}{}:
+	default:
 	}
 }
 
@@ -269,10 +273,18 @@ func (in *Instance) Run(ctx context.Context) error {
 			acts := in.m.Tick(now)
 			in.mu.Unlock()
 			in.do(ctx, acts, now)
-		case f := <-in.track:
+		case <-in.trackKick:
 			now := time.Now()
 			in.mu.Lock()
-			acts := f(in.m, now)
+			var acts []Action
+			if in.wantFault {
+				acts = in.m.EnterFault(now, in.wantReason)
+			} else {
+				if in.wantPrio != 0 {
+					in.m.SetPriority(in.wantPrio)
+				}
+				acts = in.m.LeaveFault(now)
+			}
 			in.mu.Unlock()
 			in.do(ctx, acts, now)
 		case <-refresh.C:

@@ -1,0 +1,349 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"reflect"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/vip"
+	"github.com/keepbit/keepbit/vip/vrrp"
+)
+
+// vrrpRun is one running VRRP instance and what tracking knows of it.
+type vrrpRun struct {
+	cfg    config.VRRP
+	inst   *vrrp.Instance
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu      sync.Mutex
+	last    vrrp.Event
+	applied struct {
+		fault  bool
+		reason string
+		prio   uint8
+		set    bool
+	}
+	cmdOK []bool // last result of each track command
+}
+
+// reloadVRRP starts, keeps or stops instances to match cfg. Instances
+// live as long as base: a graceful stop of keepbitd resigns them.
+func (c *Controller) reloadVRRP(cfg *config.Config) error {
+	c.mu.Lock()
+	base := c.base
+	c.mu.Unlock()
+	want := map[string]config.VRRP{}
+	for _, v := range cfg.VRRP {
+		want[v.Name] = v
+	}
+	for name, r := range c.vrrpRuns() {
+		if v, ok := want[name]; ok && reflect.DeepEqual(v, r.cfg) {
+			continue
+		}
+		r.stop()
+		c.mu.Lock()
+		delete(c.vrrp, name)
+		c.mu.Unlock()
+		c.rec.Add(recorder.Event{Kind: "vrrp-stopped", Reason: name})
+	}
+	var errs []error
+	for _, v := range cfg.VRRP {
+		c.mu.Lock()
+		_, running := c.vrrp[v.Name]
+		c.mu.Unlock()
+		if running {
+			continue
+		}
+		r, err := c.startVRRP(base, v)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c.mu.Lock()
+		c.vrrp[v.Name] = r
+		c.mu.Unlock()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("vrrp: %v", errs)
+	}
+	return nil
+}
+
+func (c *Controller) vrrpRuns() map[string]*vrrpRun {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps(c.vrrp)
+}
+
+func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, error) {
+	r := &vrrpRun{cfg: v, done: make(chan struct{}), cmdOK: make([]bool, len(v.Track.Commands))}
+	for i := range r.cmdOK {
+		r.cmdOK[i] = true // innocent until a run says otherwise
+	}
+	// A VIP that an earlier keepbitd (killed before it could resign) left
+	// on the interface must not keep answering ARP: the election decides.
+	if v.Priority != vrrp.OwnerPriority {
+		if _, removed, err := vip.Reconcile(v.Interface, v.VIPs, nil); err != nil {
+			return nil, fmt.Errorf("instance %s: %w", v.Name, err)
+		} else if len(removed) > 0 {
+			c.log.Warn("removed stale VIPs left by an earlier run", "instance", v.Name, "vips", removed)
+		}
+	}
+	inst, err := vrrp.NewInstance(vrrp.InstanceConfig{
+		Name: v.Name, Interface: v.Interface, Peers: v.Peers,
+		Burst:   vip.Burst{Count: v.Announce.Count, Spacing: v.Announce.Spacing},
+		Refresh: v.Announce.Refresh,
+		Machine: vrrp.Config{VRID: v.VRID, Priority: v.Priority, Interval: v.AdvertInterval, Preempt: *v.Preempt,
+			PreemptDelay: v.PreemptDelay, Addrs: v.VIPs},
+	}, c.log, func(e vrrp.Event) { c.onVRRP(r, e) })
+	if err != nil {
+		return nil, err
+	}
+	r.inst = inst
+	ctx, cancel := context.WithCancel(base)
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		_ = inst.Run(ctx)
+	}()
+	for i, tc := range v.Track.Commands {
+		go r.runTrackCommand(ctx, i, tc)
+	}
+	return r, nil
+}
+
+func (r *vrrpRun) stop() {
+	r.cancel()
+	<-r.done
+}
+
+func (r *vrrpRun) runTrackCommand(ctx context.Context, i int, tc config.TrackCommand) {
+	t := time.NewTicker(tc.Interval)
+	defer t.Stop()
+	for {
+		cctx, cancel := context.WithTimeout(ctx, tc.Timeout)
+		err := exec.CommandContext(cctx, tc.Command, tc.Args...).Run()
+		cancel()
+		r.mu.Lock()
+		r.cmdOK[i] = err == nil
+		r.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Controller) onVRRP(r *vrrpRun, e vrrp.Event) {
+	r.mu.Lock()
+	r.last = e
+	notify := r.cfg.Notify
+	r.mu.Unlock()
+	ev := c.rec.Add(recorder.Event{Kind: "vrrp-" + e.To.String(), Service: e.Instance, Reason: e.Reason,
+		Detect: e.Detect, Decide: e.Decide, Announce: e.Announce})
+	c.log.Info("vrrp "+e.To.String(), "instance", e.Instance, "from", e.From.String(), "reason", e.Reason,
+		"detect_to_decide", e.Decide.Sub(e.Detect), "detect_to_announce", ev.DetectToAnnounce)
+	if notify.Command != "" {
+		go c.runNotify(notify, ev)
+	}
+}
+
+// trackLoop re-evaluates every instance's tracked objects every 100 ms.
+func (c *Controller) trackLoop(ctx context.Context) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c.track()
+		}
+	}
+}
+
+type verdictOf struct {
+	fault   bool
+	reasons []string
+	penalty int
+}
+
+func (v *verdictOf) add(weight int, what string) {
+	if weight == 0 {
+		v.fault = true
+	} else {
+		v.penalty += weight
+	}
+	v.reasons = append(v.reasons, what)
+}
+
+func linkUp(name string) bool {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return false
+	}
+	a := l.Attrs()
+	return a.Flags&1 != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+func xdpAttached(name string) bool {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return false
+	}
+	x := l.Attrs().Xdp
+	return x != nil && x.Attached
+}
+
+// track computes each instance's verdict; members of a sync group share
+// theirs (a fault of one faults all, penalties add up), so they move
+// together.
+func (c *Controller) track() {
+	runs := c.vrrpRuns()
+	status := map[string]bool{} // service -> some backend up
+	for _, s := range c.Status() {
+		up := false
+		for _, b := range s.Backends {
+			up = up || b.State == "up"
+		}
+		status[s.Name] = up
+	}
+	verdicts := map[string]*verdictOf{}
+	for name, r := range runs {
+		v := &verdictOf{}
+		cfg := r.cfg
+		if !linkUp(cfg.Interface) {
+			v.add(0, "interface "+cfg.Interface+" down")
+		}
+		if d := cfg.Track.Dataplane; d != nil && !xdpAttached(cfg.Interface) {
+			v.add(d.Weight, "dataplane not attached on "+cfg.Interface)
+		}
+		for _, it := range cfg.Track.Interfaces {
+			if !linkUp(it.Name) {
+				v.add(it.Weight, "tracked interface "+it.Name+" down")
+			}
+		}
+		for _, it := range cfg.Track.Services {
+			if !status[it.Name] {
+				v.add(it.Weight, "all backends of service "+it.Name+" down")
+			}
+		}
+		r.mu.Lock()
+		for i, tc := range cfg.Track.Commands {
+			if !r.cmdOK[i] {
+				v.add(tc.Weight, "track command "+tc.Command+" failed")
+			}
+		}
+		r.mu.Unlock()
+		verdicts[name] = v
+	}
+	groups := map[string]*verdictOf{}
+	for name, r := range runs {
+		if g := r.cfg.SyncGroup; g != "" {
+			if groups[g] == nil {
+				groups[g] = &verdictOf{}
+			}
+			gv, v := groups[g], verdicts[name]
+			gv.fault = gv.fault || v.fault
+			gv.penalty += v.penalty
+			for _, why := range v.reasons {
+				gv.reasons = append(gv.reasons, name+": "+why)
+			}
+		}
+	}
+	for name, r := range runs {
+		v := verdicts[name]
+		if g := r.cfg.SyncGroup; g != "" {
+			v = groups[g]
+		}
+		prio := int(r.cfg.Priority) - v.penalty
+		if r.cfg.Priority == vrrp.OwnerPriority {
+			prio = vrrp.OwnerPriority
+		}
+		prio = max(1, min(254, prio))
+		if r.cfg.Priority == vrrp.OwnerPriority {
+			prio = vrrp.OwnerPriority
+		}
+		reason := strings.Join(v.reasons, "; ")
+		r.mu.Lock()
+		same := r.applied.set && r.applied.fault == v.fault && r.applied.prio == uint8(prio)
+		if !same {
+			r.applied.set, r.applied.fault, r.applied.reason, r.applied.prio = true, v.fault, reason, uint8(prio)
+		}
+		r.mu.Unlock()
+		if !same {
+			if reason != "" {
+				c.log.Info("vrrp tracking", "instance", name, "fault", v.fault, "priority", prio, "reason", reason)
+			}
+			r.inst.Track(v.fault, reason, uint8(prio))
+		}
+	}
+}
+
+// VIPStatus is one VRRP instance as keepbitctl vip shows it.
+type VIPStatus struct {
+	Name         string    `json:"name"`
+	VRID         uint8     `json:"vrid"`
+	Interface    string    `json:"interface"`
+	VIPs         []string  `json:"vips"`
+	State        string    `json:"state"`
+	Priority     uint8     `json:"priority"`
+	BasePriority uint8     `json:"base_priority"`
+	Master       string    `json:"master,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
+	Reason       string    `json:"reason,omitempty"`
+	Tracking     string    `json:"tracking,omitempty"`
+}
+
+// VIPs lists the VRRP instances in config order.
+func (c *Controller) VIPs() []VIPStatus {
+	runs := c.vrrpRuns()
+	c.mu.Lock()
+	var order []string
+	if c.cfg != nil {
+		for _, v := range c.cfg.VRRP {
+			order = append(order, v.Name)
+		}
+	}
+	c.mu.Unlock()
+	var out []VIPStatus
+	for _, name := range order {
+		r := runs[name]
+		if r == nil {
+			continue
+		}
+		st, prio, master := r.inst.State()
+		vs := VIPStatus{Name: name, VRID: r.cfg.VRID, Interface: r.cfg.Interface, State: st.String(), Priority: prio, BasePriority: r.cfg.Priority}
+		for _, a := range r.cfg.VIPs {
+			vs.VIPs = append(vs.VIPs, a.String())
+		}
+		if master.IsValid() {
+			vs.Master = master.String()
+		}
+		r.mu.Lock()
+		vs.Since, vs.Reason, vs.Tracking = r.last.Decide, r.last.Reason, r.applied.reason
+		r.mu.Unlock()
+		out = append(out, vs)
+	}
+	return out
+}
+
+// stopVRRP resigns every instance (priority 0) and releases its VIPs.
+func (c *Controller) stopVRRP() {
+	for name, r := range c.vrrpRuns() {
+		r.stop()
+		c.mu.Lock()
+		delete(c.vrrp, name)
+		c.mu.Unlock()
+	}
+}
