@@ -245,14 +245,26 @@ func (l *lab) startDaemon(cfgPath string) *daemon { return runDaemon(l.t, cfgPat
 // runDaemon starts keepbitd on cfgPath, whose pin root is dir/bpf; when tb
 // ends it is killed, its forwarder detached and the bpffs unmounted.
 func runDaemon(tb testing.TB, cfgPath, dir string) *daemon {
+	return runDaemonIn(tb, netns.None(), cfgPath, dir)
+}
+
+// runDaemonIn starts keepbitd inside ns (netns.None(): this namespace).
+func runDaemonIn(tb testing.TB, ns netns.NsHandle, cfgPath, dir string) *daemon {
+	inNS := func(f func() error) error {
+		if ns == netns.None() {
+			return f()
+		}
+		return privtest.InNS(ns, f)
+	}
 	d := &daemon{cmd: exec.Command(keepbitd(tb), "--config", cfgPath), done: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
 	must(tb, err, "stderr pipe")
-	must(tb, d.cmd.Start(), "start keepbitd")
+	must(tb, inNS(d.cmd.Start), "start keepbitd")
 	tb.Cleanup(func() {
+		_ = d.cmd.Process.Signal(syscall.SIGCONT)
 		_ = d.cmd.Process.Kill()
 		<-d.done
-		_ = exec.Command(keepbitd(tb), "--config", cfgPath, "--detach").Run()
+		_ = inNS(exec.Command(keepbitd(tb), "--config", cfgPath, "--detach").Run)
 		_ = unix.Unmount(filepath.Join(dir, "bpf"), unix.MNT_DETACH)
 	})
 	go func() {

@@ -75,6 +75,7 @@ type backend struct {
 	cfg       config.Backend
 	checkID   string
 	mac       net.HardwareAddr
+	inDP      bool // in the dataplane's spec (needs a MAC)
 	health    probe.State
 	state     loader.State // what the dataplane holds
 	admin     Admin
@@ -407,6 +408,11 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	if _, err := dp.ApplyService(key, spec); err != nil {
 		return fmt.Errorf("service %s: %w", sc.Name, err)
 	}
+	// Health may have moved while the service was out of reach (a MAC
+	// still unresolved, say): bring the dataplane up to date.
+	for _, addr := range order {
+		c.settle(next[addr], time.Time{}, time.Now())
+	}
 	for _, addr := range order {
 		b := next[addr]
 		ps := bcCheck(sc, b.cfg)
@@ -446,7 +452,8 @@ func (c *Controller) specLocked(s *service) loader.ServiceSpec {
 	}
 	for _, addr := range s.order {
 		b := s.backends[addr]
-		if b.mac == nil {
+		b.inDP = b.mac != nil
+		if !b.inDP {
 			continue
 		}
 		spec.Backends = append(spec.Backends, loader.BackendSpec{
@@ -590,7 +597,7 @@ func (c *Controller) settle(b *backend, detect, decide time.Time) {
 		return // removed meanwhile
 	}
 	want, kind, reason := c.desiredLocked(b)
-	if want == b.state || b.mac == nil {
+	if want == b.state || !b.inDP {
 		c.mu.Unlock()
 		if kind == "panic" || kind == "keep-last" {
 			c.rec.Add(recorder.Event{Kind: kind, Service: s.cfg.Name, Backend: b.cfg.Address.String(), Reason: reason, Detect: detect, Decide: decide})

@@ -1,0 +1,291 @@
+package netnstests
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/keepbit/keepbit/internal/privtest"
+)
+
+const vip2 = "10.68.0.100"
+
+// twoNode: a bridge (in a switch namespace) joining a client (.2), Keepbit
+// nodes a (.11) and b (.12), and backends (.21, .22) that hold the VIP on
+// lo and answer the client directly (L2 DSR).
+type twoNode struct {
+	t       *testing.T
+	sw      netns.NsHandle
+	client  netns.NsHandle
+	nodes   map[string]*node
+	dir     string
+	clientH *netlink.Handle
+}
+
+type node struct {
+	name string
+	ns   netns.NsHandle
+	addr string
+	mac  net.HardwareAddr
+	dir  string
+	cfg  string
+	d    *daemon
+}
+
+// port connects a new namespace-side eth0 (address cidr) to the bridge.
+func (l *twoNode) port(ns netns.NsHandle, name, cidr string) (netlink.Link, *netlink.Handle) {
+	t := l.t
+	hs, err := netlink.NewHandleAt(l.sw)
+	must(t, err, "switch handle")
+	defer hs.Delete()
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "p-" + name}, PeerName: "e-" + name}
+	must(t, hs.LinkAdd(v), "veth "+name)
+	peer, _ := hs.LinkByName("e-" + name)
+	must(t, hs.LinkSetNsFd(peer, int(ns)), "move "+name)
+	br, _ := hs.LinkByName("br0")
+	p, _ := hs.LinkByName("p-" + name)
+	must(t, hs.LinkSetMaster(p, br), "enslave "+name)
+	must(t, hs.LinkSetUp(p), "up port "+name)
+	privtest.AttachPass(t, l.sw, p.Attrs().Index) // XDP_TX frames from the node must be received
+	h, err := netlink.NewHandleAt(ns)
+	must(t, err, "handle "+name)
+	e, _ := h.LinkByName("e-" + name)
+	must(t, h.LinkSetName(e, "eth0"), "rename "+name)
+	e, _ = h.LinkByName("eth0")
+	a, _ := netlink.ParseAddr(cidr)
+	must(t, h.AddrAdd(e, a), "address "+name)
+	must(t, h.LinkSetUp(e), "up "+name)
+	lo, _ := h.LinkByName("lo")
+	must(t, h.LinkSetUp(lo), "lo "+name)
+	return e, h
+}
+
+func sysctl(t testing.TB, ns netns.NsHandle, kv map[string]string) {
+	must(t, privtest.InNS(ns, func() error {
+		for k, v := range kv {
+			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	}), "sysctl")
+}
+
+func newTwoNode(t *testing.T, advert time.Duration) *twoNode {
+	privtest.Require(t)
+	l := &twoNode{t: t, sw: privtest.NewNS(t), client: privtest.NewNS(t), nodes: map[string]*node{}, dir: t.TempDir()}
+	hs, _ := netlink.NewHandleAt(l.sw)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	must(t, hs.LinkAdd(br), "bridge")
+	must(t, hs.LinkSetUp(br), "bridge up")
+	hs.Delete()
+
+	_, l.clientH = l.port(l.client, "client", "10.68.0.2/24")
+	t.Cleanup(l.clientH.Delete)
+	must(t, privtest.InNS(l.client, func() error { return privtest.TxChecksumOff("eth0") }), "client checksum offload")
+	for i, name := range []string{"b1", "b2"} {
+		ns := privtest.NewNS(t)
+		sysctl(t, ns, map[string]string{"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2"})
+		_, h := l.port(ns, name, fmt.Sprintf("10.68.0.%d/24", 21+i))
+		lo, _ := h.LinkByName("lo")
+		va, _ := netlink.ParseAddr(vip2 + "/32")
+		must(t, h.AddrAdd(lo, va), "VIP on backend lo")
+		h.Delete()
+		b := &backendNS{name: name, ns: ns, srv: map[int]*http.Server{}}
+		b.serve(t, 80)
+	}
+	for i, name := range []string{"a", "b"} {
+		n := &node{name: name, ns: privtest.NewNS(t), addr: fmt.Sprintf("10.68.0.%d", 11+i), dir: filepath.Join(l.dir, name)}
+		must(t, os.MkdirAll(n.dir, 0o700), "node dir")
+		e, h := l.port(n.ns, "n"+name, n.addr+"/24")
+		n.mac = e.Attrs().HardwareAddr
+		h.Delete()
+		l.nodes[name] = n
+		n.cfg = l.writeNodeConfig(n, map[string]int{"a": 200, "b": 100}[name], true, advert)
+	}
+	return l
+}
+
+func (l *twoNode) writeNodeConfig(n *node, prio int, preempt bool, advert time.Duration) string {
+	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s/bpf}
+interfaces: [{name: eth0}]
+api: {socket: %s/keepbit.sock}
+metrics: {listen: "off"}
+log: {format: json, level: info}
+defaults:
+  check: {type: http, path: /, interval: 50ms, timeout: 40ms, rise: 1, fall: 2}
+services:
+  - name: web
+    vip: %s
+    port: 80
+    backends: [{address: 10.68.0.21}, {address: 10.68.0.22}]
+vrrp:
+  - name: web-vip
+    vrid: 68
+    priority: %d
+    preempt: %v
+    advert_interval: %s
+    vips: [%s]
+    announce: {count: 3, spacing: 10ms}
+    track:
+      dataplane: {weight: 0}
+`, n.dir, n.dir, vip2, prio, preempt, advert, vip2)
+	path := filepath.Join(n.dir, "keepbit.yaml")
+	must(l.t, os.WriteFile(path, []byte(cfg), 0o600), "node config")
+	return path
+}
+
+func (l *twoNode) start(name string) *daemon {
+	n := l.nodes[name]
+	n.d = runDaemonIn(l.t, n.ns, n.cfg, n.dir)
+	return n.d
+}
+
+// vipMAC is the client's neighbour entry for the VIP ("" when none).
+func (l *twoNode) vipMAC() string {
+	e, _ := l.clientH.LinkByName("eth0")
+	list, _ := l.clientH.NeighList(e.Attrs().Index, netlink.FAMILY_V4)
+	for _, n := range list {
+		if n.IP.String() == vip2 && n.State&(netlink.NUD_FAILED|netlink.NUD_INCOMPLETE) == 0 {
+			return n.HardwareAddr.String()
+		}
+	}
+	return ""
+}
+
+func (l *twoNode) waitClientOn(name string, within time.Duration) time.Duration {
+	l.t.Helper()
+	start := time.Now()
+	want := l.nodes[name].mac.String()
+	for time.Since(start) < within {
+		if l.vipMAC() == want {
+			return time.Since(start)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	l.t.Fatalf("client's entry for the VIP is %q, want node %s (%s) within %v", l.vipMAC(), name, want, within)
+	return 0
+}
+
+// get fetches http://VIP/ from the client on a new connection.
+func (l *twoNode) get() (string, error) {
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := privtest.InNS(l.client, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: 2 * time.Second}).Get("http://" + vip2 + "/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func (l *twoNode) served(what string) {
+	l.t.Helper()
+	for i := range 5 {
+		if body, err := l.get(); err != nil || (body != "b1:80" && body != "b2:80") {
+			l.t.Fatalf("%s: request %d: %q, %v", what, i, body, err)
+		}
+	}
+}
+
+func (l *twoNode) linkOf(name string, up bool) {
+	n := l.nodes[name]
+	h, _ := netlink.NewHandleAt(n.ns)
+	defer h.Delete()
+	e, _ := h.LinkByName("eth0")
+	if up {
+		must(l.t, h.LinkSetUp(e), "link up")
+	} else {
+		must(l.t, h.LinkSetDown(e), "link down")
+	}
+}
+
+func (l *twoNode) bridgePort(name string, up bool) {
+	h, _ := netlink.NewHandleAt(l.sw)
+	defer h.Delete()
+	p, _ := h.LinkByName("p-n" + name)
+	if up {
+		must(l.t, h.LinkSetUp(p), "port up")
+	} else {
+		must(l.t, h.LinkSetDown(p), "port down")
+	}
+}
+
+var vrrpMaster = map[string]string{"msg": "vrrp master"}
+var vrrpBackup = map[string]string{"msg": "vrrp backup"}
+
+// TestTwoNodes: the client follows the VIP through every way a master can
+// fail or leave, and keeps being served.
+func TestTwoNodes(t *testing.T) {
+	l := newTwoNode(t, 10*time.Millisecond)
+	a, b := l.start("a"), l.start("b")
+	a.waitLog(t, 0, 10*time.Second, vrrpMaster)
+	b.waitLog(t, 0, 10*time.Second, vrrpBackup)
+	a.waitLog(t, 0, 10*time.Second, map[string]string{"msg": "backend up", "backend": "10.68.0.22"})
+	b.waitLog(t, 0, 10*time.Second, map[string]string{"msg": "backend up", "backend": "10.68.0.22"})
+	l.served("a master")
+	l.waitClientOn("a", time.Second)
+
+	step := func(name string, do func(), to string, undo func(), back string) {
+		t.Run(name, func(t *testing.T) {
+			l.t = t
+			start := time.Now()
+			do()
+			took := l.waitClientOn(to, 3*time.Second)
+			t.Logf("%s: client on %s after %v", name, to, took.Round(time.Millisecond))
+			l.served(name)
+			if undo != nil {
+				undo()
+				l.waitClientOn(back, 5*time.Second)
+				l.served(name + ", undone")
+			}
+			_ = start
+		})
+	}
+	step("freeze (SIGSTOP) and thaw", func() { a.signal(syscall.SIGSTOP) }, "b",
+		func() { a.signal(syscall.SIGCONT) }, "a")
+	step("link down and up", func() { l.linkOf("a", false) }, "b",
+		func() { l.linkOf("a", true) }, "a")
+	step("partition and heal", func() { l.bridgePort("a", false) }, "b",
+		func() { l.bridgePort("a", true) }, "a")
+	step("kill -9 and restart", func() { a.signal(syscall.SIGKILL); <-a.done }, "b",
+		func() { a = l.start("a") }, "a")
+	step("graceful stop (priority 0)", func() {
+		from := b.mark()
+		a.signal(syscall.SIGTERM)
+		<-a.done
+		b.waitLog(t, from, time.Second, vrrpMaster)
+	}, "b", nil, "")
+	t.Run("no preempt on return", func(t *testing.T) {
+		l.t = t
+		l.nodes["a"].cfg = l.writeNodeConfig(l.nodes["a"], 200, false, 10*time.Millisecond)
+		a = l.start("a")
+		a.waitLog(t, 0, 5*time.Second, vrrpBackup)
+		time.Sleep(300 * time.Millisecond)
+		if got := l.vipMAC(); got != l.nodes["b"].mac.String() {
+			t.Fatalf("a non-preempting node took the VIP back (client on %s)", got)
+		}
+		l.served("no preempt")
+	})
+	_ = arp.OperationReply
+}
