@@ -113,7 +113,7 @@ func newLab(t *testing.T) *lab {
 
 // serve starts an HTTP server on every address of the backend, port port,
 // answering with the backend's name.
-func (b *backendNS) serve(t *testing.T, port int) {
+func (b *backendNS) serve(t testing.TB, port int) {
 	var ln net.Listener
 	must(t, privtest.InNS(b.ns, func() error {
 		var err error

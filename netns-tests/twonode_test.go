@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ const vip2 = "10.68.0.100"
 // nodes a (.11) and b (.12), and backends (.21, .22) that hold the VIP on
 // lo and answer the client directly (L2 DSR).
 type twoNode struct {
-	t       *testing.T
+	t       testing.TB
 	sw      netns.NsHandle
 	client  netns.NsHandle
 	nodes   map[string]*node
@@ -82,7 +83,7 @@ func sysctl(t testing.TB, ns netns.NsHandle, kv map[string]string) {
 	}), "sysctl")
 }
 
-func newTwoNode(t *testing.T, advert time.Duration) *twoNode {
+func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 	privtest.Require(t)
 	l := &twoNode{t: t, sw: privtest.NewNS(t), client: privtest.NewNS(t), nodes: map[string]*node{}, dir: t.TempDir()}
 	hs, _ := netlink.NewHandleAt(l.sw)
@@ -287,5 +288,77 @@ func TestTwoNodes(t *testing.T) {
 		}
 		l.served("no preempt")
 	})
-	_ = arp.OperationReply
+}
+
+// BenchmarkTakeover: 20 takeovers per advert interval. The master is
+// frozen (SIGSTOP); the time is until the client captures the backup's
+// first gratuitous ARP for the VIP. Then the master is thawed and takes the
+// VIP back (preempt) before the next run.
+func BenchmarkTakeover(b *testing.B) {
+	for _, advert := range []time.Duration{10 * time.Millisecond, 100 * time.Millisecond} {
+		b.Run(advert.String(), func(b *testing.B) {
+			for b.Loop() {
+				benchTakeover(b, advert, 20)
+			}
+		})
+	}
+}
+
+func benchTakeover(b *testing.B, advert time.Duration, runs int) {
+	l := newTwoNode(b, advert)
+	da, db := l.start("a"), l.start("b")
+	da.waitLog(b, 0, 10*time.Second, vrrpMaster)
+	db.waitLog(b, 0, 10*time.Second, vrrpBackup)
+	da.waitLog(b, 0, 10*time.Second, map[string]string{"msg": "backend up"})
+	l.served("before the runs") // gives the client its neighbour entry for the VIP
+	l.waitClientOn("a", 2*time.Second)
+
+	// Capture ARP on the client: the backup's gratuitous ARPs for the VIP.
+	garps := make(chan time.Time, 64)
+	var c *arp.Client
+	must(b, privtest.InNS(l.client, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		c, err = arp.Dial(ifi)
+		return err
+	}), "arp capture")
+	defer c.Close()
+	bMAC := l.nodes["b"].mac.String()
+	go func() {
+		for {
+			p, _, err := c.Read()
+			if err != nil {
+				return
+			}
+			if p.SenderIP.String() == vip2 && p.SenderHardwareAddr.String() == bMAC {
+				select {
+				case garps <- time.Now():
+				default:
+				}
+			}
+		}
+	}()
+	var took []time.Duration
+	for range runs {
+		for len(garps) > 0 {
+			<-garps
+		}
+		frozen := time.Now()
+		da.signal(syscall.SIGSTOP)
+		select {
+		case at := <-garps:
+			took = append(took, at.Sub(frozen))
+		case <-time.After(5 * time.Second):
+			b.Fatal("no gratuitous ARP from the backup within 5s")
+		}
+		da.signal(syscall.SIGCONT)
+		l.waitClientOn("a", 5*time.Second)
+		time.Sleep(5 * advert) // let the backup settle back
+	}
+	slices.Sort(took)
+	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(took[len(took)*99/100].Microseconds())/1000, "p99-ms")
+	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "max-ms")
 }
