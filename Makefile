@@ -11,7 +11,7 @@ GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfe
 TEST_FLAGS ?= -count=1 -timeout 30m
 BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
-.PHONY: help generate check-generated build test test-deps bench lint clang
+.PHONY: help generate check-generated build test test-deps bench lint clang demo
 
 # Peers the tests run against (VRRP interop).
 TEST_PACKAGES := keepalived
@@ -32,8 +32,13 @@ check-generated: ## fail when the committed bpf2go output does not match bpf/*.c
 	  for f in $(GENERATED); do cmp -s $$f $$tmp/$$(basename $$f) || { echo "stale generated file: $$f (run make generate and commit)"; cp $$tmp/$$(basename $$f) $$f; exit 1; }; done && \
 	  echo "generated BPF objects match bpf/*.c"
 
-build: ## build every package
+build: ## build every package, and the binaries into bin/
 	$(GO) build ./...
+	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbitctl ./cmd/keepbit-demo
+
+demo: ## (root) two-node failover lab in namespaces: kill a backend, freeze the master, print the timeline
+	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbit-demo
+	./bin/keepbit-demo -keepbitd ./bin/keepbitd
 
 test-deps: ## as root, install what the privileged tests run against (keepalived) when missing
 	@if [ "$$(id -u)" = 0 ] && ! command -v keepalived >/dev/null; then \

@@ -38,6 +38,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	checkOnly := fs.String("check-config", "", "validate `FILE` and exit without touching anything")
 	printDefault := fs.Bool("print-default-config", false, "print the embedded default config and exit")
 	detach := fs.Bool("detach", false, "detach the forwarder from every interface in the config and exit: forwarding STOPS")
+	pinRoot := fs.String("pin-root", "", "override node.pin_root (to run several nodes on one host)")
+	apiSocket := fs.String("api-socket", "", "override api.socket")
+	metricsListen := fs.String("metrics", "", `override metrics.listen ("off" disables)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,10 +57,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	load := func() (*config.Config, error) {
+		var cfg *config.Config
+		var err error
 		if *configPath == "default" {
-			return config.Default()
+			cfg, err = config.Default()
+		} else {
+			cfg, err = config.Load(*configPath)
 		}
-		return config.Load(*configPath)
+		if err != nil {
+			return nil, err
+		}
+		if *pinRoot != "" {
+			cfg.Node.PinRoot = *pinRoot
+		}
+		if *apiSocket != "" {
+			cfg.API.Socket = *apiSocket
+		}
+		if *metricsListen != "" {
+			cfg.Metrics.Listen = *metricsListen
+		}
+		return cfg, nil
 	}
 	cfg, err := load()
 	if err != nil {

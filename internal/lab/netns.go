@@ -1,17 +1,19 @@
-package privtest
+// Package lab builds network labs out of namespaces, veth pairs and a
+// bridge: the test suites and `make demo` use it. Everything it creates
+// is removed by the Close functions it returns.
+package lab
 
 import (
 	"errors"
+	"fmt"
 	"runtime"
-	"testing"
 
 	"github.com/vishvananda/netns"
 )
 
-// NewNS returns a new, anonymous network namespace that is closed (and
-// with its interfaces gone) when t ends.
-func NewNS(t testing.TB) netns.NsHandle {
-	t.Helper()
+// NewNS returns a new, anonymous network namespace; closing the handle
+// (with nothing else holding it) removes it and its interfaces.
+func NewNS() (netns.NsHandle, error) {
 	type result struct {
 		ns  netns.NsHandle
 		err error
@@ -39,10 +41,9 @@ func NewNS(t testing.TB) netns.NsHandle {
 	}()
 	r := <-ch
 	if r.err != nil {
-		t.Fatalf("new network namespace: %v", r.err)
+		return 0, fmt.Errorf("new network namespace: %w", r.err)
 	}
-	t.Cleanup(func() { r.ns.Close() })
-	return r.ns
+	return r.ns, nil
 }
 
 // InNS runs fn on a thread inside ns. Sockets fn opens stay in ns, and

@@ -1,8 +1,7 @@
-package privtest
+package lab
 
 import (
 	"fmt"
-	"testing"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -39,23 +38,22 @@ func TxChecksumOff(name string) error {
 
 // AttachPass attaches an XDP program that passes everything to the
 // interface with index ifindex in ns: veth delivers XDP_TX/XDP_REDIRECT
-// frames only to a peer that runs XDP.
-func AttachPass(t testing.TB, ns netns.NsHandle, ifindex int) {
-	t.Helper()
+// frames only to a peer that runs XDP. detach undoes it.
+func AttachPass(ns netns.NsHandle, ifindex int) (detach func(), err error) {
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
 	if err != nil {
-		t.Fatalf("load pass program: %v", err)
+		return nil, fmt.Errorf("load pass program: %w", err)
 	}
-	t.Cleanup(func() { prog.Close() })
+	var l link.Link
 	err = InNS(ns, func() error {
-		l, err := link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex})
-		if err == nil {
-			t.Cleanup(func() { l.Close() })
-		}
+		var err error
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifindex})
 		return err
 	})
 	if err != nil {
-		t.Fatalf("attach pass program: %v", err)
+		prog.Close()
+		return nil, fmt.Errorf("attach pass program: %w", err)
 	}
+	return func() { l.Close(); prog.Close() }, nil
 }

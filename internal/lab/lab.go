@@ -1,0 +1,141 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Lab is a bridge in a namespace of its own with hosts attached to it.
+type Lab struct {
+	sw      netns.NsHandle
+	hosts   []*Host
+	cleanup []func()
+}
+
+// Host is a namespace with one interface on the lab's bridge.
+type Host struct {
+	Name  string
+	NS    netns.NsHandle
+	Iface string
+	MAC   net.HardwareAddr
+}
+
+// New creates the switch namespace and its bridge.
+func New() (*Lab, error) {
+	sw, err := NewNS()
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{sw: sw}
+	l.cleanup = append(l.cleanup, func() { sw.Close() })
+	h, err := netlink.NewHandleAt(sw)
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	defer h.Delete()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err := errors.Join(h.LinkAdd(br), h.LinkSetUp(br)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("bridge: %w", err)
+	}
+	return l, nil
+}
+
+// Close removes every namespace, link and program the lab created.
+func (l *Lab) Close() {
+	for i := len(l.cleanup) - 1; i >= 0; i-- {
+		l.cleanup[i]()
+	}
+	l.cleanup = nil
+}
+
+// Host adds a namespace whose interface iface (on the bridge) has cidrs.
+// IPv6 duplicate address detection is off there, so addresses are usable
+// at once.
+func (l *Lab) Host(name, iface string, cidrs ...string) (*Host, error) {
+	ns, err := NewNS()
+	if err != nil {
+		return nil, err
+	}
+	l.cleanup = append(l.cleanup, func() { ns.Close() })
+	if err := InNS(ns, func() error {
+		return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0)
+	}); err != nil {
+		return nil, err
+	}
+	hs, err := netlink.NewHandleAt(l.sw)
+	if err != nil {
+		return nil, err
+	}
+	defer hs.Delete()
+	port, peer := "p-"+name, "e-"+name
+	if len(port) > 15 {
+		return nil, fmt.Errorf("host name %q: too long for an interface name", name)
+	}
+	if err := hs.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: peer}); err != nil {
+		return nil, fmt.Errorf("host %s: veth: %w", name, err)
+	}
+	p, _ := hs.LinkByName(port)
+	e, _ := hs.LinkByName(peer)
+	br, _ := hs.LinkByName("br0")
+	if err := errors.Join(hs.LinkSetNsFd(e, int(ns)), hs.LinkSetMaster(p, br), hs.LinkSetUp(p)); err != nil {
+		return nil, fmt.Errorf("host %s: attach to the bridge: %w", name, err)
+	}
+	// A host may run XDP that sends frames back out (XDP_TX); veth hands
+	// those to its peer only when the peer runs XDP too.
+	detach, err := AttachPass(l.sw, p.Attrs().Index)
+	if err != nil {
+		return nil, err
+	}
+	l.cleanup = append(l.cleanup, detach)
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Delete()
+	e, _ = h.LinkByName(peer)
+	if err := h.LinkSetName(e, iface); err != nil {
+		return nil, fmt.Errorf("host %s: rename: %w", name, err)
+	}
+	e, _ = h.LinkByName(iface)
+	for _, c := range cidrs {
+		a, err := netlink.ParseAddr(c)
+		if err != nil {
+			return nil, fmt.Errorf("host %s: %w", name, err)
+		}
+		if err := h.AddrAdd(e, a); err != nil {
+			return nil, fmt.Errorf("host %s: address %s: %w", name, c, err)
+		}
+	}
+	lo, _ := h.LinkByName("lo")
+	if err := errors.Join(h.LinkSetUp(e), h.LinkSetUp(lo)); err != nil {
+		return nil, fmt.Errorf("host %s: up: %w", name, err)
+	}
+	host := &Host{Name: name, NS: ns, Iface: iface, MAC: e.Attrs().HardwareAddr}
+	l.hosts = append(l.hosts, host)
+	return host, nil
+}
+
+// Do runs fn inside the host's namespace.
+func (h *Host) Do(fn func() error) error { return InNS(h.NS, fn) }
+
+// Sysctl writes /proc/sys settings (keys relative to /proc/sys) in the host.
+func (h *Host) Sysctl(kv map[string]string) error {
+	return h.Do(func() error {
+		for k, v := range kv {
+			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Handle is a netlink handle inside the host; Delete it after use.
+func (h *Host) Handle() (*netlink.Handle, error) { return netlink.NewHandleAt(h.NS) }
