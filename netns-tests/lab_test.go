@@ -279,6 +279,9 @@ func runDaemonIn(tb testing.TB, ns netns.NsHandle, cfgPath, dir string) *daemon 
 			d.logs = append(d.logs, m)
 			d.mu.Unlock()
 		}
+		if err := sc.Err(); err != nil {
+			fmt.Fprintln(os.Stderr, "LOGREADER STOPPED:", err)
+		}
 		_ = d.cmd.Wait()
 	}()
 	return d

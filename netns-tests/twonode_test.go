@@ -2,13 +2,16 @@ package netnstests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +29,8 @@ const vip2 = "10.68.0.100"
 // nodes a (.11) and b (.12), and backends (.21, .22) that hold the VIP on
 // lo and answer the client directly (L2 DSR).
 type twoNode struct {
-	t       testing.TB
+	t       testing.TB // the current (sub)test, for failures
+	root    testing.TB // the whole test: daemons live as long as it
 	sw      netns.NsHandle
 	client  netns.NsHandle
 	nodes   map[string]*node
@@ -85,7 +89,7 @@ func sysctl(t testing.TB, ns netns.NsHandle, kv map[string]string) {
 
 func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 	privtest.Require(t)
-	l := &twoNode{t: t, sw: privtest.NewNS(t), client: privtest.NewNS(t), nodes: map[string]*node{}, dir: t.TempDir()}
+	l := &twoNode{t: t, root: t, sw: privtest.NewNS(t), client: privtest.NewNS(t), nodes: map[string]*node{}, dir: t.TempDir()}
 	hs, _ := netlink.NewHandleAt(l.sw)
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	must(t, hs.LinkAdd(br), "bridge")
@@ -141,6 +145,8 @@ vrrp:
     announce: {count: 3, spacing: 10ms}
     track:
       dataplane: {weight: 0}
+      # A node whose backends are all down must not take the VIP back.
+      services: [{name: web, weight: 150}]
 `, n.dir, n.dir, vip2, prio, preempt, advert, vip2)
 	path := filepath.Join(n.dir, "keepbit.yaml")
 	must(l.t, os.WriteFile(path, []byte(cfg), 0o600), "node config")
@@ -149,7 +155,7 @@ vrrp:
 
 func (l *twoNode) start(name string) *daemon {
 	n := l.nodes[name]
-	n.d = runDaemonIn(l.t, n.ns, n.cfg, n.dir)
+	n.d = runDaemonIn(l.root, n.ns, n.cfg, n.dir)
 	return n.d
 }
 
@@ -175,8 +181,56 @@ func (l *twoNode) waitClientOn(name string, within time.Duration) time.Duration 
 		}
 		time.Sleep(time.Millisecond)
 	}
-	l.t.Fatalf("client's entry for the VIP is %q, want node %s (%s) within %v", l.vipMAC(), name, want, within)
+	if os.Getenv("KEEPBIT_DEBUG_STACKS") != "" {
+		d := l.nodes["a"].d
+		d.signal(syscall.SIGQUIT)
+		time.Sleep(time.Second)
+		fmt.Fprintln(os.Stderr, "STACKS a:", d.dump())
+	}
+	l.t.Fatalf("client's entry for the VIP is %q, want node %s (%s) within %v\n%s", l.vipMAC(), name, want, within, l.explain())
 	return 0
+}
+
+// explain is both nodes' VRRP events (from their flight recorders) and
+// warnings, for failure messages.
+func (l *twoNode) explain() string {
+	var logs strings.Builder
+	for _, n := range []string{"a", "b"} {
+		fmt.Fprintf(&logs, "node %s: mac %s\n", n, l.nodes[n].mac)
+		out, err := exec.Command(binary(l.t, "keepbitctl"), "-socket", filepath.Join(l.nodes[n].dir, "keepbit.sock"), "events").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(&logs, "  %s events: %v: %s\n", n, err, out)
+			if d := l.nodes[n].d; d != nil {
+				lines := strings.Split(d.dump(), "\n")
+				for _, line := range lines[max(0, len(lines)-40):] {
+					fmt.Fprintf(&logs, "  %s tail: %.220s\n", n, line)
+				}
+			}
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, "vrrp") || strings.Contains(line, "backend") {
+				fmt.Fprintf(&logs, "  %s events: %s\n", n, line)
+			}
+		}
+		if d := l.nodes[n].d; d != nil {
+			for _, line := range strings.Split(d.dump(), "\n") {
+				if strings.Contains(line, "WARN") || strings.Contains(line, "ERROR") || strings.Contains(line, "tracking") {
+					fmt.Fprintf(&logs, "  %s log: %.300s\n", n, line)
+				}
+			}
+		}
+	}
+	return logs.String()
+}
+
+// vrrpState asks a node's API for its VRRP state.
+func (l *twoNode) vrrpState(name string) string {
+	out, _ := exec.Command(binary(l.t, "keepbitctl"), "-socket", filepath.Join(l.nodes[name].dir, "keepbit.sock"), "-o", "json", "vip").Output()
+	var vs []struct{ State string }
+	if json.Unmarshal(out, &vs) != nil || len(vs) == 0 {
+		return "unknown"
+	}
+	return vs[0].State
 }
 
 // get fetches http://VIP/ from the client on a new connection.
@@ -258,6 +312,15 @@ func TestTwoNodes(t *testing.T) {
 			if undo != nil {
 				undo()
 				l.waitClientOn(back, 5*time.Second)
+				// The returning node may still be re-learning its backends
+				// (its checks failed while it was cut off): wait for the
+				// first answer, then every request must be served.
+				deadline := time.Now().Add(3 * time.Second)
+				for time.Now().Before(deadline) {
+					if _, err := l.get(); err == nil {
+						break
+					}
+				}
 				l.served(name + ", undone")
 			}
 			_ = start
@@ -272,10 +335,13 @@ func TestTwoNodes(t *testing.T) {
 	step("kill -9 and restart", func() { a.signal(syscall.SIGKILL); <-a.done }, "b",
 		func() { a = l.start("a") }, "a")
 	step("graceful stop (priority 0)", func() {
+		if st := l.vrrpState("b"); st != "backup" {
+			l.t.Fatalf("before the graceful stop b is %s, want backup\n%s", st, l.explain())
+		}
 		from := b.mark()
 		a.signal(syscall.SIGTERM)
 		<-a.done
-		b.waitLog(t, from, time.Second, vrrpMaster)
+		b.waitLog(l.t, from, 2*time.Second, vrrpMaster)
 	}, "b", nil, "")
 	t.Run("no preempt on return", func(t *testing.T) {
 		l.t = t

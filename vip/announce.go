@@ -12,10 +12,14 @@ import (
 	"github.com/mdlayher/ndp"
 )
 
-// Burst says how to announce: Count rounds, Spacing apart.
+// Burst says how to announce: Count rounds, Spacing apart, and one more
+// round Late after the first (0 = none). Linux hosts ignore updates to a
+// neighbour entry changed less than locktime (1 s) ago, so a VIP that
+// flips back within a second reaches them only through the late round.
 type Burst struct {
 	Count   int
 	Spacing time.Duration
+	Late    time.Duration
 }
 
 // Announcer tells the segment behind one interface that this node now
@@ -90,25 +94,40 @@ func (a *Announcer) Once(addrs []netip.Addr) error {
 	return nil
 }
 
-// Burst sends b.Count rounds, b.Spacing apart, until ctx ends. It returns
-// when the first round is out; the rest follow in the background.
-func (a *Announcer) Burst(ctx context.Context, addrs []netip.Addr, b Burst) error {
+// round sends one round, and again at once if that failed: a packet
+// socket reports the ENETDOWN of a link that went down on its next send,
+// even when the link is back up by then.
+func (a *Announcer) round(addrs []netip.Addr) error {
 	if err := a.Once(addrs); err != nil {
-		return err
+		return a.Once(addrs)
 	}
-	if b.Count > 1 {
+	return nil
+}
+
+// Burst sends b.Count rounds, b.Spacing apart, and the late round, until
+// ctx ends. It returns when the first round is out (or failed); the rest
+// follow in the background even if the first failed.
+func (a *Announcer) Burst(ctx context.Context, addrs []netip.Addr, b Burst) error {
+	first := a.round(addrs)
+	if b.Count > 1 || b.Late > 0 {
+		start := time.Now()
 		go func() {
-			t := time.NewTicker(b.Spacing)
-			defer t.Stop()
-			for range b.Count - 1 {
+			for i := 1; i < b.Count; i++ {
 				select {
 				case <-ctx.Done():
 					return
-				case <-t.C:
-					_ = a.Once(addrs)
+				case <-time.After(time.Until(start.Add(time.Duration(i) * b.Spacing))):
+					_ = a.round(addrs)
+				}
+			}
+			if b.Late > 0 {
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Until(start.Add(b.Late))):
+					_ = a.round(addrs)
 				}
 			}
 		}()
 	}
-	return nil
+	return first
 }

@@ -45,7 +45,14 @@ type VRRP struct {
 type Announce struct {
 	Count   int           `yaml:"count"`   // default 3
 	Spacing time.Duration `yaml:"spacing"` // default 10ms
-	Refresh time.Duration `yaml:"refresh"` // re-announce while master; 0 = never
+	// Refresh: re-announce this often while master (default 1s; "0s"
+	// turns it off). It brings back clients that a rival announced to
+	// during a flap this node never saw (a partition shorter than one
+	// advertisement, say).
+	Refresh *time.Duration `yaml:"refresh"`
+	// Late: one more round this long after becoming master (default 1.1s,
+	// past Linux's 1 s neighbour locktime); "0s" turns it off.
+	Late *time.Duration `yaml:"late"`
 }
 
 // Track lists what lowers this node's priority (by Weight) or, with

@@ -116,6 +116,14 @@ func (d *decoder) applyDefaults(c *Config) {
 		if v.Announce.Spacing == 0 {
 			v.Announce.Spacing = 10 * time.Millisecond
 		}
+		if v.Announce.Refresh == nil {
+			refresh := time.Second
+			v.Announce.Refresh = &refresh
+		}
+		if v.Announce.Late == nil {
+			late := 1100 * time.Millisecond
+			v.Announce.Late = &late
+		}
 		for j := range v.Track.Commands {
 			tc := &v.Track.Commands[j]
 			if tc.Interval == 0 {

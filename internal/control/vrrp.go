@@ -100,8 +100,8 @@ func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, e
 	}
 	inst, err := vrrp.NewInstance(vrrp.InstanceConfig{
 		Name: v.Name, Interface: v.Interface, Peers: v.Peers,
-		Burst:   vip.Burst{Count: v.Announce.Count, Spacing: v.Announce.Spacing},
-		Refresh: v.Announce.Refresh,
+		Burst:   vip.Burst{Count: v.Announce.Count, Spacing: v.Announce.Spacing, Late: *v.Announce.Late},
+		Refresh: *v.Announce.Refresh,
 		Machine: vrrp.Config{VRID: v.VRID, Priority: v.Priority, Interval: v.AdvertInterval, Preempt: *v.Preempt,
 			PreemptDelay: v.PreemptDelay, Addrs: v.VIPs},
 	}, c.log, func(e vrrp.Event) { c.onVRRP(r, e) })
@@ -303,6 +303,8 @@ type VIPStatus struct {
 	Since        time.Time `json:"since,omitzero"`
 	Reason       string    `json:"reason,omitempty"`
 	Tracking     string    `json:"tracking,omitempty"`
+	// Received advertisements by what happened to them.
+	Received vrrp.Counters `json:"received"`
 }
 
 // VIPs lists the VRRP instances in config order.
@@ -323,7 +325,8 @@ func (c *Controller) VIPs() []VIPStatus {
 			continue
 		}
 		st, prio, master := r.inst.State()
-		vs := VIPStatus{Name: name, VRID: r.cfg.VRID, Interface: r.cfg.Interface, State: st.String(), Priority: prio, BasePriority: r.cfg.Priority}
+		vs := VIPStatus{Name: name, VRID: r.cfg.VRID, Interface: r.cfg.Interface, State: st.String(), Priority: prio, BasePriority: r.cfg.Priority,
+			Received: r.inst.Counters()}
 		for _, a := range r.cfg.VIPs {
 			vs.VIPs = append(vs.VIPs, a.String())
 		}

@@ -67,6 +67,10 @@ type Instance struct {
 	wantReason string
 	wantPrio   uint8
 	trackKick  chan struct{}
+	// stopBurst ends the announcement burst of the current mastership:
+	// rounds left over after a release would pull clients to a node that
+	// no longer owns the VIPs.
+	stopBurst context.CancelFunc
 }
 
 type received struct {
@@ -241,9 +245,11 @@ func (in *Instance) Run(ctx context.Context) error {
 	acts := in.m.Start(time.Now())
 	in.mu.Unlock()
 	in.do(ctx, acts, time.Now())
-	refresh := time.NewTicker(max(in.cfg.Refresh, time.Hour))
-	if in.cfg.Refresh <= 0 {
-		refresh.Stop()
+	var refreshC <-chan time.Time // nil: no refresh
+	if in.cfg.Refresh > 0 {
+		refresh := time.NewTicker(in.cfg.Refresh)
+		defer refresh.Stop()
+		refreshC = refresh.C
 	}
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -287,7 +293,7 @@ func (in *Instance) Run(ctx context.Context) error {
 			}
 			in.mu.Unlock()
 			in.do(ctx, acts, now)
-		case <-refresh.C:
+		case <-refreshC:
 			if st, _, _ := in.State(); st == Master {
 				_ = in.ann.Once(in.cfg.Machine.Addrs)
 			}
@@ -317,13 +323,22 @@ func (in *Instance) do(ctx context.Context, acts []Action, detect time.Time) {
 					in.log.Error("vrrp: take vip", "instance", in.cfg.Name, "error", err)
 				}
 			}
-			if err := in.ann.Burst(ctx, in.cfg.Machine.Addrs, in.cfg.Burst); err != nil {
+			if in.stopBurst != nil {
+				in.stopBurst()
+			}
+			var bctx context.Context
+			bctx, in.stopBurst = context.WithCancel(ctx)
+			if err := in.ann.Burst(bctx, in.cfg.Machine.Addrs, in.cfg.Burst); err != nil {
 				in.log.Warn("vrrp: announce", "instance", in.cfg.Name, "error", err)
 			}
 			if ev != nil && ev.Announce.IsZero() {
 				ev.Announce = time.Now()
 			}
 		case Release:
+			if in.stopBurst != nil {
+				in.stopBurst()
+				in.stopBurst = nil
+			}
 			for _, addr := range in.cfg.Machine.Addrs {
 				if err := vip.Remove(in.cfg.Interface, addr); err != nil {
 					in.log.Error("vrrp: release vip", "instance", in.cfg.Name, "error", err)
