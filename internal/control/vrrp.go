@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os/exec"
 	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -205,51 +206,60 @@ func xdpAttached(name string) bool {
 	return x != nil && x.Attached
 }
 
-// track computes each instance's verdict; members of a sync group share
-// theirs (a fault of one faults all, penalties add up), so they move
-// together.
-func (c *Controller) track() {
-	runs := c.vrrpRuns()
-	status := map[string]bool{} // service -> some backend up
-	for _, s := range c.Status() {
-		up := false
-		for _, b := range s.Backends {
-			up = up || b.State == "up"
-		}
-		status[s.Name] = up
-	}
+// world is what tracking looks at, so that the decision can be tested
+// without interfaces.
+type world struct {
+	linkUp      func(string) bool
+	xdpAttached func(string) bool
+	serviceUp   map[string]bool // some backend up
+	commandOK   func(instance string, i int) bool
+}
+
+type trackVerdict struct {
+	fault  bool
+	prio   uint8
+	reason string
+}
+
+// decide computes each instance's verdict. Its own interface down is a
+// fault; tracked objects subtract their weight (0 = fault). Members of a
+// sync group share one verdict (a fault of one faults all, penalties add
+// up), so they move together. The owner's priority 255 never changes.
+func decide(cfgs map[string]config.VRRP, w world) map[string]trackVerdict {
 	verdicts := map[string]*verdictOf{}
-	for name, r := range runs {
+	for name, cfg := range cfgs {
 		v := &verdictOf{}
-		cfg := r.cfg
-		if !linkUp(cfg.Interface) {
+		if !w.linkUp(cfg.Interface) {
 			v.add(0, "interface "+cfg.Interface+" down")
 		}
-		if d := cfg.Track.Dataplane; d != nil && !xdpAttached(cfg.Interface) {
+		if d := cfg.Track.Dataplane; d != nil && !w.xdpAttached(cfg.Interface) {
 			v.add(d.Weight, "dataplane not attached on "+cfg.Interface)
 		}
 		for _, it := range cfg.Track.Interfaces {
-			if !linkUp(it.Name) {
+			if !w.linkUp(it.Name) {
 				v.add(it.Weight, "tracked interface "+it.Name+" down")
 			}
 		}
 		for _, it := range cfg.Track.Services {
-			if !status[it.Name] {
+			if !w.serviceUp[it.Name] {
 				v.add(it.Weight, "all backends of service "+it.Name+" down")
 			}
 		}
-		r.mu.Lock()
 		for i, tc := range cfg.Track.Commands {
-			if !r.cmdOK[i] {
+			if !w.commandOK(name, i) {
 				v.add(tc.Weight, "track command "+tc.Command+" failed")
 			}
 		}
-		r.mu.Unlock()
 		verdicts[name] = v
 	}
 	groups := map[string]*verdictOf{}
-	for name, r := range runs {
-		if g := r.cfg.SyncGroup; g != "" {
+	names := make([]string, 0, len(cfgs))
+	for name := range cfgs {
+		names = append(names, name)
+	}
+	sort.Strings(names) // stable reasons
+	for _, name := range names {
+		if g := cfgs[name].SyncGroup; g != "" {
 			if groups[g] == nil {
 				groups[g] = &verdictOf{}
 			}
@@ -261,31 +271,53 @@ func (c *Controller) track() {
 			}
 		}
 	}
-	for name, r := range runs {
+	out := map[string]trackVerdict{}
+	for name, cfg := range cfgs {
 		v := verdicts[name]
-		if g := r.cfg.SyncGroup; g != "" {
+		if g := cfg.SyncGroup; g != "" {
 			v = groups[g]
 		}
-		prio := int(r.cfg.Priority) - v.penalty
-		if r.cfg.Priority == vrrp.OwnerPriority {
+		prio := uint8(max(1, min(254, int(cfg.Priority)-v.penalty)))
+		if cfg.Priority == vrrp.OwnerPriority {
 			prio = vrrp.OwnerPriority
 		}
-		prio = max(1, min(254, prio))
-		if r.cfg.Priority == vrrp.OwnerPriority {
-			prio = vrrp.OwnerPriority
+		out[name] = trackVerdict{fault: v.fault, prio: prio, reason: strings.Join(v.reasons, "; ")}
+	}
+	return out
+}
+
+// track applies decide's verdicts to the running instances, when changed.
+func (c *Controller) track() {
+	runs := c.vrrpRuns()
+	w := world{linkUp: linkUp, xdpAttached: xdpAttached, serviceUp: map[string]bool{},
+		commandOK: func(name string, i int) bool {
+			r := runs[name]
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			return r.cmdOK[i]
+		}}
+	for _, s := range c.Status() {
+		for _, b := range s.Backends {
+			w.serviceUp[s.Name] = w.serviceUp[s.Name] || b.State == "up"
 		}
-		reason := strings.Join(v.reasons, "; ")
+	}
+	cfgs := map[string]config.VRRP{}
+	for name, r := range runs {
+		cfgs[name] = r.cfg
+	}
+	for name, v := range decide(cfgs, w) {
+		r := runs[name]
 		r.mu.Lock()
-		same := r.applied.set && r.applied.fault == v.fault && r.applied.prio == uint8(prio)
+		same := r.applied.set && r.applied.fault == v.fault && r.applied.prio == v.prio
 		if !same {
-			r.applied.set, r.applied.fault, r.applied.reason, r.applied.prio = true, v.fault, reason, uint8(prio)
+			r.applied.set, r.applied.fault, r.applied.reason, r.applied.prio = true, v.fault, v.reason, v.prio
 		}
 		r.mu.Unlock()
 		if !same {
-			if reason != "" {
-				c.log.Info("vrrp tracking", "instance", name, "fault", v.fault, "priority", prio, "reason", reason)
+			if v.reason != "" {
+				c.log.Info("vrrp tracking", "instance", name, "fault", v.fault, "priority", v.prio, "reason", v.reason)
 			}
-			r.inst.Track(v.fault, reason, uint8(prio))
+			r.inst.Track(v.fault, v.reason, v.prio)
 		}
 	}
 }

@@ -49,9 +49,9 @@ type router struct {
 	done   chan struct{}
 }
 
-func startRouter(t *testing.T, name, ifname string, prio uint8, preempt bool, addrs []netip.Addr) *router {
+func startRouter(t *testing.T, name, ifname string, prio uint8, preempt bool, addrs []netip.Addr, peers ...netip.Addr) *router {
 	r := &router{events: make(chan Event, 16), done: make(chan struct{})}
-	in, err := NewInstance(InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1},
+	in, err := NewInstance(InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1}, Peers: peers,
 		Machine: Config{VRID: 42, Priority: prio, Interval: 10 * time.Millisecond, Preempt: preempt, Addrs: addrs}},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), func(e Event) { r.events <- e })
 	if err != nil {
@@ -156,4 +156,27 @@ func TestTwoRouters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestUnicastPeers: with peers configured, advertisements go to them by
+// unicast (no multicast group joined) and the election works the same.
+func TestUnicastPeers(t *testing.T) {
+	routerPair(t, "kbu0", "kbu1")
+	addrs := []netip.Addr{netip.MustParseAddr("10.67.0.110")}
+	pa, pb := netip.MustParseAddr("10.67.0.1"), netip.MustParseAddr("10.67.0.2")
+	a := startRouter(t, "a", "kbu0", 200, true, addrs, pb)
+	b := startRouter(t, "b", "kbu1", 100, true, addrs, pa)
+	a.wait(t, Master, 2*time.Second)
+	b.wait(t, Backup, 2*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	if st, _, master := b.in.State(); st != Backup || master != pa {
+		t.Fatalf("b: %s, master %s; want backup of %s (counters %+v)", st, master, pa, b.in.Counters())
+	}
+	if c := b.in.Counters(); c.Accepted < 5 || c.NotPeer != 0 {
+		t.Fatalf("b's counters %+v: want unicast advertisements from its peer accepted", c)
+	}
+	stopped := time.Now()
+	a.stop()
+	e := b.wait(t, Master, time.Second)
+	t.Logf("unicast: graceful stop -> backup master in %v", e.Decide.Sub(stopped).Round(time.Microsecond))
 }
