@@ -4,7 +4,6 @@ package netnstests
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	nslab "github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -140,15 +140,7 @@ func (b *backendNS) stop(port int) {
 // get fetches http://VIP:port/ from the client namespace on a new
 // connection and returns the body ("" on failure).
 func (l *lab) get(port int) (string, error) {
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := privtest.InNS(l.client, func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: nslab.DialContext(l.client, time.Second)}
 	defer tr.CloseIdleConnections()
 	cl := &http.Client{Transport: tr, Timeout: 2 * time.Second}
 	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/", vip, port))

@@ -1,11 +1,9 @@
 package netnstests
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,7 +15,7 @@ import (
 	"time"
 
 	"github.com/keepbit/keepbit/internal/api"
-	"github.com/keepbit/keepbit/internal/privtest"
+	nslab "github.com/keepbit/keepbit/internal/lab"
 )
 
 // keepAlive is one long-lived HTTP connection from the client that asks
@@ -32,15 +30,7 @@ type keepAlive struct {
 
 func (l *lab) keepAlive(t *testing.T) *keepAlive {
 	k := &keepAlive{stop: make(chan struct{}), done: make(chan struct{})}
-	tr := &http.Transport{MaxConnsPerHost: 1, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := privtest.InNS(l.client, func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{MaxConnsPerHost: 1, DialContext: nslab.DialContext(l.client, time.Second)}
 	cl := &http.Client{Transport: tr, Timeout: 2 * time.Second}
 	go func() {
 		defer close(k.done)

@@ -1,7 +1,6 @@
 package netnstests
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,6 +19,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	nslab "github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -235,15 +235,7 @@ func (l *twoNode) vrrpState(name string) string {
 
 // get fetches http://VIP/ from the client on a new connection.
 func (l *twoNode) get() (string, error) {
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := privtest.InNS(l.client, func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: nslab.DialContext(l.client, time.Second)}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 2 * time.Second}).Get("http://" + vip2 + "/")
 	if err != nil {

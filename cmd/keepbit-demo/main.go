@@ -416,15 +416,7 @@ type result struct {
 }
 
 func (t *traffic) run(ctx context.Context) {
-	tr := &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := t.client.Do(func() error {
-			var err error
-			c, err = (&net.Dialer{Timeout: 300 * time.Millisecond}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}}
+	tr := &http.Transport{DisableKeepAlives: true, DialContext: lab.DialContext(t.client.NS, 300*time.Millisecond)}
 	cl := &http.Client{Transport: tr, Timeout: 300 * time.Millisecond}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()

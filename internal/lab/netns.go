@@ -4,9 +4,12 @@
 package lab
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
+	"time"
 
 	"github.com/vishvananda/netns"
 )
@@ -71,4 +74,18 @@ func InNS(ns netns.NsHandle, fn func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// DialContext dials from inside ns (for an http.Transport): the socket
+// is created there and stays there.
+func DialContext(ns netns.NsHandle, timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := InNS(ns, func() error {
+			var err error
+			c, err = (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
 }
