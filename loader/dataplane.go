@@ -143,7 +143,7 @@ func (d *Dataplane) load(ctx context.Context) error {
 		if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
 			return fmt.Errorf("load BPF objects: %w", err)
 		}
-		return d.afterLoad(ctx)
+		return d.afterLoad()
 	}
 
 	mount := d.opts.PinRoot
@@ -183,7 +183,7 @@ func (d *Dataplane) create(ctx context.Context, spec *ebpf.CollectionSpec, linkP
 			return fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	if err := d.afterLoad(ctx); err != nil {
+	if err := d.afterLoad(); err != nil {
 		return err
 	}
 	if err := d.attach(); err != nil {
@@ -245,7 +245,7 @@ func (d *Dataplane) adopt(ctx context.Context, spec *ebpf.CollectionSpec, linkPi
 	return d.writeSettings()
 }
 
-func (d *Dataplane) afterLoad(ctx context.Context) error {
+func (d *Dataplane) afterLoad() error {
 	d.resetIndex()
 	return d.writeSettings()
 }

@@ -626,14 +626,15 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	}
 	returned := time.Now()
 	d.mu.Lock()
+	var ms []*member
 	for _, m := range svc.members {
 		m.spec.State = Down
 		_ = d.objs.BackendState.Put(m.id, m.word())
-		delete(d.members, m.id)
-		d.freeBe = append(d.freeBe, m.id)
+		ms = append(ms, m)
 	}
 	delete(d.dirty, key)
 	d.mu.Unlock()
+	d.releaseMembers(ms)
 	// Removing the buffers waits for RCU; nothing reads them any more.
 	for b := range 2 {
 		_ = d.objs.Tables.Delete(svc.id*2 + uint32(b))

@@ -31,7 +31,7 @@ const vip2 = "10.68.0.100"
 type twoNode struct {
 	t       testing.TB // the current (sub)test, for failures
 	root    testing.TB // the whole test: daemons live as long as it
-	sw      netns.NsHandle
+	lab     *nslab.Lab
 	client  netns.NsHandle
 	nodes   map[string]*node
 	dir     string
@@ -48,74 +48,38 @@ type node struct {
 	d    *daemon
 }
 
-// port connects a new namespace-side eth0 (address cidr) to the bridge.
-func (l *twoNode) port(ns netns.NsHandle, name, cidr string) (netlink.Link, *netlink.Handle) {
-	t := l.t
-	hs, err := netlink.NewHandleAt(l.sw)
-	must(t, err, "switch handle")
-	defer hs.Delete()
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "p-" + name}, PeerName: "e-" + name}
-	must(t, hs.LinkAdd(v), "veth "+name)
-	peer, _ := hs.LinkByName("e-" + name)
-	must(t, hs.LinkSetNsFd(peer, int(ns)), "move "+name)
-	br, _ := hs.LinkByName("br0")
-	p, _ := hs.LinkByName("p-" + name)
-	must(t, hs.LinkSetMaster(p, br), "enslave "+name)
-	must(t, hs.LinkSetUp(p), "up port "+name)
-	privtest.AttachPass(t, l.sw, p.Attrs().Index) // XDP_TX frames from the node must be received
-	h, err := netlink.NewHandleAt(ns)
-	must(t, err, "handle "+name)
-	e, _ := h.LinkByName("e-" + name)
-	must(t, h.LinkSetName(e, "eth0"), "rename "+name)
-	e, _ = h.LinkByName("eth0")
-	a, _ := netlink.ParseAddr(cidr)
-	must(t, h.AddrAdd(e, a), "address "+name)
-	must(t, h.LinkSetUp(e), "up "+name)
-	lo, _ := h.LinkByName("lo")
-	must(t, h.LinkSetUp(lo), "lo "+name)
-	return e, h
-}
-
-func sysctl(t testing.TB, ns netns.NsHandle, kv map[string]string) {
-	must(t, privtest.InNS(ns, func() error {
-		for k, v := range kv {
-			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0); err != nil {
-				return err
-			}
-		}
-		return nil
-	}), "sysctl")
-}
-
 func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 	privtest.Require(t)
-	l := &twoNode{t: t, root: t, sw: privtest.NewNS(t), client: privtest.NewNS(t), nodes: map[string]*node{}, dir: t.TempDir()}
-	hs, _ := netlink.NewHandleAt(l.sw)
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-	must(t, hs.LinkAdd(br), "bridge")
-	must(t, hs.LinkSetUp(br), "bridge up")
-	hs.Delete()
-
-	_, l.clientH = l.port(l.client, "client", "10.68.0.2/24")
+	bridge, err := nslab.New()
+	must(t, err, "lab")
+	t.Cleanup(bridge.Close)
+	l := &twoNode{t: t, root: t, lab: bridge, nodes: map[string]*node{}, dir: t.TempDir()}
+	client, err := bridge.Host("client", "eth0", "10.68.0.2/24")
+	must(t, err, "client")
+	l.client = client.NS
+	l.clientH, err = client.Handle()
+	must(t, err, "client handle")
 	t.Cleanup(l.clientH.Delete)
-	must(t, privtest.InNS(l.client, func() error { return privtest.TxChecksumOff("eth0") }), "client checksum offload")
+	must(t, client.Do(func() error { return nslab.TxChecksumOff("eth0") }), "client checksum offload")
 	for i, name := range []string{"b1", "b2"} {
-		ns := privtest.NewNS(t)
-		sysctl(t, ns, map[string]string{"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2"})
-		_, h := l.port(ns, name, fmt.Sprintf("10.68.0.%d/24", 21+i))
-		lo, _ := h.LinkByName("lo")
+		h, err := bridge.Host(name, "eth0", fmt.Sprintf("10.68.0.%d/24", 21+i))
+		must(t, err, name)
+		must(t, h.Sysctl(map[string]string{"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2"}), "backend sysctl")
+		nh, err := h.Handle()
+		must(t, err, "backend handle")
+		lo, _ := nh.LinkByName("lo")
 		va, _ := netlink.ParseAddr(vip2 + "/32")
-		must(t, h.AddrAdd(lo, va), "VIP on backend lo")
-		h.Delete()
-		b := &backendNS{name: name, ns: ns, srv: map[int]*http.Server{}}
+		must(t, nh.AddrAdd(lo, va), "VIP on backend lo")
+		nh.Delete()
+		b := &backendNS{name: name, ns: h.NS, srv: map[int]*http.Server{}}
 		b.serve(t, 80)
 	}
 	for i, name := range []string{"a", "b"} {
-		n := &node{name: name, ns: privtest.NewNS(t), addr: fmt.Sprintf("10.68.0.%d", 11+i), dir: filepath.Join(l.dir, name)}
+		addr := fmt.Sprintf("10.68.0.%d", 11+i)
+		h, err := bridge.Host("n"+name, "eth0", addr+"/24")
+		must(t, err, "node "+name)
+		n := &node{name: name, ns: h.NS, addr: addr, mac: h.MAC, dir: filepath.Join(l.dir, name)}
 		must(t, os.MkdirAll(n.dir, 0o700), "node dir")
-		e, h := l.port(n.ns, "n"+name, n.addr+"/24")
-		n.mac = e.Attrs().HardwareAddr
-		h.Delete()
 		l.nodes[name] = n
 		n.cfg = l.writeNodeConfig(n, map[string]int{"a": 200, "b": 100}[name], true, advert)
 	}
@@ -268,14 +232,7 @@ func (l *twoNode) linkOf(name string, up bool) {
 }
 
 func (l *twoNode) bridgePort(name string, up bool) {
-	h, _ := netlink.NewHandleAt(l.sw)
-	defer h.Delete()
-	p, _ := h.LinkByName("p-n" + name)
-	if up {
-		must(l.t, h.LinkSetUp(p), "port up")
-	} else {
-		must(l.t, h.LinkSetDown(p), "port down")
-	}
+	must(l.t, l.lab.SetPort("n"+name, up), "bridge port")
 }
 
 var vrrpMaster = map[string]string{"msg": "vrrp master"}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -290,15 +291,7 @@ func warnNeighbourTable(log *slog.Logger, cfg *config.Config) {
 func (c *Controller) dataplanes() map[string]*loader.Dataplane {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return maps(c.dps)
-}
-
-func maps[K comparable, V any](m map[K]V) map[K]V {
-	out := make(map[K]V, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(c.dps)
 }
 
 func (c *Controller) known(key loader.ServiceKey, iface string) bool {

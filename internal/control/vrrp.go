@@ -2,7 +2,9 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"os/exec"
 	"reflect"
 	"sort"
@@ -73,16 +75,13 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 		c.vrrp[v.Name] = r
 		c.mu.Unlock()
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("vrrp: %v", errs)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (c *Controller) vrrpRuns() map[string]*vrrpRun {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return maps(c.vrrp)
+	return maps.Clone(c.vrrp)
 }
 
 func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, error) {

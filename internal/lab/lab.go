@@ -139,3 +139,21 @@ func (h *Host) Sysctl(kv map[string]string) error {
 
 // Handle is a netlink handle inside the host; Delete it after use.
 func (h *Host) Handle() (*netlink.Handle, error) { return netlink.NewHandleAt(h.NS) }
+
+// SetPort sets the bridge port of host up or down: down cuts the host
+// off the segment (a partition) while its own interface stays up.
+func (l *Lab) SetPort(host string, up bool) error {
+	h, err := netlink.NewHandleAt(l.sw)
+	if err != nil {
+		return err
+	}
+	defer h.Delete()
+	p, err := h.LinkByName("p-" + host)
+	if err != nil {
+		return fmt.Errorf("port of %s: %w", host, err)
+	}
+	if up {
+		return h.LinkSetUp(p)
+	}
+	return h.LinkSetDown(p)
+}
