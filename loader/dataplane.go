@@ -82,6 +82,30 @@ type Dataplane struct {
 	kick chan struct{}
 	stop chan struct{}
 	done chan struct{}
+
+	// beforeWrite, when set (tests only), runs before every kernel write
+	// with the write's op name; an error it returns is returned instead of
+	// performing the write. Failing one write and every later one
+	// simulates the process dying right before that write. It may be
+	// called from several goroutines at once (buffer installs run in
+	// parallel, the rebuild loop runs in the background): guard its state.
+	beforeWrite func(op string) error
+}
+
+// kernelWrite performs one kernel write of the loader: every map update,
+// delete, mmap write and inner-map install goes through it, so tests can
+// stop the loader between any two writes (see beforeWrite). op is a short
+// stable name of what is written: backend_state, backends, backend_stats,
+// service_stats, table_write, service_active, tables_install,
+// tables_delete, services, vips, vip_filter, tx_ports, settings,
+// link_update.
+func (d *Dataplane) kernelWrite(op string, write func() error) error {
+	if d.beforeWrite != nil {
+		if err := d.beforeWrite(op); err != nil {
+			return err
+		}
+	}
+	return write()
 }
 
 // Open loads the forwarder for opts.Interface. With state pinned by an
@@ -224,7 +248,7 @@ func (d *Dataplane) adopt(ctx context.Context, spec *ebpf.CollectionSpec, linkPi
 	}
 	// Swap the program under the running link: no packet is lost, unlike
 	// a detach and re-attach.
-	if err := l.Update(d.objs.KeepbitXdp); err != nil {
+	if err := d.kernelWrite("link_update", func() error { return l.Update(d.objs.KeepbitXdp) }); err != nil {
 		l.Close()
 		d.objs.Close()
 		return fmt.Errorf("upgrade XDP program through its link: %w", err)
@@ -252,7 +276,7 @@ func (d *Dataplane) afterLoad() error {
 
 func (d *Dataplane) writeSettings() error {
 	s := keepbitSettingsValue{HashSeed: d.opts.HashSeed}
-	if err := d.objs.Settings.Put(uint32(0), &s); err != nil {
+	if err := d.kernelWrite("settings", func() error { return d.objs.Settings.Put(uint32(0), &s) }); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
 	return nil

@@ -41,7 +41,7 @@ func (d *Dataplane) publish(svc *service) error {
 	if svc.key.Port != 0 {
 		sk := serviceKeyOf(svc.key)
 		sv := keepbitServiceValue{Id: svc.id, Flags: serviceFlags(svc)}
-		if err := d.objs.Services.Put(&sk, &sv); err != nil {
+		if err := d.kernelWrite("services", func() error { return d.objs.Services.Put(&sk, &sv) }); err != nil {
 			return fmt.Errorf("service %s: publish: %w", svc.key, err)
 		}
 	}
@@ -55,7 +55,7 @@ func (d *Dataplane) unpublish(key ServiceKey) error {
 	}
 	if key.Port != 0 {
 		sk := serviceKeyOf(key)
-		if err := d.objs.Services.Delete(&sk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.kernelWrite("services", func() error { return d.objs.Services.Delete(&sk) }); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("service %s: unpublish: %w", key, err)
 		}
 	}
@@ -80,12 +80,12 @@ func (d *Dataplane) writeVIP(vip netip.Addr, proto Proto) error {
 	d.mu.Unlock()
 	vk := keepbitVipKey{Addr: addr16(vip), Proto: uint8(proto)}
 	if v.Flags == 0 {
-		if err := d.objs.Vips.Delete(&vk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.kernelWrite("vips", func() error { return d.objs.Vips.Delete(&vk) }); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("vip %s/%s: remove: %w", vip, proto, err)
 		}
 		return nil
 	}
-	if err := d.objs.Vips.Put(&vk, &v); err != nil {
+	if err := d.kernelWrite("vips", func() error { return d.objs.Vips.Put(&vk, &v) }); err != nil {
 		return fmt.Errorf("vip %s/%s: publish: %w", vip, proto, err)
 	}
 	return nil
@@ -104,7 +104,7 @@ func (d *Dataplane) writeFilter() error {
 		if w == d.filter[i] {
 			continue
 		}
-		if err := d.objs.VipFilter.Put(uint32(i), w); err != nil {
+		if err := d.kernelWrite("vip_filter", func() error { return d.objs.VipFilter.Put(uint32(i), w) }); err != nil {
 			return fmt.Errorf("write VIP prefilter: %w", err)
 		}
 		d.filter[i] = w

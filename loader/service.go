@@ -290,7 +290,7 @@ func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, erro
 		return nil, fmt.Errorf("service %s: %w", key, err)
 	}
 	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
-	if err := d.objs.ServiceStats.Put(id, zero); err != nil {
+	if err := d.kernelWrite("service_stats", func() error { return d.objs.ServiceStats.Put(id, zero) }); err != nil {
 		return nil, fmt.Errorf("service %s: reset counters: %w", key, err)
 	}
 	return svc, nil
@@ -299,7 +299,7 @@ func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, erro
 // discardService undoes newService for a service that was never published.
 func (d *Dataplane) discardService(s *service) {
 	for b := range 2 {
-		_ = d.objs.Tables.Delete(s.id*2 + uint32(b))
+		_ = d.kernelWrite("tables_delete", func() error { return d.objs.Tables.Delete(s.id*2 + uint32(b)) })
 	}
 	s.closeBuffers()
 	d.mu.Lock()
@@ -319,7 +319,7 @@ func (d *Dataplane) installBuffer(svcID uint32, b int, capacity uint32) (*ebpf.M
 	if err != nil {
 		return nil, fmt.Errorf("create table buffer: %w", err)
 	}
-	if err := d.objs.Tables.Put(svcID*2+uint32(b), m); err != nil {
+	if err := d.kernelWrite("tables_install", func() error { return d.objs.Tables.Put(svcID*2+uint32(b), m) }); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("install table buffer: %w", err)
 	}
@@ -341,7 +341,7 @@ func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member,
 		}
 		d.mu.Lock()
 		m.spec.State = Down
-		err := d.objs.BackendState.Put(m.id, m.word())
+		err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
 		d.mu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("service %s: backend %s: mark removed: %w", svc.key, addr, err)
@@ -379,16 +379,16 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 	d.freeBe = d.freeBe[1:]
 	m := &member{svc: svc, id: id, inc: (d.lastInc[id] + 1) & incMask, spec: b, info: info}
 	// The record is complete before the state word names it.
-	if err := d.objs.Backends.Put(id*2, &info); err != nil {
+	if err := d.kernelWrite("backends", func() error { return d.objs.Backends.Put(id*2, &info) }); err != nil {
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
 	}
 	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
-	if err := d.objs.BackendStats.Put(id, zero); err != nil {
+	if err := d.kernelWrite("backend_stats", func() error { return d.objs.BackendStats.Put(id, zero) }); err != nil {
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, b.Addr, err)
 	}
-	if err := d.objs.BackendState.Put(id, m.word()); err != nil {
+	if err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(id, m.word()) }); err != nil {
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
@@ -406,14 +406,14 @@ func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info ke
 	defer d.mu.Unlock()
 	if info != m.info {
 		next := 1 - m.slot
-		if err := d.objs.Backends.Put(m.id*2+next, &info); err != nil {
+		if err := d.kernelWrite("backends", func() error { return d.objs.Backends.Put(m.id*2+next, &info) }); err != nil {
 			return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
 		}
 		m.slot = next
 		m.info = info
 	}
 	m.spec = b
-	if err := d.objs.BackendState.Put(m.id, m.word()); err != nil {
+	if err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) }); err != nil {
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
 	return nil
@@ -439,7 +439,7 @@ func (d *Dataplane) ensurePort(ifindex uint32) error {
 	if known {
 		return nil
 	}
-	if err := d.objs.TxPorts.Put(ifindex, ifindex); err != nil {
+	if err := d.kernelWrite("tx_ports", func() error { return d.objs.TxPorts.Put(ifindex, ifindex) }); err != nil {
 		return fmt.Errorf("add egress port %d: %w", ifindex, err)
 	}
 	d.mu.Lock()
@@ -547,11 +547,11 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 	for i, w := range words {
 		binary.NativeEndian.PutUint32(raw[bufferStride*i:], w)
 	}
-	if _, err := mem.WriteAt(raw, 0); err != nil {
+	if err := d.kernelWrite("table_write", func() error { _, err := mem.WriteAt(raw, 0); return err }); err != nil {
 		return Change{}, fmt.Errorf("service %s: write table: %w", svc.key, err)
 	}
 	prepared := time.Now()
-	if err := d.objs.ServiceActive.Put(svc.id, uint32(idle)); err != nil {
+	if err := d.kernelWrite("service_active", func() error { return d.objs.ServiceActive.Put(svc.id, uint32(idle)) }); err != nil {
 		return Change{}, fmt.Errorf("service %s: switch table: %w", svc.key, err)
 	}
 	returned := time.Now()
@@ -585,7 +585,7 @@ func (d *Dataplane) SetBackendState(key ServiceKey, addr netip.Addr, st State) (
 	}
 	prev := m.spec.State
 	m.spec.State = st
-	err := d.objs.BackendState.Put(m.id, m.word())
+	err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
 	returned := time.Now()
 	if err != nil {
 		m.spec.State = prev
@@ -629,7 +629,7 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	var ms []*member
 	for _, m := range svc.members {
 		m.spec.State = Down
-		_ = d.objs.BackendState.Put(m.id, m.word())
+		_ = d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
 		ms = append(ms, m)
 	}
 	delete(d.dirty, key)
@@ -637,7 +637,7 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	d.releaseMembers(ms)
 	// Removing the buffers waits for RCU; nothing reads them any more.
 	for b := range 2 {
-		_ = d.objs.Tables.Delete(svc.id*2 + uint32(b))
+		_ = d.kernelWrite("tables_delete", func() error { return d.objs.Tables.Delete(svc.id*2 + uint32(b)) })
 	}
 	svc.closeBuffers()
 	d.mu.Lock()
