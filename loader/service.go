@@ -185,7 +185,9 @@ func (d *Dataplane) infoFor(svcID uint32, b BackendSpec) (keepbitBackendInfo, er
 // ApplyService makes the dataplane serve key as spec says: it creates the
 // service or updates it in place (flows of unchanged backends stay), and
 // returns one Change per write that altered forwarding. A spec that fails
-// validation changes nothing.
+// validation changes nothing. BackendSpec.State applies only to backends
+// this call adds: a backend the service already has keeps the state the
+// dataplane holds, which only SetBackendState changes.
 func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, error) {
 	started := time.Now()
 	key.VIP = key.VIP.Unmap()
@@ -400,22 +402,30 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 
 // updateMember rewrites a member in place. A changed record goes to the
 // idle info slot and the state word flips to it in one write, so the XDP
-// program never reads half a record.
+// program never reads half a record. The member keeps the state the
+// dataplane holds: b.State is ignored, because SetBackendState is the only
+// writer of an existing member's state (a spec built before a concurrent
+// SetBackendState would otherwise undo it).
 func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info keepbitBackendInfo) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if info != m.info {
-		next := 1 - m.slot
-		if err := d.kernelWrite("backends", func() error { return d.objs.Backends.Put(m.id*2+next, &info) }); err != nil {
-			return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
-		}
-		m.slot = next
-		m.info = info
+	b.State = m.spec.State
+	if info == m.info {
+		m.spec = b
+		return nil
 	}
-	m.spec = b
+	next := 1 - m.slot
+	if err := d.kernelWrite("backends", func() error { return d.objs.Backends.Put(m.id*2+next, &info) }); err != nil {
+		return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
+	}
+	prevSlot := m.slot
+	m.slot = next
 	if err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) }); err != nil {
+		m.slot = prevSlot
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
+	m.info = info
+	m.spec = b
 	return nil
 }
 

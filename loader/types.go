@@ -122,6 +122,9 @@ type BackendSpec struct {
 	// Group is the priority group: new flows go to the lowest-numbered group
 	// that has a backend up.
 	Group uint8
+	// State is the initial state of a backend that ApplyService adds to the
+	// service; for a backend the service already has it is ignored (the
+	// dataplane keeps its state, changed only by SetBackendState).
 	State State
 }
 
