@@ -83,6 +83,11 @@ type Node struct {
 	// HashSeed must be equal on all nodes: same flow, same backend.
 	HashSeed uint32 `yaml:"hash_seed"`
 	PinRoot  string `yaml:"pin_root"`
+	// StateDir keeps what must survive a restart that the dataplane does
+	// not hold: the operator's overrides (disable, drain). Default
+	// /var/lib/keepbit. hash_seed, pin_root and state_dir take effect at
+	// start only: a reload that changes them is refused.
+	StateDir string `yaml:"state_dir"`
 }
 
 // Interface is a port the forwarder runs on.

@@ -21,7 +21,7 @@ func TestDefaultConfig(t *testing.T) {
 	if s.Interface != "kb-lb0" || s.Backends[0].Weight != 1 || s.Backends[2].Group != 1 {
 		t.Errorf("defaults not applied: %+v", s)
 	}
-	if c.Metrics.Listen != "127.0.0.1:9469" || c.API.Socket != "/run/keepbit/keepbit.sock" || c.Node.PinRoot != "/sys/fs/bpf" {
+	if c.Metrics.Listen != "127.0.0.1:9469" || c.API.Socket != "/run/keepbit/keepbit.sock" || c.Node.PinRoot != "/sys/fs/bpf" || c.Node.StateDir != "/var/lib/keepbit" {
 		t.Errorf("daemon defaults: %+v %+v %+v", c.Metrics, c.API, c.Node)
 	}
 }
@@ -111,6 +111,11 @@ func TestBadConfigs(t *testing.T) {
 		{"log level", head + "log: {level: loud}\n", []string{`k.yaml:2: log.level: "loud" is not one of debug, info, warn, error`}},
 		{"metrics address", head + "metrics: {listen: nowhere}\n", []string{`k.yaml:2: metrics.listen: "nowhere" is not host:port or off`}},
 		{"duplicate key", head + "log: {level: info, level: warn}\n", []string{"k.yaml:2: log.level: given twice"}},
+		{"relative state dir", "node: {state_dir: var/keepbit}\n" + head, []string{`k.yaml:1: node.state_dir: "var/keepbit" is not an absolute path`}},
+		{"mapped and plain address are one backend", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    backends:\n      - address: 10.0.0.1\n      - address: ::ffff:10.0.0.1\n",
+			[]string{"k.yaml:7: services[0].backends[1].address: 10.0.0.1 is listed twice"}},
+		{"mapped VIP is the IPv4 service", head + "services:\n  - {vip: 192.0.2.1, port: 80, name: a}\n  - {vip: \"::ffff:192.0.2.1\", port: 80, name: b}\n",
+			[]string{`k.yaml:4: services[1]: same VIP, port and protocol as service "a"`}},
 		{"vrrp without vrid and vips", head + "vrrp:\n  - name: v\n", []string{"k.yaml:3: vrrp[0].vrid: required, 1-255", "k.yaml:3: vrrp[0].vips: at least one VIP is required"}},
 		{"vrrp interval not in centiseconds", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    advert_interval: 15ms\n", []string{"k.yaml:5: vrrp[0].advert_interval: 15ms: want a multiple of 10ms from 10ms to 40.95s (VRRPv3 counts centiseconds)"}},
 		{"vrrp priority 0", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    priority: 0\n", []string{"k.yaml:5: vrrp[0].priority: 0 is reserved for resignation: use 1-254, or 255 for the address owner"}},
@@ -150,5 +155,30 @@ vrrp:
 	if v.Name != "vrid-51" || v.Interface != "eth0" || v.Priority != 100 || v.AdvertInterval != time.Second || !*v.Preempt ||
 		v.Announce.Count != 3 || v.Announce.Spacing != 10*time.Millisecond || v.Track.Commands[0].Interval != time.Second || v.Track.Dataplane == nil {
 		t.Fatalf("defaults not applied: %+v", v)
+	}
+}
+
+// TestMappedAddressesUnmapped: an IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+// is taken as the IPv4 address, which is how the dataplane keys services
+// and backends (issue 7 defect 12: kept mapped, every reload deleted and
+// re-created the service).
+func TestMappedAddressesUnmapped(t *testing.T) {
+	c, err := Parse("k.yaml", []byte(`
+interfaces: [{name: eth0}]
+services:
+  - vip: "::ffff:192.0.2.10"
+    port: 80
+    backends: [{address: "::ffff:10.0.0.1"}, {address: "2001:db8::1"}]
+vrrp:
+  - {vrid: 1, vips: ["::ffff:192.0.2.10"], peers: ["::ffff:10.9.0.2"]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Services[0]
+	got := []string{s.VIP.String(), s.Name, s.Backends[0].Address.String(), s.Backends[1].Address.String(), c.VRRP[0].VIPs[0].String(), c.VRRP[0].Peers[0].String()}
+	want := []string{"192.0.2.10", "192.0.2.10:80/tcp", "10.0.0.1", "2001:db8::1", "192.0.2.10", "10.9.0.2"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("addresses %v, want %v", got, want)
 	}
 }

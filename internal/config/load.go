@@ -72,6 +72,10 @@ func (d *decoder) applyDefaults(c *Config) {
 	if c.Node.PinRoot == "" {
 		c.Node.PinRoot = "/sys/fs/bpf"
 	}
+	if c.Node.StateDir == "" {
+		c.Node.StateDir = "/var/lib/keepbit"
+	}
+	unmapAddrs(c)
 	for i := range c.Interfaces {
 		if c.Interfaces[i].Mode == "" {
 			c.Interfaces[i].Mode = "auto"
@@ -182,9 +186,38 @@ func (d *decoder) applyDefaults(c *Config) {
 	}
 }
 
+// unmapAddrs takes an IPv4-mapped IPv6 address (::ffff:a.b.c.d) as the
+// IPv4 address it maps: the dataplane matches IPv4 packets by their IPv4
+// address and keys services that way, so a VIP or backend kept mapped here
+// would never equal what the dataplane reports back (a reload would then
+// delete and re-create the service, losing its flows). Validation runs on
+// the unmapped addresses, so ::ffff:10.0.0.1 and 10.0.0.1 in one service
+// are the same backend listed twice.
+func unmapAddrs(c *Config) {
+	for i := range c.Services {
+		s := &c.Services[i]
+		s.VIP = s.VIP.Unmap()
+		for j := range s.Backends {
+			s.Backends[j].Address = s.Backends[j].Address.Unmap()
+		}
+	}
+	for i := range c.VRRP {
+		v := &c.VRRP[i]
+		for j := range v.VIPs {
+			v.VIPs[j] = v.VIPs[j].Unmap()
+		}
+		for j := range v.Peers {
+			v.Peers[j] = v.Peers[j].Unmap()
+		}
+	}
+}
+
 func (d *decoder) validate(c *Config) {
 	if !filepath.IsAbs(c.Node.PinRoot) {
 		d.fail("node.pin_root", "%q is not an absolute path", c.Node.PinRoot)
+	}
+	if !filepath.IsAbs(c.Node.StateDir) {
+		d.fail("node.state_dir", "%q is not an absolute path", c.Node.StateDir)
 	}
 	if len(c.Interfaces) == 0 {
 		d.fail("interfaces", "at least one interface is required")
