@@ -12,7 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +21,8 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/keepbit/keepbit/internal/procexec"
 )
 
 // prober runs one probe; nil means the backend answered as expected.
@@ -277,18 +279,13 @@ type execProber struct {
 }
 
 func (p execProber) probe(ctx context.Context) error {
-	cmd := exec.CommandContext(ctx, p.spec.Command, p.spec.Args...)
-	cmd.Env = append(os.Environ(), p.spec.Env...)
-	cmd.Env = append(cmd.Env,
+	env := append(slices.Clip(p.spec.Env),
 		"KEEPBIT_TARGET_ADDR="+p.spec.Target.Addr().String(),
 		"KEEPBIT_TARGET_PORT="+strconv.Itoa(int(p.spec.Target.Port())))
-	// Kill the whole process group on timeout, not just the shell.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		if msg := strings.TrimSpace(stderr.String()); msg != "" {
+	// procexec kills the whole process group on timeout, not just the shell.
+	stderr, err := procexec.Run(ctx, procexec.Command{Path: p.spec.Command, Args: p.spec.Args, Env: env})
+	if err != nil {
+		if msg := strings.TrimSpace(string(stderr)); msg != "" {
 			return fmt.Errorf("%w: %s", err, firstLine(msg))
 		}
 		return err
