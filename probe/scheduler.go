@@ -50,6 +50,10 @@ type Scheduler struct {
 	events  chan Event
 	results chan Result // optional observer, may be nil
 
+	// beforeDeliver, when set (tests only), runs after a verdict is
+	// recorded and before its event is delivered.
+	beforeDeliver func(Event)
+
 	mu     sync.Mutex
 	checks map[string]*check
 	due    dueHeap
@@ -194,15 +198,36 @@ func (s *Scheduler) runProbe(ctx context.Context, c *check) {
 	if now := time.Now(); c.next.Before(now) {
 		c.next = now
 	}
-	heap.Push(&s.due, c)
+	if !changed {
+		heap.Push(&s.due, c)
+		s.mu.Unlock()
+		s.poke()
+		return
+	}
+	s.mu.Unlock()
+	// The event is delivered before the check goes back on the
+	// timetable: once re-queued, its next probe may run and decide the
+	// opposite at once, and that event must not overtake this one (the
+	// control loop would end on the older verdict). Until then the check
+	// is off the heap, so no later probe of it exists; a slow consumer
+	// delays this check's next probe, not the order.
+	if s.beforeDeliver != nil {
+		s.beforeDeliver(ev)
+	}
+	select {
+	case s.events <- ev:
+	case <-ctx.Done():
+		return
+	}
+	s.mu.Lock()
+	if !c.removed {
+		if now := time.Now(); c.next.Before(now) {
+			c.next = now
+		}
+		heap.Push(&s.due, c)
+	}
 	s.mu.Unlock()
 	s.poke()
-	if changed {
-		select {
-		case s.events <- ev:
-		case <-ctx.Done():
-		}
-	}
 }
 
 // record applies one result to the consecutive counters (never cumulative)

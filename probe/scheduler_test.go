@@ -1,11 +1,14 @@
 package probe
 
 import (
+	"container/heap"
+	"context"
 	"errors"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -211,5 +214,52 @@ collect:
 	t.Logf("5ms check: %d probes in 1s, interval mean %v p50 %v p99 %v max %v", len(starts), mean, gaps[len(gaps)/2], gaps[len(gaps)*99/100], gaps[len(gaps)-1])
 	if mean < 4*time.Millisecond || mean > 8*time.Millisecond {
 		t.Errorf("mean interval %v, want about 5ms", mean)
+	}
+}
+
+// alternating is a prober whose results alternate: success, failure, ...
+type alternating struct{ n atomic.Int64 }
+
+func (a *alternating) probe(context.Context) error {
+	if a.n.Add(1)%2 == 0 {
+		return errors.New("refused")
+	}
+	return nil
+}
+
+// TestEventsOfOneCheckInOrder: with rise = fall = 1 every probe of an
+// alternating check decides a change, so consecutive events must chain
+// (each one's From is the previous one's To). The seam delays the first
+// few deliveries by 20 ms, the way a descheduled goroutine would: when the
+// check was re-queued before its event was sent (issue 7), the next probe
+// ran meanwhile and its opposite verdict overtook the delayed one, leaving
+// the control loop on the older verdict.
+func TestEventsOfOneCheckInOrder(t *testing.T) {
+	s := NewScheduler(nil)
+	var delayed atomic.Int64
+	s.beforeDeliver = func(Event) {
+		if delayed.Add(1) <= 5 {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	spec := Spec{Kind: TCP, Target: netip.MustParseAddrPort("127.0.0.1:1"), Interval: time.Millisecond, Timeout: time.Millisecond, Rise: 1, Fall: 1}
+	c := &check{id: "flip", spec: spec, prober: &alternating{}, index: -1, next: time.Now()}
+	s.mu.Lock()
+	s.checks[c.id] = c
+	heap.Push(&s.due, c)
+	s.mu.Unlock()
+	go s.Run(t.Context())
+
+	prev := Unknown
+	for i := range 40 {
+		select {
+		case ev := <-s.Events():
+			if ev.From != prev {
+				t.Fatalf("event %d: %s -> %s arrived after an event that ended in %s: an event overtook an earlier one", i, ev.From, ev.To, prev)
+			}
+			prev = ev.To
+		case <-time.After(5 * time.Second):
+			t.Fatalf("event %d: none within 5s", i)
+		}
 	}
 }
