@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -61,6 +60,15 @@ type Controller struct {
 
 	base context.Context // lifetime of VRRP instances
 	vrrp map[string]*vrrpRun
+
+	// Operator overrides (service name -> backend -> admin) survive a
+	// restart in stateDir; see state.go. overrideGen counts changes so
+	// that a slower save of an older set never replaces a newer one.
+	stateDir    string
+	overrides   map[string]map[netip.Addr]Admin
+	overrideGen uint64
+	saveMu      sync.Mutex
+	savedGen    uint64
 }
 
 type service struct {
@@ -95,7 +103,15 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
 		unresolved: map[string]map[netip.Addr]bool{}, kickResolve: make(chan struct{}, 1),
 		base: ctx, vrrp: map[string]*vrrpRun{},
+		stateDir: cfg.Node.StateDir,
 	}
+	// Overrides are known before the first apply settles anything, so an
+	// adopted backend under maintenance never returns to rotation.
+	ov, err := loadOverrides(c.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	c.overrides = ov
 	if err := c.Reload(ctx, cfg); err != nil {
 		c.Close()
 		return nil, err
@@ -168,6 +184,14 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 	defer c.applyMu.Unlock()
 	started := time.Now()
 	var errs []error
+	c.mu.Lock()
+	old := c.cfg
+	c.mu.Unlock()
+	if old != nil {
+		if err := startOnly(old.Node, cfg.Node); err != nil {
+			return err
+		}
+	}
 
 	want := map[string]config.Interface{}
 	for _, ifc := range cfg.Interfaces {
@@ -252,6 +276,10 @@ func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 
 	warnNeighbourTable(c.log, cfg)
 	if err := c.reloadVRRP(cfg); err != nil {
+		errs = append(errs, err)
+	}
+
+	if err := c.pruneOverrides(cfg); err != nil {
 		errs = append(errs, err)
 	}
 
@@ -360,33 +388,58 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 		}
 	}
 
-	next := map[netip.Addr]*backend{}
-	var order []netip.Addr
+	// Every field of a backend that Status or settle read is written
+	// under c.mu; only the neighbour-table lookups run outside it.
+	type plan struct {
+		b          *backend
+		bc         config.Backend
+		lookup     bool
+		macChanged bool
+		mac        net.HardwareAddr
+	}
+	c.mu.Lock()
+	plans := make([]plan, 0, len(sc.Backends))
 	for _, bc := range sc.Backends {
 		b := s.backends[bc.Address]
 		if b == nil {
-			b = &backend{svc: s, checkID: sc.Name + "|" + bc.Address.String(), state: loader.Down, health: probe.Unknown, since: time.Now(), reason: "waiting for checks"}
+			b = &backend{svc: s, checkID: sc.Name + "|" + bc.Address.String(), state: loader.Down, health: probe.Unknown, since: time.Now(), reason: "waiting for checks",
+				admin: c.overrides[sc.Name][bc.Address]}
 			if p, ok := pinned[bc.Address]; ok {
 				b.state, b.reason = p.State, "adopted"
 				b.mac = p.MAC
 			}
 		}
-		b.svc = s
 		macChanged := bc.MAC != b.cfg.MAC
-		b.cfg = bc
-		if bc.MAC != "" {
-			b.mac, _ = net.ParseMAC(bc.MAC)
-		} else if b.mac == nil || macChanged {
-			b.mac = neigh.Lookup(egress(sc, bc), bc.Address)
-			if b.mac == nil {
-				c.queueResolve(sc.Name, bc.Address)
-			}
+		plans = append(plans, plan{b: b, bc: bc, macChanged: macChanged, lookup: bc.MAC == "" && (b.mac == nil || macChanged)})
+	}
+	c.mu.Unlock()
+	for i := range plans {
+		if p := &plans[i]; p.lookup {
+			p.mac = neigh.Lookup(egress(sc, p.bc), p.bc.Address)
 		}
-		next[bc.Address] = b
-		order = append(order, bc.Address)
 	}
 
+	next := map[netip.Addr]*backend{}
+	var order, unresolved []netip.Addr
 	c.mu.Lock()
+	for _, p := range plans {
+		b := p.b
+		b.svc = s
+		b.cfg = p.bc
+		switch {
+		case p.bc.MAC != "":
+			b.mac, _ = net.ParseMAC(p.bc.MAC)
+		case p.mac != nil:
+			b.mac = p.mac
+		case p.macChanged:
+			b.mac = nil
+		}
+		if b.mac == nil {
+			unresolved = append(unresolved, p.bc.Address)
+		}
+		next[p.bc.Address] = b
+		order = append(order, p.bc.Address)
+	}
 	for addr, b := range s.backends {
 		if next[addr] == nil {
 			delete(c.byCheck, b.checkID)
@@ -397,14 +450,23 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	c.svcs[sc.Name] = s
 	spec := c.specLocked(s)
 	c.mu.Unlock()
-
-	if _, err := dp.ApplyService(key, spec); err != nil {
-		return fmt.Errorf("service %s: %w", sc.Name, err)
+	for _, addr := range unresolved {
+		c.queueResolve(sc.Name, addr)
 	}
-	// Health may have moved while the service was out of reach (a MAC
-	// still unresolved, say): bring the dataplane up to date.
-	for _, addr := range order {
-		c.settle(next[addr], time.Time{}, time.Now())
+
+	_, applyErr := dp.ApplyService(key, spec)
+	// A probe verdict may have been written between building spec and
+	// ApplyService. Whatever ApplyService did with it, the controller's
+	// idea of each backend's state becomes what the dataplane holds (read
+	// back under c.mu, so no settle runs in between), and every backend
+	// is settled against that: a verdict is never left undone.
+	c.mu.Lock()
+	c.readBackLocked(s)
+	moves := c.settleLocked(s, nil, time.Time{}, time.Now())
+	c.mu.Unlock()
+	c.report(moves)
+	if applyErr != nil {
+		return fmt.Errorf("service %s: %w", sc.Name, applyErr)
 	}
 	for _, addr := range order {
 		b := next[addr]
@@ -650,19 +712,6 @@ func (c *Controller) desiredLocked(b *backend) (loader.State, string, string) {
 		}
 	}
 	return loader.Down, "", b.reason
-}
-
-func (c *Controller) runNotify(n config.Notify, e recorder.Event) {
-	ctx, cancel := context.WithTimeout(context.Background(), n.Timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, n.Command, n.Args...)
-	cmd.Env = append(os.Environ(),
-		"KEEPBIT_EVENT="+e.Kind, "KEEPBIT_SERVICE="+e.Service, "KEEPBIT_BACKEND="+e.Backend,
-		"KEEPBIT_STATE="+strings.TrimPrefix(e.Kind, "backend-"), "KEEPBIT_REASON="+e.Reason,
-		fmt.Sprintf("KEEPBIT_SEQ=%d", e.Seq))
-	if out, err := cmd.CombinedOutput(); err != nil {
-		c.log.Warn("notify hook failed", "command", n.Command, "error", err, "output", strings.TrimSpace(string(out)))
-	}
 }
 
 // SetAdmin applies an operator override to a backend of a service.

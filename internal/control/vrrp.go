@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os/exec"
 	"reflect"
 	"sort"
 	"strings"
@@ -130,9 +129,7 @@ func (r *vrrpRun) runTrackCommand(ctx context.Context, i int, tc config.TrackCom
 	t := time.NewTicker(tc.Interval)
 	defer t.Stop()
 	for {
-		cctx, cancel := context.WithTimeout(ctx, tc.Timeout)
-		err := exec.CommandContext(cctx, tc.Command, tc.Args...).Run()
-		cancel()
+		err := trackCommandOnce(ctx, tc)
 		r.mu.Lock()
 		r.cmdOK[i] = err == nil
 		r.mu.Unlock()
