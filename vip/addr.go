@@ -13,8 +13,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// label marks addresses Keepbit added, so that reconciling never removes
-// an address an operator configured by hand.
+// label marks, for whoever reads `ip addr`, the IPv4 addresses Keepbit
+// added. Removal never depends on it: an interface name too long for it
+// gets none, and a VIP left by another tool or an earlier version may have
+// none either. Only the VIPs of the configuration, as host addresses, are
+// ever removed; an operator's address of another prefix length is not.
 const label = ":kbvip"
 
 func prefix(a netip.Addr) netip.Prefix {
@@ -52,14 +55,29 @@ func Add(ifname string, a netip.Addr) error {
 
 // Remove takes VIP a off ifname; removing an absent address is not an error.
 func Remove(ifname string, a netip.Addr) error {
+	_, err := remove(ifname, a)
+	return err
+}
+
+// remove deletes the host address a from ifname by address and prefix
+// length, whatever its label, and says whether it was there.
+func remove(ifname string, a netip.Addr) (bool, error) {
 	l, err := netlink.LinkByName(ifname)
 	if err != nil {
-		return fmt.Errorf("vip %s: interface %q: %w", a, ifname, err)
+		return false, fmt.Errorf("vip %s: interface %q: %w", a, ifname, err)
 	}
-	if err := netlink.AddrDel(l, nladdr(ifname, a)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) && !errors.Is(err, syscall.ENOENT) {
-		return fmt.Errorf("remove vip %s from %s: %w", a, ifname, err)
+	n := nladdr(ifname, a)
+	// With a label the kernel deletes only an address carrying that same
+	// label and answers EADDRNOTAVAIL for an unlabelled one, which read
+	// as "absent" left the VIP in place.
+	n.Label = ""
+	if err := netlink.AddrDel(l, n); err != nil {
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			return false, nil // not there (as a host address)
+		}
+		return false, fmt.Errorf("remove vip %s from %s: %w", a, ifname, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Has reports whether ifname holds a as a host address.
@@ -88,7 +106,8 @@ func Has(ifname string, a netip.Addr) (bool, error) {
 
 // Reconcile makes ifname hold exactly want among the VIPs in all (the VIPs
 // this node may own): it adds the missing ones and removes the others,
-// leaving every other address alone. It returns what it changed.
+// leaving every other address alone. It returns what it changed: an
+// address another actor removed meanwhile is not reported as removed.
 func Reconcile(ifname string, all, want []netip.Addr) (added, removed []netip.Addr, err error) {
 	keep := map[netip.Addr]bool{}
 	for _, a := range want {
@@ -109,11 +128,14 @@ func Reconcile(ifname string, all, want []netip.Addr) (added, removed []netip.Ad
 			}
 			added = append(added, a)
 		case !keep[a] && has:
-			if err := Remove(ifname, a); err != nil {
+			gone, err := remove(ifname, a)
+			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			removed = append(removed, a)
+			if gone {
+				removed = append(removed, a)
+			}
 		}
 	}
 	return added, removed, errors.Join(errs...)

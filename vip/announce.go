@@ -2,6 +2,7 @@ package vip
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -33,19 +34,28 @@ type Announcer struct {
 	hwv4 net.HardwareAddr
 }
 
-// NewAnnouncer opens the sockets it needs on ifname; v6 opens the ND one.
-func NewAnnouncer(ifname string, v6 bool) (*Announcer, error) {
+// NewAnnouncer opens, on ifname, the sockets that announcing addrs needs:
+// ARP only for IPv4 addresses (it needs an IPv4 address on the interface
+// to send from, which an IPv6-only interface lacks), ND only for IPv6.
+func NewAnnouncer(ifname string, addrs []netip.Addr) (*Announcer, error) {
 	ifc, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, fmt.Errorf("announce on %q: %w", ifname, err)
 	}
+	var v4, v6 bool
+	for _, ip := range addrs {
+		ip = ip.Unmap()
+		v4, v6 = v4 || ip.Is4(), v6 || ip.Is6()
+	}
 	a := &Announcer{ifc: ifc}
-	if a.arp, err = arp.Dial(ifc); err != nil {
-		return nil, fmt.Errorf("announce on %s: arp: %w", ifname, err)
+	if v4 {
+		if a.arp, err = arp.Dial(ifc); err != nil {
+			return nil, fmt.Errorf("announce on %s: arp: %w", ifname, err)
+		}
 	}
 	if v6 {
 		if a.ndp, _, err = ndp.Listen(ifc, ndp.LinkLocal); err != nil {
-			a.arp.Close()
+			a.Close()
 			return nil, fmt.Errorf("announce on %s: ndp: %w", ifname, err)
 		}
 	}
@@ -54,10 +64,14 @@ func NewAnnouncer(ifname string, v6 bool) (*Announcer, error) {
 
 // Close releases the sockets.
 func (a *Announcer) Close() error {
+	var errs []error
 	if a.ndp != nil {
-		a.ndp.Close()
+		errs = append(errs, a.ndp.Close())
 	}
-	return a.arp.Close()
+	if a.arp != nil {
+		errs = append(errs, a.arp.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // Once sends one round for every address and returns when it is on the
@@ -66,6 +80,9 @@ func (a *Announcer) Once(addrs []netip.Addr) error {
 	for _, ip := range addrs {
 		ip = ip.Unmap()
 		if ip.Is4() {
+			if a.arp == nil {
+				return fmt.Errorf("gratuitous arp for %s: announcer opened without IPv4", ip)
+			}
 			for _, op := range []arp.Operation{arp.OperationRequest, arp.OperationReply} {
 				// Gratuitous: sender and target address are both the VIP.
 				target := ethernet.Broadcast

@@ -17,6 +17,12 @@ func TestMain(m *testing.M) { os.Exit(privtest.Main(m)) }
 
 // pair: kbvip0 here, its peer "eth0" in a client namespace.
 func pair(t *testing.T) (netns.NsHandle, *netlink.Handle, net.HardwareAddr) {
+	return pairOn(t, "kbvip0", true)
+}
+
+// pairOn: name here (with 10.66.0.1/24 if v4, else only its IPv6
+// link-local address), its peer "eth0" in a client namespace.
+func pairOn(t *testing.T, name string, v4 bool) (netns.NsHandle, *netlink.Handle, net.HardwareAddr) {
 	privtest.Require(t)
 	client := privtest.NewNS(t)
 	for _, ns := range []netns.NsHandle{netns.None(), client} {
@@ -29,23 +35,25 @@ func pair(t *testing.T) (netns.NsHandle, *netlink.Handle, net.HardwareAddr) {
 			t.Fatal(err)
 		}
 	}
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "kbvip0"}, PeerName: "kbvip0p"}
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
 	if err := netlink.LinkAdd(v); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = netlink.LinkDel(v) })
-	p, _ := netlink.LinkByName("kbvip0p")
+	p, _ := netlink.LinkByName(name + "p")
 	_ = netlink.LinkSetNsFd(p, int(client))
-	l, _ := netlink.LinkByName("kbvip0")
-	a, _ := netlink.ParseAddr("10.66.0.1/24")
-	_ = netlink.AddrAdd(l, a)
+	l, _ := netlink.LinkByName(name)
+	if v4 {
+		a, _ := netlink.ParseAddr("10.66.0.1/24")
+		_ = netlink.AddrAdd(l, a)
+	}
 	_ = netlink.LinkSetUp(l)
 	h, err := netlink.NewHandleAt(client)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Delete)
-	cp, _ := h.LinkByName("kbvip0p")
+	cp, _ := h.LinkByName(name + "p")
 	_ = h.LinkSetName(cp, "eth0")
 	ca, _ := netlink.ParseAddr("10.66.0.2/24")
 	_ = h.AddrAdd(cp, ca)
@@ -111,7 +119,7 @@ func TestAnnounceMovesNeighbourEntries(t *testing.T) {
 			t.Fatalf("stale entry for %s: %v", a, err)
 		}
 	}
-	ann, err := NewAnnouncer("kbvip0", true)
+	ann, err := NewAnnouncer("kbvip0", []netip.Addr{v4, v6})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,26 +128,140 @@ func TestAnnounceMovesNeighbourEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, a := range []netip.Addr{v4, v6} {
-		deadline := time.Now().Add(2 * time.Second)
-		for {
-			fam := netlink.FAMILY_V4
-			if a.Is6() {
-				fam = netlink.FAMILY_V6
+		waitNeigh(t, h, cl.Attrs().Index, a, ourMAC)
+	}
+}
+
+// waitNeigh waits until the client's neighbour entry for a is mac.
+func waitNeigh(t *testing.T, h *netlink.Handle, index int, a netip.Addr, mac net.HardwareAddr) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		fam := netlink.FAMILY_V4
+		if a.Is6() {
+			fam = netlink.FAMILY_V6
+		}
+		list, _ := h.NeighList(index, fam)
+		var got net.HardwareAddr
+		for _, n := range list {
+			if n.IP.Equal(a.AsSlice()) {
+				got = n.HardwareAddr
 			}
-			list, _ := h.NeighList(cl.Attrs().Index, fam)
-			var got net.HardwareAddr
-			for _, n := range list {
-				if n.IP.Equal(a.AsSlice()) {
-					got = n.HardwareAddr
+		}
+		if got.String() == mac.String() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client's entry for %s is %s, want our %s", a, got, mac)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRemoveWhateverTheLabel: a VIP without Keepbit's label (an interface
+// name too long for one, an earlier run, another tool) is removed all the
+// same; Reconcile reports only what it removed, and an operator's address
+// of another prefix length is left alone. Before, Remove passed the label,
+// the kernel answered EADDRNOTAVAIL for the unlabelled VIP, Remove took
+// that for "absent" and Reconcile reported the VIP removed while it stayed.
+func TestRemoveWhateverTheLabel(t *testing.T) {
+	pair(t)
+	l, _ := netlink.LinkByName("kbvip0")
+	v4, v6 := netip.MustParseAddr("10.66.0.100"), netip.MustParseAddr("2001:db8:66::100")
+	raw := func(cidr, label string) func(t *testing.T) {
+		return func(t *testing.T) {
+			a, _ := netlink.ParseAddr(cidr)
+			a.Label = label
+			if err := netlink.AddrAdd(l, a); err != nil {
+				t.Fatalf("add %s: %v", cidr, err)
+			}
+		}
+	}
+	cases := []struct {
+		name        string
+		setup       func(t *testing.T)
+		vip         netip.Addr
+		wantRemoved bool
+		wantLeft    string // an address that must still be on the interface
+	}{
+		{"unlabelled IPv4 VIP", raw("10.66.0.100/32", ""), v4, true, ""},
+		{"labelled IPv4 VIP", func(t *testing.T) {
+			if err := Add("kbvip0", v4); err != nil {
+				t.Fatal(err)
+			}
+		}, v4, true, ""},
+		{"other label", raw("10.66.0.100/32", "kbvip0:op"), v4, true, ""},
+		{"IPv6 VIP", raw("2001:db8:66::100/128", ""), v6, true, ""},
+		{"absent", func(*testing.T) {}, v4, false, ""},
+		{"operator's /24 of the same address", raw("10.66.0.100/24", ""), v4, false, "10.66.0.100/24"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.setup(t)
+			t.Cleanup(func() {
+				for _, cidr := range []string{"10.66.0.100/32", "10.66.0.100/24", "2001:db8:66::100/128"} {
+					a, _ := netlink.ParseAddr(cidr)
+					_ = netlink.AddrDel(l, a)
+				}
+			})
+			_, removed, err := Reconcile("kbvip0", []netip.Addr{c.vip}, nil)
+			if err != nil {
+				t.Fatalf("reconcile: %v", err)
+			}
+			if got := len(removed) == 1 && removed[0] == c.vip; got != c.wantRemoved || len(removed) > 1 {
+				t.Fatalf("reconcile reported removed %v, want removed: %v", removed, c.wantRemoved)
+			}
+			if has, err := Has("kbvip0", c.vip); err != nil || has {
+				t.Fatalf("VIP %s still on the interface after Reconcile (err %v)", c.vip, err)
+			}
+			// Removing it again is a no-op, not an error.
+			if err := Remove("kbvip0", c.vip); err != nil {
+				t.Fatalf("remove of an absent VIP: %v", err)
+			}
+			if c.wantLeft != "" {
+				list, _ := netlink.AddrList(l, netlink.FAMILY_ALL)
+				found := false
+				for _, a := range list {
+					found = found || a.IPNet.String() == c.wantLeft
+				}
+				if !found {
+					t.Fatalf("%s was removed: not a VIP", c.wantLeft)
 				}
 			}
-			if got.String() == ourMAC.String() {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("client's entry for %s is %s, want our %s", a, got, ourMAC)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		})
+	}
+	// Remove alone, on an unlabelled VIP.
+	raw("10.66.0.100/32", "")(t)
+	if err := Remove("kbvip0", v4); err != nil {
+		t.Fatal(err)
+	}
+	if has, _ := Has("kbvip0", v4); has {
+		t.Fatal("Remove left the unlabelled VIP")
+	}
+}
+
+// TestAnnounceIPv6Only: an interface without any IPv4 address announces
+// IPv6 VIPs. Before, NewAnnouncer always opened an ARP client, which
+// needs an IPv4 address to send from, and failed.
+func TestAnnounceIPv6Only(t *testing.T) {
+	_, h, ourMAC := pairOn(t, "kbvip6", false)
+	v6 := netip.MustParseAddr("2001:db8:66::106")
+	cl, _ := h.LinkByName("eth0")
+	old := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	if err := h.NeighSet(&netlink.Neigh{LinkIndex: cl.Attrs().Index, IP: v6.AsSlice(), HardwareAddr: old, State: netlink.NUD_STALE}); err != nil {
+		t.Fatal(err)
+	}
+	ann, err := NewAnnouncer("kbvip6", []netip.Addr{v6})
+	if err != nil {
+		t.Fatalf("announcer on an IPv6-only interface: %v", err)
+	}
+	defer ann.Close()
+	if err := ann.Once([]netip.Addr{v6}); err != nil {
+		t.Fatal(err)
+	}
+	waitNeigh(t, h, cl.Attrs().Index, v6, ourMAC)
+	// Asked for an IPv4 address it was not opened for, it says so.
+	if err := ann.Once([]netip.Addr{netip.MustParseAddr("10.66.0.106")}); err == nil {
+		t.Fatal("announced an IPv4 address without an ARP socket")
 	}
 }

@@ -100,7 +100,7 @@ func NewInstance(cfg InstanceConfig, log *slog.Logger, events func(Event)) (*Ins
 	if err := in.open(); err != nil {
 		return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
 	}
-	if in.ann, err = vip.NewAnnouncer(cfg.Interface, in.v6); err != nil {
+	if in.ann, err = vip.NewAnnouncer(cfg.Interface, cfg.Machine.Addrs); err != nil {
 		in.close()
 		return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
 	}
