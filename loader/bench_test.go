@@ -1,9 +1,11 @@
 package loader
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,6 +117,7 @@ func percentiles(b *testing.B, ds []time.Duration, prefix string) {
 	}
 	b.ReportMetric(at(0.50), prefix+"p50-us")
 	b.ReportMetric(at(0.99), prefix+"p99-us")
+	b.ReportMetric(at(1), prefix+"max-us")
 	b.ReportMetric(float64(len(ds)), prefix+"samples")
 }
 
@@ -165,4 +168,82 @@ func BenchmarkTableSwitch(b *testing.B) {
 	}
 	percentiles(b, total, "prepare+switch-")
 	percentiles(b, sw, "switch-")
+}
+
+// BenchmarkStateChangeWithReaders: SetBackendState latency on a full flow
+// table (262144 entries) while every reader runs back to back in its own
+// goroutine: Flows (the API's top 20), Stats, a metrics scrape (Services
+// then one Stats) and a drain -wait count (LiveFlows). The same number of
+// changes without readers, measured in the same run, is the baseline; the
+// ratio of the p99s shows what readers cost failover. Readers at full
+// speed are a worst case: a real scrape or drain poll comes once a second.
+func BenchmarkStateChangeWithReaders(b *testing.B) {
+	l, key := fullTableLab(b)
+	for i := range 20 { // services for Stats and the scrape to read
+		var bs []BackendSpec
+		for j := range 8 {
+			bs = append(bs, backend(fmt.Sprintf("10.9.%d.%d", 10+i, j+1), fmt.Sprintf("02:ee:00:00:%02x:%02x", 10+i, j+1)))
+		}
+		l.apply(svc(fmt.Sprintf("198.51.100.%d", 100+i), 80, TCP), ServiceSpec{Backends: bs})
+	}
+	target := netip.MustParseAddr("10.9.1.3")
+	change := func(i int) time.Duration {
+		st := Down
+		if i%2 == 1 {
+			st = Up
+		}
+		ch, err := l.dp.SetBackendState(key, target, st)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return ch.Took()
+	}
+	readers := map[string]func() error{
+		"flows": func() error { _, err := l.dp.Flows(20); return err },
+		"stats": func() error { _, err := l.dp.Stats(); return err },
+		"scrape": func() error {
+			_ = l.dp.Services()
+			_, err := l.dp.Stats()
+			return err
+		},
+		"drain": func() error { _, _, err := l.dp.LiveFlows(key, target, 10*time.Second); return err },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	reads := make(map[string]int, len(readers))
+	var mu sync.Mutex
+	for name, read := range readers {
+		wg.Go(func() {
+			n := 0
+			for ctx.Err() == nil {
+				if err := read(); err != nil {
+					b.Error(err)
+					return
+				}
+				n++
+			}
+			mu.Lock()
+			reads[name] = n
+			mu.Unlock()
+		})
+	}
+	var with []time.Duration
+	for b.Loop() {
+		for i := range 1000 {
+			with = append(with, change(i))
+		}
+	}
+	cancel()
+	wg.Wait()
+	without := make([]time.Duration, 0, len(with))
+	for i := range len(with) {
+		without = append(without, change(i))
+	}
+	percentiles(b, with, "readers-")
+	percentiles(b, without, "alone-")
+	p99 := func(ds []time.Duration) float64 { return float64(ds[int(0.99*float64(len(ds)-1))]) }
+	b.ReportMetric(p99(with)/p99(without), "x-p99-alone")
+	for name, n := range reads {
+		b.ReportMetric(float64(n), name+"-reads")
+	}
 }

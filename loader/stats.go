@@ -1,11 +1,15 @@
 package loader
 
 import (
+	"cmp"
+	"container/heap"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +29,11 @@ func sum(cs []keepbitCounter) Counter {
 	return c
 }
 
-// Stats reads every counter, summed over CPUs.
+// Stats reads every counter, summed over CPUs. It never holds the index
+// lock across a kernel read: failover (SetBackendState) takes that lock, and
+// a reader must not delay it. The index is copied one service at a time,
+// then the counters are read from the copy; a service or backend removed
+// meanwhile may still appear with its last counts.
 func (d *Dataplane) Stats() (Stats, error) {
 	s := Stats{Reasons: map[string]Counter{}, Services: map[ServiceKey]Counter{}, Backends: map[ServiceKey]map[netip.Addr]Counter{}}
 	var per []keepbitCounter
@@ -35,69 +43,261 @@ func (d *Dataplane) Stats() (Stats, error) {
 		}
 		s.Reasons[ReasonName(r)] = sum(per)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for key, svc := range d.services {
-		if err := d.objs.ServiceStats.Lookup(svc.id, &per); err != nil {
-			return s, fmt.Errorf("service %s counter: %w", key, err)
+	for _, ref := range d.serviceRefs() {
+		if err := d.objs.ServiceStats.Lookup(ref.id, &per); err != nil {
+			return s, fmt.Errorf("service %s counter: %w", ref.key, err)
 		}
-		s.Services[key] = sum(per)
-		bs := map[netip.Addr]Counter{}
-		for addr, m := range svc.members {
+		s.Services[ref.key] = sum(per)
+		ms := d.memberRefs(ref.svc)
+		bs := make(map[netip.Addr]Counter, len(ms))
+		for _, m := range ms {
 			if err := d.objs.BackendStats.Lookup(m.id, &per); err != nil {
-				return s, fmt.Errorf("service %s backend %s counter: %w", key, addr, err)
+				return s, fmt.Errorf("service %s backend %s counter: %w", ref.key, m.addr, err)
 			}
-			bs[addr] = sum(per)
+			bs[m.addr] = sum(per)
 		}
-		s.Backends[key] = bs
+		s.Backends[ref.key] = bs
 	}
 	return s, nil
 }
 
-// Flows returns up to limit flow-table entries, most packets first.
+type serviceRef struct {
+	key ServiceKey
+	id  uint32
+	svc *service
+}
+
+type memberRef struct {
+	addr netip.Addr
+	id   uint32
+	inc  uint32
+}
+
+// serviceRefs copies the service list; the lock is held for one pass over
+// the services map, not for any kernel read.
+func (d *Dataplane) serviceRefs() []serviceRef {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]serviceRef, 0, len(d.services))
+	for key, svc := range d.services {
+		out = append(out, serviceRef{key: key, id: svc.id, svc: svc})
+	}
+	return out
+}
+
+// memberRefs copies one service's members (at most MaxMembers) under the
+// lock, which keeps each hold short however many services there are.
+func (d *Dataplane) memberRefs(svc *service) []memberRef {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]memberRef, 0, len(svc.members))
+	for addr, m := range svc.members {
+		out = append(out, memberRef{addr: addr, id: m.id, inc: m.inc})
+	}
+	return out
+}
+
+// flowBatch is how many flow entries one BPF_MAP_LOOKUP_BATCH call copies
+// out: 4096 entries of 72 bytes, 288 KiB per call, 64 calls for the
+// default table instead of 2 syscalls per entry with an iterator.
+const flowBatch = 4096
+
+// walkFlows calls fn for every entry of the flow table. It takes no lock:
+// the XDP program changes the table all the time anyway, so a walk is a
+// loose snapshot whatever the loader does, and holding the index lock
+// across it would stall failover for the whole walk. fn must not keep its
+// pointers.
+func (d *Dataplane) walkFlows(fn func(k *keepbitFlowKey, v *keepbitFlowValue)) error {
+	keys := make([]keepbitFlowKey, flowBatch)
+	vals := make([]keepbitFlowValue, flowBatch)
+	var cursor ebpf.MapBatchCursor
+	for first := true; ; first = false {
+		n, err := d.objs.Flows.BatchLookup(&cursor, keys, vals, nil)
+		if first && errors.Is(err, ebpf.ErrNotSupported) {
+			return d.iterateFlows(fn)
+		}
+		for i := range n {
+			fn(&keys[i], &vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read flows: %w", err)
+		}
+	}
+}
+
+// iterateFlows is walkFlows for kernels without batch map operations.
+func (d *Dataplane) iterateFlows(fn func(k *keepbitFlowKey, v *keepbitFlowValue)) error {
+	var k keepbitFlowKey
+	var v keepbitFlowValue
+	it := d.objs.Flows.Iterate()
+	for it.Next(&k, &v) {
+		fn(&k, &v)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate flows: %w", err)
+	}
+	return nil
+}
+
+// rawFlow is a flow before its backend ID is resolved to an address.
+type rawFlow struct {
+	Flow
+	id, inc uint32
+}
+
+// flowHeap is a min-heap on packets: the top limit flows of a walk are
+// kept without collecting and sorting the whole table.
+type flowHeap []rawFlow
+
+func (h flowHeap) Len() int           { return len(h) }
+func (h flowHeap) Less(i, j int) bool { return h[i].Packets < h[j].Packets }
+func (h flowHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *flowHeap) Push(x any)        { *h = append(*h, x.(rawFlow)) }
+func (h *flowHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// Flows returns up to limit flow-table entries (all with limit <= 0), most
+// packets first. The table is walked without the index lock; backends are
+// resolved afterwards (see resolveBackends).
 func (d *Dataplane) Flows(limit int) ([]Flow, error) {
 	now, err := monotonicNow()
 	if err != nil {
 		return nil, err
 	}
-	var k keepbitFlowKey
-	var v keepbitFlowValue
-	var out []Flow
-	d.mu.Lock()
-	it := d.objs.Flows.Iterate()
-	for it.Next(&k, &v) {
-		f := Flow{
+	var h flowHeap
+	err = d.walkFlows(func(k *keepbitFlowKey, v *keepbitFlowValue) {
+		if limit > 0 && len(h) == limit && v.Packets <= h[0].Packets {
+			return
+		}
+		f := rawFlow{Flow: Flow{
 			Client:  netip.AddrPortFrom(addrFrom16(k.Src), netToHost16(k.Sport)),
 			VIP:     netip.AddrPortFrom(addrFrom16(k.Dst), netToHost16(k.Dport)),
 			Proto:   Proto(k.Proto),
 			Packets: v.Packets,
 			Bytes:   v.Bytes,
-		}
-		if m, ok := d.members[v.Backend]; ok && m.inc == v.Incarnation {
-			f.Backend = m.spec.Addr
-		}
+		}, id: v.Backend, inc: v.Incarnation}
 		if now > v.LastSeenNs {
 			f.LastSeen = time.Duration(now - v.LastSeenNs)
 		}
-		out = append(out, f)
+		switch {
+		case limit <= 0:
+			h = append(h, f)
+		case len(h) < limit:
+			heap.Push(&h, f)
+		default:
+			h[0] = f
+			heap.Fix(&h, 0)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	owners := d.resolveBackends(h)
+	out := make([]Flow, len(h))
+	for i, f := range h {
+		if o, ok := owners[f.id]; ok && o.inc == f.inc {
+			f.Backend = o.addr
+		}
+		out[i] = f.Flow
+	}
+	slices.SortFunc(out, func(a, b Flow) int { return cmp.Compare(b.Packets, a.Packets) })
+	return out, nil
+}
+
+// resolveChunk bounds how many backend IDs are resolved per hold of the
+// index lock, so that even a table naming every backend ID delays a
+// concurrent SetBackendState by microseconds only.
+const resolveChunk = 256
+
+// resolveBackends maps the backend IDs the flows name to the address and
+// incarnation the index holds for them now. A flow whose incarnation no
+// longer matches belongs to a released backend and stays unresolved.
+func (d *Dataplane) resolveBackends(flows []rawFlow) map[uint32]memberRef {
+	ids := make([]uint32, 0, 64)
+	seen := map[uint32]bool{}
+	for _, f := range flows {
+		if !seen[f.id] {
+			seen[f.id] = true
+			ids = append(ids, f.id)
+		}
+	}
+	out := make(map[uint32]memberRef, len(ids))
+	for chunk := range slices.Chunk(ids, resolveChunk) {
+		d.mu.Lock()
+		for _, id := range chunk {
+			if m, ok := d.members[id]; ok {
+				out[id] = memberRef{addr: m.spec.Addr, id: id, inc: m.inc}
+			}
+		}
+		d.mu.Unlock()
+	}
+	return out
+}
+
+// LiveFlows counts the flow-table entries of one backend of one service
+// that saw a packet within idle, and reads that backend's packet counter:
+// what `drain -wait` polls. Only matching entries are looked at; nothing
+// is collected or sorted, and the index lock is held only to find the
+// backend's ID.
+func (d *Dataplane) LiveFlows(key ServiceKey, addr netip.Addr, idle time.Duration) (flows int, packets uint64, err error) {
+	key.VIP = key.VIP.Unmap()
+	addr = addr.Unmap()
+	d.mu.Lock()
+	svc, ok := d.services[key]
+	var m *member
+	if ok {
+		m = svc.members[addr]
+	}
+	var id, inc uint32
+	if m != nil {
+		id, inc = m.id, m.inc
 	}
 	d.mu.Unlock()
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("iterate flows: %w", err)
+	if !ok {
+		return 0, 0, fmt.Errorf("service %s: not configured", key)
 	}
-	slices.SortFunc(out, func(a, b Flow) int {
-		switch {
-		case a.Packets > b.Packets:
-			return -1
-		case a.Packets < b.Packets:
-			return 1
+	if m == nil {
+		return 0, 0, fmt.Errorf("service %s: backend %s: not configured", key, addr)
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		return 0, 0, err
+	}
+	vip := addr16(key.VIP)
+	port := hostToNet16(key.Port)
+	window := uint64(max(idle, 0))
+	err = d.walkFlows(func(k *keepbitFlowKey, v *keepbitFlowValue) {
+		if v.Backend != id || v.Incarnation != inc || k.Dst != vip || k.Proto != uint8(key.Proto) ||
+			(key.Port != 0 && k.Dport != port) {
+			return
 		}
-		return 0
+		if v.LastSeenNs >= now || now-v.LastSeenNs <= window {
+			flows++
+		}
 	})
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
+	if err != nil {
+		return 0, 0, err
 	}
-	return out, nil
+	var per []keepbitCounter
+	if err := d.objs.BackendStats.Lookup(id, &per); err != nil {
+		return 0, 0, fmt.Errorf("service %s backend %s counter: %w", key, addr, err)
+	}
+	// The ID may have been released and reused during the walk: then the
+	// count and the counter are another backend's.
+	d.mu.Lock()
+	same := d.members[id] == m && m.inc == inc
+	d.mu.Unlock()
+	if !same {
+		return 0, 0, fmt.Errorf("service %s: backend %s: removed while counting", key, addr)
+	}
+	return flows, sum(per).Packets, nil
 }
 
 // monotonicNow is CLOCK_MONOTONIC in ns, the clock of bpf_ktime_get_coarse_ns.
