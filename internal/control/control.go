@@ -804,34 +804,3 @@ func (c *Controller) Interfaces() []string {
 	slices.Sort(names)
 	return names
 }
-
-// Live reports, for a backend of a service, how many flow-table entries
-// saw a packet within idle, and the backend's packet counter: drain waits
-// until both stop moving.
-func (c *Controller) Live(service string, addr netip.Addr, idle time.Duration) (flows int, packets uint64, err error) {
-	dp, key, ok := c.Dataplane(service)
-	if !ok {
-		return 0, 0, fmt.Errorf("service %q: not configured", service)
-	}
-	c.mu.Lock()
-	_, known := c.svcs[service].backends[addr]
-	c.mu.Unlock()
-	if !known {
-		return 0, 0, fmt.Errorf("service %q: backend %s: not configured", service, addr)
-	}
-	fl, err := dp.Flows(0)
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, f := range fl {
-		if f.Backend == addr && f.VIP.Addr() == key.VIP && f.Proto == key.Proto &&
-			(key.Port == 0 || f.VIP.Port() == key.Port) && f.LastSeen <= idle {
-			flows++
-		}
-	}
-	st, err := dp.Stats()
-	if err != nil {
-		return 0, 0, err
-	}
-	return flows, st.Backends[key][addr].Packets, nil
-}

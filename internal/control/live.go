@@ -1,0 +1,33 @@
+package control
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Live reports, for a backend of a service, how many flow-table entries
+// saw a packet within idle, and the backend's packet counter: drain waits
+// until both stop moving. The dataplane counts that backend's entries
+// alone, without the index lock across the walk, so polling drain never
+// delays a failover; c.mu is held only to look the backend up.
+func (c *Controller) Live(service string, addr netip.Addr, idle time.Duration) (flows int, packets uint64, err error) {
+	c.mu.Lock()
+	s := c.svcs[service]
+	known := false
+	if s != nil {
+		_, known = s.backends[addr]
+	}
+	c.mu.Unlock()
+	if s == nil {
+		return 0, 0, fmt.Errorf("service %q: not configured", service)
+	}
+	if !known {
+		return 0, 0, fmt.Errorf("service %q: backend %s: not configured", service, addr)
+	}
+	dp, key, ok := c.Dataplane(service)
+	if !ok {
+		return 0, 0, fmt.Errorf("service %q: not configured", service)
+	}
+	return dp.LiveFlows(key, addr, idle)
+}
