@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -39,6 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	printDefault := fs.Bool("print-default-config", false, "print the embedded default config and exit")
 	detach := fs.Bool("detach", false, "detach the forwarder from every interface in the config and exit: forwarding STOPS")
 	pinRoot := fs.String("pin-root", "", "override node.pin_root (to run several nodes on one host)")
+	stateDir := fs.String("state-dir", "", "override node.state_dir (to run several nodes on one host)")
 	apiSocket := fs.String("api-socket", "", "override api.socket")
 	metricsListen := fs.String("metrics", "", `override metrics.listen ("off" disables)`)
 	if err := fs.Parse(args); err != nil {
@@ -69,6 +71,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		if *pinRoot != "" {
 			cfg.Node.PinRoot = *pinRoot
+		}
+		if *stateDir != "" {
+			if !filepath.IsAbs(*stateDir) {
+				return nil, fmt.Errorf("--state-dir: %q is not an absolute path", *stateDir)
+			}
+			cfg.Node.StateDir = *stateDir
 		}
 		if *apiSocket != "" {
 			cfg.API.Socket = *apiSocket
@@ -111,6 +119,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if err := ctl.Reload(ctx, next); err != nil {
+			if errors.Is(err, control.ErrRestartRequired) {
+				log.Error("reload refused", "error", err)
+				rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
+				return err
+			}
 			log.Error("reload incomplete", "error", err)
 			return err
 		}
