@@ -69,6 +69,10 @@ type Controller struct {
 	overrideGen uint64
 	saveMu      sync.Mutex
 	savedGen    uint64
+
+	// writeState, when set (tests only), replaces the dataplane write of
+	// a backend's state.
+	writeState func(s *service, addr netip.Addr, st loader.State) (loader.Change, error)
 }
 
 type service struct {
@@ -643,37 +647,121 @@ func (c *Controller) reevaluate(b *backend) {
 	c.settle(b, time.Time{}, time.Now())
 }
 
-// settle computes what the dataplane should hold for b and writes it.
+// settle computes what the dataplane should hold for b, writes it, and
+// re-settles the rest of b's service when that moved anything.
 func (c *Controller) settle(b *backend, detect, decide time.Time) {
 	c.mu.Lock()
-	s := b.svc
-	if c.svcs[s.cfg.Name] != s || s.backends[b.cfg.Address] != b {
-		c.mu.Unlock()
-		return // removed meanwhile
-	}
-	want, kind, reason := c.desiredLocked(b)
-	if want == b.state || !b.inDP {
-		c.mu.Unlock()
-		if kind == "panic" || kind == "keep-last" {
-			c.rec.Add(recorder.Event{Kind: kind, Service: s.cfg.Name, Backend: b.cfg.Address.String(), Reason: reason, Detect: detect, Decide: decide})
-		}
-		return
-	}
-	ch, err := s.dp.SetBackendState(s.key, b.cfg.Address, want)
-	if err != nil {
-		c.mu.Unlock()
-		c.log.Error("apply backend state", "service", s.cfg.Name, "backend", b.cfg.Address, "error", err)
-		return
-	}
-	b.state, b.since = want, ch.Returned
-	notify := s.cfg.Notify
+	moves := c.settleLocked(b.svc, b, detect, decide)
 	c.mu.Unlock()
-	e := c.rec.Add(recorder.Event{Kind: "backend-" + want.String(), Service: s.cfg.Name, Backend: b.cfg.Address.String(),
-		Reason: reason, Detect: detect, Decide: decide, Apply: ch.Returned})
-	c.log.Info("backend "+want.String(), "service", s.cfg.Name, "backend", b.cfg.Address, "reason", reason,
-		"detect_to_decide", e.DetectToDecide, "decide_to_apply", e.DecideToApply)
-	if notify.Command != "" {
-		go c.runNotify(notify, e)
+	c.report(moves)
+}
+
+// move is one outcome of settling a backend, reported after c.mu is let go.
+type move struct {
+	svc     string
+	addr    netip.Addr
+	want    loader.State
+	kind    string // "panic", "keep-last": a policy refused to take it out
+	reason  string
+	detect  time.Time
+	decide  time.Time
+	applied time.Time // zero: nothing written
+	err     error
+	notify  config.Notify
+}
+
+// settleLocked writes what the dataplane should hold for first (nil: for
+// every backend of s), and then, as long as a pass writes anything,
+// settles s's other backends: the panic threshold and keep-last depend on
+// how many backends are up, so a backend they kept up while failing must
+// go once the others recover. Each pass only moves a failing backend down
+// or a healthy one up, so the passes end; the bound is a safety net, not
+// a limit ever reached. Writes take microseconds (one state word each).
+func (c *Controller) settleLocked(s *service, first *backend, detect, decide time.Time) []move {
+	if c.svcs[s.cfg.Name] != s {
+		return nil // removed meanwhile
+	}
+	var moves []move
+	try := func(b *backend, detect, decide time.Time, trigger bool) bool {
+		want, kind, reason := c.desiredLocked(b)
+		if want == b.state || !b.inDP {
+			if trigger && (kind == "panic" || kind == "keep-last") {
+				moves = append(moves, move{svc: s.cfg.Name, addr: b.cfg.Address, want: want, kind: kind, reason: reason, detect: detect, decide: decide})
+			}
+			return false
+		}
+		ch, err := c.writeStateLocked(s, b.cfg.Address, want)
+		if err != nil {
+			moves = append(moves, move{svc: s.cfg.Name, addr: b.cfg.Address, want: want, err: err})
+			return false
+		}
+		b.state, b.since = want, ch.Returned
+		moves = append(moves, move{svc: s.cfg.Name, addr: b.cfg.Address, want: want, kind: kind, reason: reason,
+			detect: detect, decide: decide, applied: ch.Returned, notify: s.cfg.Notify})
+		return true
+	}
+	again := first == nil
+	if first != nil {
+		if s.backends[first.cfg.Address] != first {
+			return nil // removed meanwhile
+		}
+		again = try(first, detect, decide, true)
+	}
+	for pass := 0; again && pass <= len(s.order); pass++ {
+		again = false
+		now := time.Now()
+		for _, addr := range s.order {
+			if try(s.backends[addr], time.Time{}, now, first == nil && pass == 0) {
+				again = true
+			}
+		}
+	}
+	return moves
+}
+
+func (c *Controller) writeStateLocked(s *service, addr netip.Addr, st loader.State) (loader.Change, error) {
+	if c.writeState != nil {
+		return c.writeState(s, addr, st)
+	}
+	return s.dp.SetBackendState(s.key, addr, st)
+}
+
+// report records, logs and hands to the notify hook what settleLocked did.
+func (c *Controller) report(moves []move) {
+	for _, m := range moves {
+		switch {
+		case m.err != nil:
+			c.log.Error("apply backend state", "service", m.svc, "backend", m.addr, "error", m.err)
+		case m.applied.IsZero():
+			c.rec.Add(recorder.Event{Kind: m.kind, Service: m.svc, Backend: m.addr.String(), Reason: m.reason, Detect: m.detect, Decide: m.decide})
+		default:
+			e := c.rec.Add(recorder.Event{Kind: "backend-" + m.want.String(), Service: m.svc, Backend: m.addr.String(),
+				Reason: m.reason, Detect: m.detect, Decide: m.decide, Apply: m.applied})
+			c.log.Info("backend "+m.want.String(), "service", m.svc, "backend", m.addr, "reason", m.reason,
+				"detect_to_decide", e.DetectToDecide, "decide_to_apply", e.DecideToApply)
+			if m.notify.Command != "" {
+				go c.runNotify(m.notify, e)
+			}
+		}
+	}
+}
+
+// readBackLocked makes the controller's idea of each backend's state what
+// the dataplane holds for s.
+func (c *Controller) readBackLocked(s *service) {
+	if c.svcs[s.cfg.Name] != s {
+		return
+	}
+	held := s.dp.BackendStates(s.key)
+	for _, addr := range s.order {
+		b := s.backends[addr]
+		st, ok := held[addr]
+		b.inDP = ok
+		if ok && st != b.state {
+			c.log.Warn("dataplane holds another state than the controller thought: corrected", "service", s.cfg.Name, "backend", addr,
+				"thought", b.state, "holds", st)
+			b.state = st
+		}
 	}
 }
 
@@ -728,8 +816,15 @@ func (c *Controller) SetAdmin(service string, addr netip.Addr, a Admin) error {
 		return fmt.Errorf("service %q: backend %s: not configured", service, addr)
 	}
 	b.admin = a
+	c.setOverrideLocked(service, addr, a)
 	c.mu.Unlock()
+	// Saved before it is applied: a crash in between leaves the override
+	// to be applied at the next start, never a backend back in rotation.
+	err := c.saveOverrides()
 	c.settle(b, time.Time{}, time.Now())
+	if err != nil {
+		return fmt.Errorf("service %q: backend %s: %s applied but not saved (lost on restart): %w", service, addr, adminName(a), err)
+	}
 	return nil
 }
 
