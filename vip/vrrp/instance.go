@@ -373,7 +373,12 @@ func (in *Instance) send(prio uint8) error {
 		to := &net.IPAddr{IP: dst.AsSlice()}
 		if in.v6 {
 			to.Zone = in.ifc.Name
-			_, err = in.p6.WriteTo(b, &ipv6.ControlMessage{IfIndex: in.ifc.Index, HopLimit: TTL}, to)
+			// The source is set, not left to the kernel: the checksum
+			// covered the link-local primary, and towards a global
+			// unicast peer the kernel would pick a global source, which
+			// makes the checksum wrong on the wire (RFC 5798 section
+			// 5.1.2.1: the source is the link-local address anyway).
+			_, err = in.p6.WriteTo(b, &ipv6.ControlMessage{Src: in.cfg.Machine.Primary.AsSlice(), IfIndex: in.ifc.Index, HopLimit: TTL}, to)
 		} else {
 			_, err = in.p4.WriteTo(b, &ipv4.ControlMessage{Src: in.cfg.Machine.Primary.AsSlice(), IfIndex: in.ifc.Index}, to)
 		}
@@ -385,7 +390,11 @@ func (in *Instance) send(prio uint8) error {
 // readLoop receives, checks as RFC 5798 section 7.1 asks, and forwards
 // advertisements for this VRID to the state machine.
 func (in *Instance) readLoop(out chan<- received) {
-	buf := make([]byte, 2048)
+	// Room for the largest valid advertisement (255 IPv6 addresses: 4088
+	// bytes; the options of an IPv4 header pass through this buffer too),
+	// so that no valid advertisement is cut short and dropped as
+	// malformed. 2048 bytes held 127 IPv6 addresses.
+	buf := make([]byte, maxIPv4Header+maxAdvertLen+1)
 	for {
 		var (
 			n       int
@@ -430,6 +439,25 @@ func (in *Instance) readLoop(out chan<- received) {
 	}
 }
 
+// fromPeer says whether an advertisement from src to dst comes from one
+// of the configured unicast peers. An IPv6 advertisement comes from the
+// sender's link-local address (RFC 5798 section 5.1.2.1) while its peers
+// are often configured by global address, and nothing in the packet maps
+// one to the other; so a link-local source is accepted when the
+// advertisement was unicast to us: only a router that lists one of our
+// addresses as its peer sends that (the hop limit of 255 already proved
+// it on-link). Advertisements to the multicast group still need a
+// configured source, so routers in multicast mode on the same link stay
+// out of a unicast group.
+func (in *Instance) fromPeer(src, dst netip.Addr) bool {
+	for _, p := range in.cfg.Peers {
+		if p.WithZone("") == src {
+			return true
+		}
+	}
+	return in.v6 && src.IsLinkLocalUnicast() && dst.IsValid() && !dst.IsMulticast()
+}
+
 type verdict struct {
 	ok  bool
 	adv Advertisement
@@ -445,15 +473,9 @@ func (in *Instance) check(b []byte, hops int, src, dst netip.Addr) verdict {
 		c.BadTTL++
 		return verdict{}
 	}
-	if len(in.cfg.Peers) > 0 {
-		known := false
-		for _, p := range in.cfg.Peers {
-			known = known || p == src
-		}
-		if !known {
-			c.NotPeer++
-			return verdict{}
-		}
+	if len(in.cfg.Peers) > 0 && !in.fromPeer(src, dst) {
+		c.NotPeer++
+		return verdict{}
 	}
 	a, err := Parse(b, src, dst)
 	if err != nil {

@@ -4,12 +4,17 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 
 	"github.com/keepbit/keepbit/internal/privtest"
 	"github.com/keepbit/keepbit/vip"
@@ -179,4 +184,183 @@ func TestUnicastPeers(t *testing.T) {
 	a.stop()
 	e := b.wait(t, Master, time.Second)
 	t.Logf("unicast: graceful stop -> backup master in %v", e.Decide.Sub(stopped).Round(time.Microsecond))
+}
+
+// nsPair: n0 in a new namespace with addr0, n1 in another with addr1,
+// joined by a veth; each also has its IPv6 link-local address, usable at
+// once (no duplicate address detection).
+func nsPair(t *testing.T, n0, n1, addr0, addr1 string) (netns.NsHandle, netns.NsHandle) {
+	privtest.Require(t)
+	ns := []netns.NsHandle{privtest.NewNS(t), privtest.NewNS(t)}
+	for _, h := range ns {
+		if err := privtest.InNS(h, func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0)
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: n0}, PeerName: n1}
+	if err := netlink.LinkAdd(v); err != nil {
+		t.Fatal(err)
+	}
+	for i, name := range []string{n0, n1} {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetNsFd(l, int(ns[i])); err != nil {
+			t.Fatal(err)
+		}
+		h, err := netlink.NewHandleAt(ns[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, _ = h.LinkByName(name)
+		a, _ := netlink.ParseAddr([]string{addr0, addr1}[i])
+		a.Flags = unix.IFA_F_NODAD
+		if err := h.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+		h.Delete()
+	}
+	time.Sleep(100 * time.Millisecond) // link-local addresses
+	return ns[0], ns[1]
+}
+
+// startRouterIn is startRouter with the instance inside ns: its sockets,
+// and the goroutine that runs it (which adds and removes the VIPs), stay
+// there.
+func startRouterIn(t *testing.T, ns netns.NsHandle, name, ifname string, prio uint8, addrs []netip.Addr, peers ...netip.Addr) *router {
+	r := &router{events: make(chan Event, 16), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	started := make(chan error, 1)
+	go func() {
+		defer close(r.done)
+		// The thread never returns to the test's namespace: it ends with
+		// this goroutine, still locked.
+		runtime.LockOSThread()
+		if err := netns.Set(ns); err != nil {
+			started <- err
+			return
+		}
+		in, err := NewInstance(InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1}, Peers: peers,
+			Machine: Config{VRID: 42, Priority: prio, Interval: 10 * time.Millisecond, Preempt: true, Addrs: addrs}},
+			slog.New(slog.NewTextHandler(io.Discard, nil)), func(e Event) { r.events <- e })
+		if err != nil {
+			started <- err
+			return
+		}
+		r.in = in
+		started <- nil
+		_ = in.Run(ctx)
+	}()
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.stop)
+	return r
+}
+
+// TestIPv6PeersInNamespaces: two nodes (one namespace each) elect exactly
+// one master over IPv6, with the multicast group and with unicast peers
+// configured by global address. Before, unicast advertisements left with
+// the global source the kernel picked while the checksum covered the
+// link-local primary: the peer dropped them as malformed and both nodes
+// became master.
+func TestIPv6PeersInNamespaces(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		n0, n1 string
+		peers  bool
+	}{
+		{"multicast", "kbn0", "kbn1", false},
+		{"global unicast peers", "kbp0", "kbp1", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ns0, ns1 := nsPair(t, c.n0, c.n1, "2001:db8:68::1/64", "2001:db8:68::2/64")
+			addrs := []netip.Addr{netip.MustParseAddr("2001:db8:68::100")}
+			var p0, p1 []netip.Addr
+			if c.peers {
+				p0, p1 = []netip.Addr{netip.MustParseAddr("2001:db8:68::2")}, []netip.Addr{netip.MustParseAddr("2001:db8:68::1")}
+			}
+			a := startRouterIn(t, ns0, "a", c.n0, 200, addrs, p0...)
+			b := startRouterIn(t, ns1, "b", c.n1, 100, addrs, p1...)
+			a.wait(t, Master, 2*time.Second)
+			b.wait(t, Backup, 2*time.Second)
+			time.Sleep(200 * time.Millisecond)
+			sa, _, _ := a.in.State()
+			sb, _, master := b.in.State()
+			if sa != Master || sb != Backup || master != a.in.cfg.Machine.Primary {
+				t.Fatalf("a %s, b %s (master %s): want exactly one master, a (%s); b's counters %+v",
+					sa, sb, master, a.in.cfg.Machine.Primary, b.in.Counters())
+			}
+			if cb := b.in.Counters(); cb.Accepted == 0 || cb.Malformed+cb.NotPeer+cb.BadTTL != 0 {
+				t.Fatalf("b's receive counters %+v", cb)
+			}
+			// a resigns: b hears priority 0 and takes over.
+			a.stop()
+			b.wait(t, Master, time.Second)
+		})
+	}
+}
+
+// TestLargeIPv6Advert: an advertisement of 255 IPv6 addresses (4088 bytes,
+// the largest valid one) is received whole and accepted. Before, the read
+// buffer held 2048 bytes: the message was cut and counted malformed.
+func TestLargeIPv6Advert(t *testing.T) {
+	routerPair(t, "kbl0", "kbl1")
+	var addrs []netip.Addr
+	for i := range 255 {
+		addrs = append(addrs, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0x69, 14: 1, 15: byte(i)}))
+	}
+	b := startRouter(t, "b", "kbl1", 100, true, addrs[:1])
+	b.wait(t, Backup, 2*time.Second)
+
+	ifc, err := net.InterfaceByName("kbl0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := primary(ifc, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenPacket("ip6:112", "::")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pc := ipv6.NewPacketConn(c)
+	ad := Advertisement{VRID: 42, Priority: 250, Interval: 10 * time.Millisecond, Addrs: addrs}
+	msg, err := ad.Marshal(src.WithZone(""), MulticastV6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msg) != maxAdvertLen {
+		t.Fatalf("advertisement of %d bytes, want the largest valid, %d", len(msg), maxAdvertLen)
+	}
+	for range 5 {
+		if _, err := pc.WriteTo(msg, &ipv6.ControlMessage{Src: src.AsSlice(), IfIndex: ifc.Index, HopLimit: TTL},
+			&net.IPAddr{IP: MulticastV6.AsSlice(), Zone: "kbl0"}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		cnt := b.in.Counters()
+		if cnt.Malformed != 0 {
+			t.Fatalf("the advertisement of 255 addresses was dropped as malformed: %+v", cnt)
+		}
+		if _, _, master := b.in.State(); cnt.Accepted > 0 && master == src.WithZone("") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("advertisement not accepted: counters %+v", cnt)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

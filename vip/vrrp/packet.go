@@ -23,6 +23,11 @@ const (
 	OwnerPriority = 255
 	// TTL and hop limit of every VRRP packet, sent and accepted.
 	TTL = 255
+	// maxAdvertLen is the longest valid advertisement: 255 addresses
+	// (the count is 8 bits) of 16 bytes after the header.
+	maxAdvertLen = headerLen + 255*16
+	// maxIPv4Header is the longest IPv4 header (with options).
+	maxIPv4Header = 60
 )
 
 var (
