@@ -17,6 +17,7 @@ import (
 
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/loader"
 	"github.com/keepbit/keepbit/probe"
 )
 
@@ -52,7 +53,7 @@ func New(ctl *control.Controller) *Metrics {
 			Name: "keepbit_vrrp_transitions_total", Help: "VRRP state changes by new state."}, []string{"instance", "state"}),
 	}
 	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
-		&dataplaneCollector{ctl: ctl}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		&dataplaneCollector{src: ctlSource{ctl}}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctl.ProbeObserver = m.observeProbe
 	return m
 }
@@ -137,9 +138,35 @@ var (
 	descVRRPPrio   = prometheus.NewDesc("keepbit_vrrp_priority", "VRRP priority in force (after tracking).", []string{"instance"}, nil)
 )
 
+// source is what the collector reads at scrape time: the controller (see
+// ctlSource), or a fake in tests.
+type source interface {
+	Generation() int
+	VIPs() []control.VIPStatus
+	Status() []control.ServiceStatus
+	// Counters returns the counter reader of the service's dataplane; one
+	// reader is shared by every service on that dataplane.
+	Counters(service string) (counterReader, loader.ServiceKey, bool)
+}
+
+// counterReader is a dataplane's counters: Stats reads all of them.
+type counterReader interface {
+	Stats() (loader.Stats, error)
+}
+
+type ctlSource struct{ *control.Controller }
+
+func (s ctlSource) Counters(service string) (counterReader, loader.ServiceKey, bool) {
+	dp, key, ok := s.Dataplane(service)
+	if !ok || dp == nil {
+		return nil, key, false
+	}
+	return dp, key, true
+}
+
 // dataplaneCollector reads the dataplane and the controller at scrape time.
 type dataplaneCollector struct {
-	ctl *control.Controller
+	src source
 }
 
 func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -148,15 +175,23 @@ func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// Collect reads each dataplane's counters once per scrape, whatever the
+// number of services on it: Stats reads every counter of the dataplane,
+// so reading it per service made a scrape quadratic (about 1.3 s at 200
+// services).
 func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(c.ctl.Generation()))
-	for _, v := range c.ctl.VIPs() {
+	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(c.src.Generation()))
+	for _, v := range c.src.VIPs() {
 		st := map[string]float64{"initialize": 0, "backup": 1, "master": 2, "fault": 3}[v.State]
 		ch <- prometheus.MustNewConstMetric(descVRRP, prometheus.GaugeValue, st, v.Name)
 		ch <- prometheus.MustNewConstMetric(descVRRPPrio, prometheus.GaugeValue, float64(v.Priority), v.Name)
 	}
-	seen := map[string]bool{}
-	for _, s := range c.ctl.Status() {
+	type read struct {
+		st  loader.Stats
+		err error
+	}
+	reads := map[counterReader]*read{}
+	for _, s := range c.src.Status() {
 		for _, b := range s.Backends {
 			state := map[string]float64{"down": 0, "up": 1, "draining": 2}[b.State]
 			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, state, s.Name, b.Address)
@@ -166,26 +201,30 @@ func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, healthy, s.Name, b.Address)
 		}
-		dp, key, ok := c.ctl.Dataplane(s.Name)
+		dp, key, ok := c.src.Counters(s.Name)
 		if !ok {
 			continue
 		}
-		st, err := dp.Stats()
-		if err != nil {
-			continue
+		r, done := reads[dp]
+		if !done {
+			r = &read{}
+			r.st, r.err = dp.Stats()
+			reads[dp] = r
+			if r.err == nil {
+				for reason, rc := range r.st.Reasons {
+					ch <- prometheus.MustNewConstMetric(descReasons, prometheus.CounterValue, float64(rc.Packets), s.Interface, reason)
+				}
+			}
 		}
-		sc := st.Services[key]
+		if r.err != nil {
+			continue // counters of this dataplane are missing from this scrape
+		}
+		sc := r.st.Services[key]
 		ch <- prometheus.MustNewConstMetric(descSvcPackets, prometheus.CounterValue, float64(sc.Packets), s.Name)
 		ch <- prometheus.MustNewConstMetric(descSvcBytes, prometheus.CounterValue, float64(sc.Bytes), s.Name)
-		for addr, bc := range st.Backends[key] {
+		for addr, bc := range r.st.Backends[key] {
 			ch <- prometheus.MustNewConstMetric(descBePackets, prometheus.CounterValue, float64(bc.Packets), s.Name, addr.String())
 			ch <- prometheus.MustNewConstMetric(descBeBytes, prometheus.CounterValue, float64(bc.Bytes), s.Name, addr.String())
-		}
-		if !seen[s.Interface] {
-			seen[s.Interface] = true
-			for reason, rc := range st.Reasons {
-				ch <- prometheus.MustNewConstMetric(descReasons, prometheus.CounterValue, float64(rc.Packets), s.Interface, reason)
-			}
 		}
 	}
 }
