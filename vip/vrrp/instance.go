@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -71,7 +72,22 @@ type Instance struct {
 	// rounds left over after a release would pull clients to a node that
 	// no longer owns the VIPs.
 	stopBurst context.CancelFunc
+
+	// updates carries Update's configurations to the run loop, which
+	// alone changes cfg (under mu, for the read loop); stopped is closed
+	// when Run returns.
+	updates chan update
+	stopped chan struct{}
 }
+
+type update struct {
+	cfg  InstanceConfig
+	done chan error
+}
+
+// ErrRestart says that a configuration change cannot be applied to a
+// running instance: it needs other sockets or another machine.
+var ErrRestart = errors.New("vrrp: the change needs a new instance")
 
 type received struct {
 	adv Advertisement
@@ -89,7 +105,7 @@ func NewInstance(cfg InstanceConfig, log *slog.Logger, events func(Event)) (*Ins
 		return nil, fmt.Errorf("vrrp %s: interface %q: %w", cfg.Name, cfg.Interface, err)
 	}
 	in := &Instance{cfg: cfg, log: log, events: events, ifc: ifc, v6: cfg.Machine.Addrs[0].Unmap().Is6(),
-		trackKick: make(chan struct{}, 1)}
+		trackKick: make(chan struct{}, 1), updates: make(chan update), stopped: make(chan struct{})}
 	if !in.cfg.Machine.Primary.IsValid() {
 		if in.cfg.Machine.Primary, err = primary(ifc, in.v6); err != nil {
 			return nil, fmt.Errorf("vrrp %s: %w", cfg.Name, err)
@@ -235,9 +251,87 @@ func (in *Instance) Track(fault bool, reason string, priority uint8) {
 	}
 }
 
+// restartReason says why cfg cannot replace the running configuration
+// in place, or "" when it can. Sockets are bound to the interface and
+// joined to the group (or not, with unicast peers) for one address
+// family; the VRID and the owner's fixed priority 255 make the machine.
+func (in *Instance) restartReason(cfg InstanceConfig) string {
+	cur := in.cfg
+	switch {
+	case cfg.Name != cur.Name:
+		return "name"
+	case cfg.Interface != cur.Interface:
+		return "interface"
+	case cfg.Machine.VRID != cur.Machine.VRID:
+		return "vrid"
+	case (len(cfg.Peers) == 0) != (len(cur.Peers) == 0):
+		return "multicast or unicast peers"
+	case (cfg.Machine.Priority == OwnerPriority) != (cur.Machine.Priority == OwnerPriority):
+		return "address owner (priority 255)"
+	case cfg.Machine.Primary.IsValid() && cfg.Machine.Primary.WithZone("") != cur.Machine.Primary:
+		return "primary address"
+	case len(cfg.Machine.Addrs) == 0:
+		return "no virtual address"
+	}
+	for _, a := range cfg.Machine.Addrs {
+		if a.Unmap().Is6() != in.v6 {
+			return "address family"
+		}
+	}
+	return ""
+}
+
+// Update applies cfg to the running instance without leaving its state:
+// a Master stays Master (no resignation, no priority 0), taking and
+// announcing added VIPs and releasing removed ones. It returns an error
+// wrapping ErrRestart, and changes nothing, when cfg differs in what the
+// sockets or the machine are made of (see restartReason).
+func (in *Instance) Update(ctx context.Context, cfg InstanceConfig) error {
+	in.mu.Lock()
+	why := in.restartReason(cfg)
+	in.mu.Unlock()
+	if why != "" {
+		return fmt.Errorf("vrrp %s: %s changed: %w", cfg.Name, why, ErrRestart)
+	}
+	u := update{cfg: cfg, done: make(chan error, 1)}
+	select {
+	case in.updates <- u:
+	case <-in.stopped:
+		return fmt.Errorf("vrrp %s: update: instance stopped", cfg.Name)
+	case <-ctx.Done():
+		return fmt.Errorf("vrrp %s: update: %w", cfg.Name, ctx.Err())
+	}
+	return <-u.done // the run loop answers at once
+}
+
+// apply is Update's work, in the run loop.
+func (in *Instance) apply(ctx context.Context, cfg InstanceConfig) {
+	now := time.Now()
+	cfg.Machine.Primary = in.cfg.Machine.Primary
+	old := in.cfg.Machine.Addrs
+	in.mu.Lock()
+	in.cfg = cfg
+	in.m.Reconfigure(now, cfg.Machine)
+	st := in.m.State()
+	in.mu.Unlock()
+	if st != Master || slices.Equal(old, cfg.Machine.Addrs) {
+		return
+	}
+	for _, a := range old {
+		if !slices.Contains(cfg.Machine.Addrs, a) {
+			if err := vip.Remove(in.cfg.Interface, a); err != nil {
+				in.log.Error("vrrp: release removed vip", "instance", in.cfg.Name, "error", err)
+			}
+		}
+	}
+	// Takes the added VIPs and announces the new set.
+	in.do(ctx, []Action{{Kind: Announce}}, now)
+}
+
 // Run takes part in the election until ctx ends, then resigns (priority
 // 0) so a backup takes over at once, and releases the VIPs.
 func (in *Instance) Run(ctx context.Context) error {
+	defer close(in.stopped)
 	defer in.close()
 	recv := make(chan received, 64)
 	go in.readLoop(recv)
@@ -245,12 +339,26 @@ func (in *Instance) Run(ctx context.Context) error {
 	acts := in.m.Start(time.Now())
 	in.mu.Unlock()
 	in.do(ctx, acts, time.Now())
-	var refreshC <-chan time.Time // nil: no refresh
-	if in.cfg.Refresh > 0 {
-		refresh := time.NewTicker(in.cfg.Refresh)
-		defer refresh.Stop()
-		refreshC = refresh.C
+	var (
+		refresh  *time.Ticker
+		refreshC <-chan time.Time // nil: no refresh
+		period   time.Duration
+	)
+	setRefresh := func(d time.Duration) {
+		if d == period {
+			return
+		}
+		if refresh != nil {
+			refresh.Stop()
+			refresh, refreshC = nil, nil
+		}
+		if period = d; d > 0 {
+			refresh = time.NewTicker(d)
+			refreshC = refresh.C
+		}
 	}
+	setRefresh(in.cfg.Refresh)
+	defer func() { setRefresh(0) }()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -293,6 +401,10 @@ func (in *Instance) Run(ctx context.Context) error {
 			}
 			in.mu.Unlock()
 			in.do(ctx, acts, now)
+		case u := <-in.updates:
+			in.apply(ctx, u.cfg)
+			setRefresh(in.cfg.Refresh)
+			u.done <- nil
 		case <-refreshC:
 			if st, _, _ := in.State(); st == Master {
 				_ = in.ann.Once(in.cfg.Machine.Addrs)

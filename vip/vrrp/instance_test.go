@@ -2,17 +2,20 @@ package vrrp
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 
@@ -362,5 +365,114 @@ func TestLargeIPv6Advert(t *testing.T) {
 			t.Fatalf("advertisement not accepted: counters %+v", cnt)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestUpdateInPlace: a running Master takes a new priority, interval,
+// preemption, announcement settings and VIP list without leaving Master:
+// no transition, no priority-0 advertisement, the added VIP taken, the
+// removed one released. (Before, any change of a VRRP entry stopped the
+// instance, which resigned with priority 0, and started a new one.) A
+// change of what the sockets are made of is refused with ErrRestart.
+func TestUpdateInPlace(t *testing.T) {
+	routerPair(t, "kbw0", "kbw1")
+	v1, v2, v3 := netip.MustParseAddr("10.67.0.121"), netip.MustParseAddr("10.67.0.122"), netip.MustParseAddr("10.67.0.123")
+	a := startRouter(t, "a", "kbw0", 200, true, []netip.Addr{v1, v2})
+	b := startRouter(t, "b", "kbw1", 100, true, []netip.Addr{v1, v2})
+	a.wait(t, Master, 2*time.Second)
+	b.wait(t, Backup, 2*time.Second)
+
+	// Listen on b's side to what a advertises.
+	c, err := net.ListenPacket("ip4:112", "0.0.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := bindToDevice(c, "kbw1"); err != nil {
+		t.Fatal(err)
+	}
+	pc := ipv4.NewPacketConn(c)
+	ifc, _ := net.InterfaceByName("kbw1")
+	if err := pc.JoinGroup(ifc, &net.IPAddr{IP: MulticastV4.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	_ = pc.SetControlMessage(ipv4.FlagDst, true)
+	primaryA := a.in.cfg.Machine.Primary // before any update: the test reads it unlocked
+	heard := make(chan Advertisement, 1024)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, cm, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				close(heard)
+				return
+			}
+			src, _ := netip.AddrFromSlice(from.(*net.IPAddr).IP)
+			dst, _ := netip.AddrFromSlice(cm.Dst)
+			if ad, err := Parse(buf[:n], src.Unmap(), dst.Unmap()); err == nil && src.Unmap() == primaryA {
+				select {
+				case heard <- ad:
+				default:
+				}
+			}
+		}
+	}()
+
+	cfg := InstanceConfig{Name: "a", Interface: "kbw0", Burst: vip.Burst{Count: 2, Spacing: 5 * time.Millisecond}, Refresh: 50 * time.Millisecond,
+		Machine: Config{VRID: 42, Priority: 210, Interval: 20 * time.Millisecond, Preempt: false, Addrs: []netip.Addr{v1, v3}}}
+	if err := a.in.Update(context.Background(), cfg); err != nil {
+		t.Fatalf("update: %v", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	c.Close()
+	var newPrio int
+	for ad := range heard {
+		if ad.Priority == 0 {
+			t.Fatal("the master resigned (priority 0) for an update")
+		}
+		if ad.Priority == 210 {
+			newPrio++
+			if ad.Interval != 20*time.Millisecond || !slices.Equal(ad.Addrs, []netip.Addr{v1, v3}) {
+				t.Fatalf("advertisement after the update: %+v", ad)
+			}
+		}
+	}
+	if newPrio == 0 {
+		t.Fatal("no advertisement with the new priority")
+	}
+	select {
+	case e := <-a.events:
+		t.Fatalf("transition on update: %+v", e)
+	case e := <-b.events:
+		t.Fatalf("backup's transition on update: %+v", e)
+	default:
+	}
+	if st, prio, _ := a.in.State(); st != Master || prio != 210 {
+		t.Fatalf("a: %s at priority %d, want master at 210", st, prio)
+	}
+	for vipAddr, want := range map[netip.Addr]bool{v1: true, v2: false, v3: true} {
+		if has, _ := vip.Has("kbw0", vipAddr); has != want {
+			t.Errorf("master holds %s: %v, want %v", vipAddr, has, want)
+		}
+	}
+
+	for _, c := range []struct {
+		name   string
+		change func(*InstanceConfig)
+	}{
+		{"interface", func(c *InstanceConfig) { c.Interface = "kbw1" }},
+		{"vrid", func(c *InstanceConfig) { c.Machine.VRID = 43 }},
+		{"unicast peers", func(c *InstanceConfig) { c.Peers = []netip.Addr{netip.MustParseAddr("10.67.0.2")} }},
+		{"owner", func(c *InstanceConfig) { c.Machine.Priority = OwnerPriority }},
+		{"family", func(c *InstanceConfig) { c.Machine.Addrs = []netip.Addr{netip.MustParseAddr("2001:db8::1")} }},
+	} {
+		bad := cfg
+		c.change(&bad)
+		if err := a.in.Update(context.Background(), bad); !errors.Is(err, ErrRestart) {
+			t.Errorf("%s changed: %v, want ErrRestart", c.name, err)
+		}
+	}
+	if st, prio, _ := a.in.State(); st != Master || prio != 210 {
+		t.Fatalf("a: %s at priority %d after refused updates", st, prio)
 	}
 }

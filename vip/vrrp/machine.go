@@ -211,6 +211,30 @@ func (m *Machine) SetPriority(p uint8) {
 	m.prio = p
 }
 
+// Reconfigure applies the parts of cfg that need no new machine: the
+// configured priority, the advertisement interval, preemption and the
+// addresses (VRID and Primary stay as they are; turning the address owner
+// on or off needs a new machine). The state and its timers run on: a
+// Master stays Master and never resigns for a reconfiguration. An
+// effective priority that tracking lowered (SetPriority) stays until
+// tracking sets it again; otherwise the new configured one is in force
+// at once. A shorter interval takes effect by the next advertisement.
+func (m *Machine) Reconfigure(now time.Time, cfg Config) {
+	cfg.VRID, cfg.Primary = m.cfg.VRID, m.cfg.Primary
+	if m.cfg.Priority == OwnerPriority || cfg.Priority == OwnerPriority {
+		cfg.Priority = m.cfg.Priority
+	}
+	if m.prio == m.cfg.Priority {
+		m.prio = cfg.Priority
+	}
+	m.cfg = cfg
+	if m.state == Master {
+		if next := now.Add(cfg.Interval); m.adver.IsZero() || next.Before(m.adver) {
+			m.adver = next
+		}
+	}
+}
+
 // EnterFault releases the VIPs and stops taking part until LeaveFault.
 func (m *Machine) EnterFault(now time.Time, reason string) []Action {
 	if m.state == Fault {

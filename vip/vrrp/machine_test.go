@@ -195,3 +195,38 @@ func TestTrackingLowersPriority(t *testing.T) {
 		t.Fatal("the address owner's priority changed")
 	}
 }
+
+// TestReconfigure: a reconfiguration keeps the state and never resigns;
+// a priority lowered by tracking stays until tracking sets it again; a
+// shorter interval takes effect by the next advertisement.
+func TestReconfigure(t *testing.T) {
+	cases := []struct {
+		name      string
+		prio      uint8 // configured before
+		setup     func(m *Machine)
+		next      Config
+		wantState State
+		wantPrio  uint8
+		wantDL    time.Time
+	}{
+		{"master: new priority and shorter interval", 100, func(m *Machine) { m.Start(t0); m.Tick(t0.Add(4 * time.Second)) },
+			func() Config { c := cfg(150, true); c.Interval = 100 * time.Millisecond; return c }(),
+			Master, 150, t0.Add(4*time.Second + 100*time.Millisecond)},
+		{"master: longer interval keeps the due advertisement", 100, func(m *Machine) { m.Start(t0); m.Tick(t0.Add(4 * time.Second)) },
+			func() Config { c := cfg(100, true); c.Interval = 3 * time.Second; return c }(),
+			Master, 100, t0.Add(5 * time.Second)},
+		{"tracked priority stays", 100, func(m *Machine) { m.Start(t0); m.SetPriority(60) }, cfg(150, true), Backup, 60, t0.Add(3609375 * time.Microsecond)},
+		{"backup: preemption off", 100, func(m *Machine) { m.Start(t0) }, cfg(100, false), Backup, 100, t0.Add(3609375 * time.Microsecond)},
+		{"owner keeps 255", OwnerPriority, func(m *Machine) { m.Start(t0) }, cfg(100, true), Master, 255, t0.Add(time.Second)},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := NewMachine(cfg(c.prio, true))
+			c.setup(m)
+			m.Reconfigure(t0.Add(4*time.Second), c.next)
+			if m.State() != c.wantState || m.Priority() != c.wantPrio || !m.Deadline().Equal(c.wantDL) {
+				t.Fatalf("state %s prio %d deadline %v; want %s %d %v", m.State(), m.Priority(), m.Deadline().Sub(t0), c.wantState, c.wantPrio, c.wantDL.Sub(t0))
+			}
+		})
+	}
+}
