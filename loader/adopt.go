@@ -67,6 +67,10 @@ func (d *Dataplane) readBack() error {
 		return fmt.Errorf("iterate egress ports: %w", err)
 	}
 	d.resetIndex()
+	// The process that wrote this state may have released IDs or switched
+	// tables just before it stopped: its quarantine is lost, so wait out
+	// one grace period before anything is reused or rewritten.
+	d.waitRCU()
 	return nil
 }
 
@@ -104,12 +108,27 @@ func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*
 	size, n := word(tblSize), word(tblMembers)
 	svc.tableSize = size
 	svc.generation = word(tblGen)
-	for i := range n {
+	for i := range min(n, MaxMembers) {
 		id := word(tblHdr + size + i)
+		if id == 0 || id >= maxBackends || d.members[id] != nil {
+			d.dirty[key] = true
+			continue
+		}
 		m, err := d.readMember(svc, id)
 		if err != nil {
 			svc.closeBuffers()
 			return nil, fmt.Errorf("service %s: %w", key, err)
+		}
+		// A live table may still list an ID whose record now belongs to
+		// another service (an earlier loader released it too early): it
+		// is not a member, and the table is rebuilt without it at once.
+		if m.info.ServiceId != svc.id {
+			d.dirty[key] = true
+			continue
+		}
+		if _, dup := svc.members[m.spec.Addr]; dup {
+			d.dirty[key] = true
+			continue
 		}
 		svc.members[m.spec.Addr] = m
 		d.members[id] = m

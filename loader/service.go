@@ -47,6 +47,7 @@ type service struct {
 	tableSize  uint32
 	active     int
 	buffers    [2]*ebpf.Map
+	retired    [2]uint64 // epoch at which each buffer stopped being live
 	generation uint32
 	members    map[netip.Addr]*member
 }
@@ -231,15 +232,23 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	case fresh != nil: // created concurrently by another caller
 		d.discardService(fresh)
 	}
+	d.mu.Lock() // Services reads these under mu
 	svc.tableSize = spec.TableSize
 	svc.noBackend = spec.NoBackend
+	d.mu.Unlock()
 
+	// Removed members are down and out of svc.members from here on, so
+	// the table written next leaves them out; their IDs are released only
+	// after that table is live. On an error they go back in (down), so the
+	// next apply removes them again and no ID leaks.
 	removed, err := d.updateMembers(svc, spec.Backends)
 	if err != nil {
+		d.restoreMembers(removed)
 		return nil, err
 	}
 	ch, err := d.writeTable(svc, started)
 	if err != nil {
+		d.restoreMembers(removed)
 		return nil, err
 	}
 	changes = append(changes, ch)
@@ -328,9 +337,11 @@ func (d *Dataplane) installBuffer(svcID uint32, b int, capacity uint32) (*ebpf.M
 	return m, nil
 }
 
-// updateMembers writes backend records and states for spec; members no
-// longer listed are marked down and returned for release after the table
-// without them is live.
+// updateMembers writes backend records and states for spec. Members no
+// longer listed are marked down (their established flows move at once) and
+// taken out of svc.members, so the next layout leaves them out; they are
+// returned, also with an error, for release after the table without them
+// is live (or for restoreMembers).
 func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member, error) {
 	want := map[netip.Addr]BackendSpec{}
 	for _, b := range specs {
@@ -342,43 +353,98 @@ func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member,
 			continue
 		}
 		d.mu.Lock()
+		prev := m.spec.State
 		m.spec.State = Down
 		err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
+		if err != nil {
+			m.spec.State = prev
+		} else {
+			delete(svc.members, addr)
+		}
 		d.mu.Unlock()
 		if err != nil {
-			return nil, fmt.Errorf("service %s: backend %s: mark removed: %w", svc.key, addr, err)
+			return removed, fmt.Errorf("service %s: backend %s: mark removed: %w", svc.key, addr, err)
 		}
 		removed = append(removed, m)
 	}
 	for _, b := range specs {
 		info, err := d.infoFor(svc.id, b)
 		if err != nil {
-			return nil, fmt.Errorf("service %s: %w", svc.key, err)
+			return removed, fmt.Errorf("service %s: %w", svc.key, err)
 		}
 		if err := d.ensurePort(info.Ifindex); err != nil {
-			return nil, fmt.Errorf("service %s: backend %s: %w", svc.key, b.Addr, err)
+			return removed, fmt.Errorf("service %s: backend %s: %w", svc.key, b.Addr, err)
 		}
 		if m, ok := svc.members[b.Addr]; ok {
 			if err := d.updateMember(svc, m, b, info); err != nil {
-				return nil, err
+				return removed, err
 			}
 			continue
 		}
 		if err := d.addMember(svc, b, info); err != nil {
-			return nil, err
+			return removed, err
 		}
 	}
 	return removed, nil
 }
 
-func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendInfo) error {
+// restoreMembers puts members that updateMembers took out (they are down)
+// back into their service after a failed apply: the live table may still
+// list them, so their IDs must stay owned until a later table drops them.
+func (d *Dataplane) restoreMembers(ms []*member) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(d.freeBe) == 0 {
+	for _, m := range ms {
+		if _, taken := m.svc.members[m.spec.Addr]; !taken {
+			m.svc.members[m.spec.Addr] = m
+		}
+	}
+}
+
+// allocBackendID takes the free backend ID released longest ago. A
+// quarantined ID becomes free after a grace period; when nothing else is
+// free, this waits for one.
+func (d *Dataplane) allocBackendID() (uint32, bool) {
+	for waited := false; ; waited = true {
+		d.mu.Lock()
+		d.reclaimLocked()
+		if len(d.freeBe) > 0 {
+			id := d.freeBe[0]
+			d.freeBe = d.freeBe[1:]
+			d.mu.Unlock()
+			return id, true
+		}
+		pending := len(d.quarantine) > 0
+		d.mu.Unlock()
+		if !pending || waited {
+			return 0, false
+		}
+		d.grace()
+	}
+}
+
+// reclaimLocked frees the quarantined IDs that a completed grace period
+// covers. Callers hold mu.
+func (d *Dataplane) reclaimLocked() {
+	done := d.graceDone.Load()
+	n := 0
+	for _, q := range d.quarantine {
+		if q.epoch > done {
+			break // released in epoch order
+		}
+		d.freeBe = append(d.freeBe, q.id)
+		n++
+	}
+	d.quarantine = d.quarantine[n:]
+}
+
+func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendInfo) error {
+	id, ok := d.allocBackendID()
+	if !ok {
 		return fmt.Errorf("service %s: backend %s: the dataplane holds %d backends already", svc.key, b.Addr, maxBackends-1)
 	}
-	id := d.freeBe[0]
-	d.freeBe = d.freeBe[1:]
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	m := &member{svc: svc, id: id, inc: (d.lastInc[id] + 1) & incMask, spec: b, info: info}
 	// The record is complete before the state word names it.
 	if err := d.kernelWrite("backends", func() error { return d.objs.Backends.Put(id*2, &info) }); err != nil {
@@ -429,13 +495,23 @@ func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info ke
 	return nil
 }
 
+// releaseMembers gives up the IDs of members that no live table lists any
+// more. A packet that read the previous table before the switch may still
+// be on its way to one of them, so each ID waits in quarantine for a grace
+// period before it can name another backend.
 func (d *Dataplane) releaseMembers(ms []*member) {
+	if len(ms) == 0 {
+		return
+	}
+	e := d.retire()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, m := range ms {
-		delete(m.svc.members, m.spec.Addr)
+		if cur, ok := m.svc.members[m.spec.Addr]; ok && cur == m {
+			delete(m.svc.members, m.spec.Addr)
+		}
 		delete(d.members, m.id)
-		d.freeBe = append(d.freeBe, m.id)
+		d.quarantine = append(d.quarantine, quarantined{id: m.id, epoch: e})
 	}
 }
 
@@ -540,6 +616,7 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 	}
 	idle := 1 - svc.active
 	if need := uint32(len(words)); svc.buffers[idle] == nil || svc.buffers[idle].MaxEntries() < need {
+		// A new buffer: installing it waits for RCU, and nobody reads it yet.
 		buf, err := d.installBuffer(svc.id, idle, bufferCapacity(svc.tableSize, len(svc.members)))
 		if err != nil {
 			return Change{}, fmt.Errorf("service %s: %w", svc.key, err)
@@ -548,6 +625,14 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 			old.Close()
 		}
 		svc.buffers[idle] = buf
+	} else {
+		// The idle buffer was live until the previous switch: a packet
+		// that looked it up before that switch may still be reading it,
+		// and would see a mix of two tables if it were rewritten now.
+		// The grace period started in the background at that switch,
+		// so this rarely waits; state changes never do (they take mu
+		// only, not applyMu).
+		d.waitGrace(svc.retired[idle])
 	}
 	mem, err := svc.buffers[idle].Memory()
 	if err != nil {
@@ -561,13 +646,31 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 		return Change{}, fmt.Errorf("service %s: write table: %w", svc.key, err)
 	}
 	prepared := time.Now()
+	// Release ordering: the table words above are plain stores through the
+	// mmap; the switch below is a store in the kernel. On a weakly ordered
+	// CPU (arm64) another CPU could see the switch before the words. An
+	// atomic read-modify-write orders them: LOCK XADD on amd64 is a full
+	// fence, and on arm64 Go uses LDADDAL, the instruction Linux uses for
+	// its fully ordered atomics (ARMv8.1 LSE; a v8.0 core without LSE gets
+	// LDAXR/STLXR, which orders the words before the RMW and the RMW
+	// before the switch, but is not formally a full fence). The reader
+	// needs no barrier: it loads the active index, and the buffer it then
+	// reads is found through that value (map lookup by an index computed
+	// from it), an address dependency that orders the loads on every CPU
+	// Linux runs BPF on.
+	d.fence.Add(1)
 	if err := d.kernelWrite("service_active", func() error { return d.objs.ServiceActive.Put(svc.id, uint32(idle)) }); err != nil {
 		return Change{}, fmt.Errorf("service %s: switch table: %w", svc.key, err)
 	}
 	returned := time.Now()
+	retired := d.retire()
+	d.mu.Lock() // Services and SetBackendState read the generation under mu
+	svc.retired[svc.active] = retired
 	svc.active = idle
 	svc.generation++
-	return Change{Service: svc.key, What: "table", Started: started, Prepared: prepared, Returned: returned, Generation: svc.generation}, nil
+	gen := svc.generation
+	d.mu.Unlock()
+	return Change{Service: svc.key, What: "table", Started: started, Prepared: prepared, Returned: returned, Generation: gen}, nil
 }
 
 // SetBackendState changes one backend's state with a single 4-byte map
