@@ -3,23 +3,24 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/loader"
 )
 
 // Daemon is what the API needs from keepbitd.
@@ -71,35 +72,72 @@ type Live struct {
 	Packets uint64 `json:"packets"`
 }
 
+// controller is what the handlers need from the controller; ctlAdapter
+// gives it *control.Controller, tests a fake.
+type controller interface {
+	Generation() int
+	Interfaces() []string
+	Status() []control.ServiceStatus
+	VIPs() []control.VIPStatus
+	SetAdmin(service string, addr netip.Addr, a control.Admin) error
+	Live(service string, addr netip.Addr, idle time.Duration) (int, uint64, error)
+	// dataplane returns the service's dataplane, the same value for every
+	// service on it.
+	dataplane(service string) (dataplane, loader.ServiceKey, bool)
+}
+
+// dataplane is the part of *loader.Dataplane the handlers read.
+type dataplane interface {
+	Stats() (loader.Stats, error)
+	Flows(limit int) ([]loader.Flow, error)
+}
+
+type ctlAdapter struct{ *control.Controller }
+
+func (c ctlAdapter) dataplane(service string) (dataplane, loader.ServiceKey, bool) {
+	dp, key, ok := c.Dataplane(service)
+	if !ok || dp == nil {
+		return nil, key, false
+	}
+	return dp, key, true
+}
+
+// server answers the routes for a Daemon through ctl.
+type server struct {
+	d   *Daemon
+	ctl controller
+}
+
 // Handler returns the API's routes.
 func (d *Daemon) Handler() http.Handler {
+	return (&server{d: d, ctl: ctlAdapter{d.Control}}).routes()
+}
+
+func (s *server) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", d.status)
-	mux.HandleFunc("GET /v1/services", d.services)
-	mux.HandleFunc("GET /v1/events", d.events)
-	mux.HandleFunc("GET /v1/flows", d.flows)
-	mux.HandleFunc("GET /v1/vip", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, d.Control.VIPs()) })
-	mux.HandleFunc("POST /v1/reload", d.reload)
-	mux.HandleFunc("POST /v1/check-config", d.checkConfig)
-	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", d.admin)
-	mux.HandleFunc("GET /v1/services/{service}/backends/{addr}/live", d.live)
+	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("GET /v1/services", s.services)
+	mux.HandleFunc("GET /v1/events", s.events)
+	mux.HandleFunc("GET /v1/flows", s.flows)
+	mux.HandleFunc("GET /v1/vip", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.ctl.VIPs()) })
+	mux.HandleFunc("POST /v1/reload", s.reload)
+	mux.HandleFunc("POST /v1/check-config", s.checkConfig)
+	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", s.admin)
+	mux.HandleFunc("GET /v1/services/{service}/backends/{addr}/live", s.live)
 	return mux
 }
 
-// Serve listens on socket (mode 0600, directory 0700) until ctx ends.
+// Serve listens on socket until ctx ends. The socket is 0600 from the
+// moment its name exists and its directory 0700 (see listenSocket).
 func (d *Daemon) Serve(ctx context.Context, socket string) error {
-	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
-		return fmt.Errorf("api socket directory: %w", err)
-	}
-	_ = os.Remove(socket) // a stale socket from a killed daemon
-	ln, err := net.Listen("unix", socket)
+	ln, narrowed, err := listenSocket(socket)
 	if err != nil {
-		return fmt.Errorf("api socket: %w", err)
+		return err
 	}
-	if err := os.Chmod(socket, 0o600); err != nil {
-		ln.Close()
-		return fmt.Errorf("api socket permissions: %w", err)
+	if narrowed && d.Log != nil {
+		d.Log.Warn("api socket directory was open to others; narrowed it to 0700", "directory", filepath.Dir(socket))
 	}
+	defer ln.Close()
 	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
@@ -121,19 +159,32 @@ func fail(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, map[string]string{"error": err.Error()})
 }
 
-func (d *Daemon) status(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, Status{Generation: d.Control.Generation(), Interfaces: d.Control.Interfaces(),
-		Services: len(d.Control.Status()), Started: d.Started})
+func (s *server) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, Status{Generation: s.ctl.Generation(), Interfaces: s.ctl.Interfaces(),
+		Services: len(s.ctl.Status()), Started: s.d.Started})
 }
 
-func (d *Daemon) services(w http.ResponseWriter, r *http.Request) {
-	var out []Service
-	for _, s := range d.Control.Status() {
-		svc := Service{ServiceStatus: s, Backends: map[string]Counter{}}
-		if dp, key, ok := d.Control.Dataplane(s.Name); ok {
-			if st, err := dp.Stats(); err == nil {
-				svc.Counters = Counter(st.Services[key])
-				for addr, c := range st.Backends[key] {
+// services reads each dataplane's counters once, however many services it
+// has: Stats reads all of them, so a read per service is quadratic.
+func (s *server) services(w http.ResponseWriter, r *http.Request) {
+	type read struct {
+		st  loader.Stats
+		err error
+	}
+	reads := map[dataplane]*read{}
+	out := []Service{}
+	for _, ss := range s.ctl.Status() {
+		svc := Service{ServiceStatus: ss, Backends: map[string]Counter{}}
+		if dp, key, ok := s.ctl.dataplane(ss.Name); ok {
+			rd := reads[dp]
+			if rd == nil {
+				rd = &read{}
+				rd.st, rd.err = dp.Stats()
+				reads[dp] = rd
+			}
+			if rd.err == nil {
+				svc.Counters = Counter(rd.st.Services[key])
+				for addr, c := range rd.st.Backends[key] {
 					svc.Backends[addr.String()] = Counter(c)
 				}
 			}
@@ -145,7 +196,7 @@ func (d *Daemon) services(w http.ResponseWriter, r *http.Request) {
 
 // events streams JSON lines; with follow=1 it waits for new events until
 // the client goes away.
-func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
+func (s *server) events(w http.ResponseWriter, r *http.Request) {
 	after, err := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
 	if r.URL.Query().Get("after") != "" && err != nil {
 		fail(w, http.StatusBadRequest, fmt.Errorf("after: %q is not an event number", r.URL.Query().Get("after")))
@@ -155,7 +206,7 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	flusher, _ := w.(http.Flusher)
-	evs := d.Events.Since(after)
+	evs := s.d.Events.Since(after)
 	for {
 		for _, e := range evs {
 			if err := enc.Encode(e); err != nil {
@@ -169,13 +220,15 @@ func (d *Daemon) events(w http.ResponseWriter, r *http.Request) {
 		if !follow {
 			return
 		}
-		if evs, err = d.Events.Wait(r.Context(), after); err != nil {
+		if evs, err = s.d.Events.Wait(r.Context(), after); err != nil {
 			return
 		}
 	}
 }
 
-func (d *Daemon) flows(w http.ResponseWriter, r *http.Request) {
+// flows returns the top limit flows over all dataplanes, most packets
+// first.
+func (s *server) flows(w http.ResponseWriter, r *http.Request) {
 	limit := 20
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -185,40 +238,43 @@ func (d *Daemon) flows(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	var out []Flow
-	seen := map[string]bool{}
-	for _, s := range d.Control.Status() {
-		dp, _, ok := d.Control.Dataplane(s.Name)
-		if !ok || seen[s.Interface] {
+	var all []loader.Flow
+	seen := map[dataplane]bool{}
+	for _, ss := range s.ctl.Status() {
+		dp, _, ok := s.ctl.dataplane(ss.Name)
+		if !ok || seen[dp] {
 			continue
 		}
-		seen[s.Interface] = true
+		seen[dp] = true
 		fl, err := dp.Flows(limit)
 		if err != nil {
 			fail(w, http.StatusInternalServerError, err)
 			return
 		}
-		for _, f := range fl {
-			backend := ""
-			if f.Backend.IsValid() {
-				backend = f.Backend.String()
-			}
-			out = append(out, Flow{Client: f.Client.String(), VIP: f.VIP.String(), Proto: f.Proto.String(), Backend: backend,
-				Packets: f.Packets, Bytes: f.Bytes, LastSeen: f.LastSeen})
+		all = append(all, fl...)
+	}
+	slices.SortStableFunc(all, func(a, b loader.Flow) int { return cmp.Compare(b.Packets, a.Packets) })
+	out := []Flow{}
+	for _, f := range all[:min(limit, len(all))] {
+		backend := ""
+		if f.Backend.IsValid() {
+			backend = f.Backend.String()
 		}
+		out = append(out, Flow{Client: f.Client.String(), VIP: f.VIP.String(), Proto: f.Proto.String(), Backend: backend,
+			Packets: f.Packets, Bytes: f.Bytes, LastSeen: f.LastSeen})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (d *Daemon) reload(w http.ResponseWriter, r *http.Request) {
-	if err := d.Reload(r.Context()); err != nil {
+func (s *server) reload(w http.ResponseWriter, r *http.Request) {
+	if err := s.d.Reload(r.Context()); err != nil {
 		fail(w, http.StatusUnprocessableEntity, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int{"generation": d.Control.Generation()})
+	writeJSON(w, http.StatusOK, map[string]int{"generation": s.ctl.Generation()})
 }
 
-func (d *Daemon) checkConfig(w http.ResponseWriter, r *http.Request) {
+func (s *server) checkConfig(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
 	if err != nil {
 		fail(w, http.StatusBadRequest, err)
@@ -245,7 +301,7 @@ func backendOf(w http.ResponseWriter, r *http.Request) (string, netip.Addr, bool
 	return r.PathValue("service"), addr, true
 }
 
-func (d *Daemon) admin(w http.ResponseWriter, r *http.Request) {
+func (s *server) admin(w http.ResponseWriter, r *http.Request) {
 	svc, addr, ok := backendOf(w, r)
 	if !ok {
 		return
@@ -255,15 +311,15 @@ func (d *Daemon) admin(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, fmt.Errorf("action %q: want drain, enable or disable", r.PathValue("action")))
 		return
 	}
-	if err := d.Control.SetAdmin(svc, addr, a); err != nil {
+	if err := s.ctl.SetAdmin(svc, addr, a); err != nil {
 		fail(w, http.StatusNotFound, err)
 		return
 	}
-	d.Log.Info("operator action", "action", r.PathValue("action"), "service", svc, "backend", addr)
+	s.d.Log.Info("operator action", "action", r.PathValue("action"), "service", svc, "backend", addr)
 	writeJSON(w, http.StatusOK, map[string]string{"service": svc, "backend": addr.String(), "action": r.PathValue("action")})
 }
 
-func (d *Daemon) live(w http.ResponseWriter, r *http.Request) {
+func (s *server) live(w http.ResponseWriter, r *http.Request) {
 	svc, addr, ok := backendOf(w, r)
 	if !ok {
 		return
@@ -277,7 +333,7 @@ func (d *Daemon) live(w http.ResponseWriter, r *http.Request) {
 		}
 		idle = dur
 	}
-	flows, packets, err := d.Control.Live(svc, addr, idle)
+	flows, packets, err := s.ctl.Live(svc, addr, idle)
 	if err != nil {
 		fail(w, http.StatusNotFound, err)
 		return
