@@ -27,7 +27,7 @@ func TestNotifyHook(t *testing.T) {
 		{recorder.Event{Seq: 8, Kind: "vrrp-master", Service: "v4", Reason: "startup"}, "master"},
 	} {
 		out := filepath.Join(t.TempDir(), "event")
-		c.runNotify(config.Notify{Command: "sh", Args: []string{"-c", `env | grep ^KEEPBIT_ | sort > "$0"`, out}, Timeout: 5 * time.Second}, tc.e)
+		c.runNotify(config.Notify{Command: "sh", Args: []string{"-c", `env | grep -E '^KEEPBIT_(EVENT|SERVICE|BACKEND|STATE|REASON|SEQ)=' | sort > "$0"`, out}, Timeout: 5 * time.Second}, tc.e)
 		got, err := os.ReadFile(out)
 		if err != nil {
 			t.Fatal(err)
@@ -128,7 +128,7 @@ func TestTrackCommandTimeout(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.runTrackCommand(ctx, 0, config.TrackCommand{Command: cmd, Args: args, Interval: time.Hour, Timeout: 100 * time.Millisecond})
+		r.runTrackCommand(ctx, r.cmdOK, 0, config.TrackCommand{Command: cmd, Args: args, Interval: time.Hour, Timeout: 100 * time.Millisecond})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	deadline := time.Now().Add(2 * time.Second)

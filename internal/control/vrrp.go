@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"reflect"
 	"sort"
 	"strings"
@@ -19,14 +20,24 @@ import (
 	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
+// vrrpInstance is what control uses of a running *vrrp.Instance (tests
+// put a fake in its place).
+type vrrpInstance interface {
+	State() (vrrp.State, uint8, netip.Addr)
+	Counters() vrrp.Counters
+	Track(fault bool, reason string, priority uint8)
+	Update(ctx context.Context, cfg vrrp.InstanceConfig) error
+}
+
 // vrrpRun is one running VRRP instance and what tracking knows of it.
 type vrrpRun struct {
-	cfg    config.VRRP
-	inst   *vrrp.Instance
+	inst   vrrpInstance
+	ctx    context.Context // the instance's lifetime
 	cancel context.CancelFunc
 	done   chan struct{}
 
 	mu      sync.Mutex
+	cfg     config.VRRP // replaced by in-place reloads
 	last    vrrp.Event
 	applied struct {
 		fault  bool
@@ -34,11 +45,45 @@ type vrrpRun struct {
 		prio   uint8
 		set    bool
 	}
-	cmdOK []bool // last result of each track command
+	cmdOK      []bool             // last result of each track command
+	stopTracks context.CancelFunc // ends the track command loops
 }
 
-// reloadVRRP starts, keeps or stops instances to match cfg. Instances
-// live as long as base: a graceful stop of keepbitd resigns them.
+// restartReason says why an instance configured as old must be replaced
+// (stopped, which resigns a master, and started again) to take new, or ""
+// when the change applies in place. Only what the sockets and the machine
+// are made of needs a new instance: see vrrp.Instance.Update.
+func restartReason(old, new config.VRRP) string {
+	family := func(v config.VRRP) bool { return len(v.VIPs) > 0 && v.VIPs[0].Unmap().Is6() }
+	switch {
+	case old.Interface != new.Interface:
+		return "interface"
+	case old.VRID != new.VRID:
+		return "vrid"
+	case family(old) != family(new):
+		return "address family"
+	case (len(old.Peers) == 0) != (len(new.Peers) == 0):
+		return "multicast or unicast peers"
+	case (old.Priority == vrrp.OwnerPriority) != (new.Priority == vrrp.OwnerPriority):
+		return "address owner (priority 255)"
+	}
+	return ""
+}
+
+func instanceConfig(v config.VRRP) vrrp.InstanceConfig {
+	return vrrp.InstanceConfig{
+		Name: v.Name, Interface: v.Interface, Peers: v.Peers,
+		Burst:   vip.Burst{Count: v.Announce.Count, Spacing: v.Announce.Spacing, Late: *v.Announce.Late},
+		Refresh: *v.Announce.Refresh,
+		Machine: vrrp.Config{VRID: v.VRID, Priority: v.Priority, Interval: v.AdvertInterval, Preempt: *v.Preempt,
+			PreemptDelay: v.PreemptDelay, Addrs: v.VIPs},
+	}
+}
+
+// reloadVRRP starts, updates or stops instances to match cfg. A changed
+// instance is updated in place (a master stays master) unless the change
+// needs a new one (restartReason). Instances live as long as base: a
+// graceful stop of keepbitd resigns them.
 func (c *Controller) reloadVRRP(cfg *config.Config) error {
 	c.mu.Lock()
 	base := c.base
@@ -48,14 +93,30 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 		want[v.Name] = v
 	}
 	for name, r := range c.vrrpRuns() {
-		if v, ok := want[name]; ok && reflect.DeepEqual(v, r.cfg) {
+		r.mu.Lock()
+		cur := r.cfg
+		r.mu.Unlock()
+		v, ok := want[name]
+		if ok && reflect.DeepEqual(v, cur) {
 			continue
 		}
+		why := "removed"
+		if ok {
+			if why = restartReason(cur, v); why == "" {
+				err := c.updateVRRP(r, v)
+				if err == nil {
+					c.rec.Add(recorder.Event{Kind: "vrrp-updated", Reason: name})
+					continue
+				}
+				why = err.Error()
+			}
+		}
+		c.log.Info("vrrp instance stops", "instance", name, "reason", why)
 		r.stop()
 		c.mu.Lock()
 		delete(c.vrrp, name)
 		c.mu.Unlock()
-		c.rec.Add(recorder.Event{Kind: "vrrp-stopped", Reason: name})
+		c.rec.Add(recorder.Event{Kind: "vrrp-stopped", Reason: name + ": " + why})
 	}
 	var errs []error
 	for _, v := range cfg.VRRP {
@@ -77,6 +138,27 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 	return errors.Join(errs...)
 }
 
+// updateVRRP applies v to a running instance in place: the instance takes
+// its part first (an error leaves everything as it was), then tracking
+// and notify follow v; tracking re-applies its verdict at its next pass,
+// computed from v's priority and tracked objects.
+func (c *Controller) updateVRRP(r *vrrpRun, v config.VRRP) error {
+	ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
+	defer cancel()
+	if err := r.inst.Update(ctx, instanceConfig(v)); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	old := r.cfg
+	r.cfg = v
+	r.applied.set = false
+	r.mu.Unlock()
+	if !reflect.DeepEqual(old.Track.Commands, v.Track.Commands) {
+		r.startTracks(v.Track.Commands)
+	}
+	return nil
+}
+
 func (c *Controller) vrrpRuns() map[string]*vrrpRun {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -84,10 +166,7 @@ func (c *Controller) vrrpRuns() map[string]*vrrpRun {
 }
 
 func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, error) {
-	r := &vrrpRun{cfg: v, done: make(chan struct{}), cmdOK: make([]bool, len(v.Track.Commands))}
-	for i := range r.cmdOK {
-		r.cmdOK[i] = true // innocent until a run says otherwise
-	}
+	r := &vrrpRun{cfg: v, done: make(chan struct{})}
 	// A VIP that an earlier keepbitd (killed before it could resign) left
 	// on the interface must not keep answering ARP: the election decides.
 	if v.Priority != vrrp.OwnerPriority {
@@ -97,27 +176,38 @@ func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, e
 			c.log.Warn("removed stale VIPs left by an earlier run", "instance", v.Name, "vips", removed)
 		}
 	}
-	inst, err := vrrp.NewInstance(vrrp.InstanceConfig{
-		Name: v.Name, Interface: v.Interface, Peers: v.Peers,
-		Burst:   vip.Burst{Count: v.Announce.Count, Spacing: v.Announce.Spacing, Late: *v.Announce.Late},
-		Refresh: *v.Announce.Refresh,
-		Machine: vrrp.Config{VRID: v.VRID, Priority: v.Priority, Interval: v.AdvertInterval, Preempt: *v.Preempt,
-			PreemptDelay: v.PreemptDelay, Addrs: v.VIPs},
-	}, c.log, func(e vrrp.Event) { c.onVRRP(r, e) })
+	inst, err := vrrp.NewInstance(instanceConfig(v), c.log, func(e vrrp.Event) { c.onVRRP(r, e) })
 	if err != nil {
 		return nil, err
 	}
 	r.inst = inst
-	ctx, cancel := context.WithCancel(base)
-	r.cancel = cancel
+	r.ctx, r.cancel = context.WithCancel(base)
 	go func() {
 		defer close(r.done)
-		_ = inst.Run(ctx)
+		_ = inst.Run(r.ctx)
 	}()
-	for i, tc := range v.Track.Commands {
-		go r.runTrackCommand(ctx, i, tc)
-	}
+	r.startTracks(v.Track.Commands)
 	return r, nil
+}
+
+// startTracks (re)starts the loops of cmds, ending those of an earlier
+// set. Each loop writes into the result slice of its own set, so a loop
+// of the old set that is still finishing never writes into the new one.
+func (r *vrrpRun) startTracks(cmds []config.TrackCommand) {
+	ctx, cancel := context.WithCancel(r.ctx)
+	ok := make([]bool, len(cmds))
+	for i := range ok {
+		ok[i] = true // innocent until a run says otherwise
+	}
+	r.mu.Lock()
+	if r.stopTracks != nil {
+		r.stopTracks()
+	}
+	r.cmdOK, r.stopTracks = ok, cancel
+	r.mu.Unlock()
+	for i, tc := range cmds {
+		go r.runTrackCommand(ctx, ok, i, tc)
+	}
 }
 
 func (r *vrrpRun) stop() {
@@ -125,13 +215,13 @@ func (r *vrrpRun) stop() {
 	<-r.done
 }
 
-func (r *vrrpRun) runTrackCommand(ctx context.Context, i int, tc config.TrackCommand) {
+func (r *vrrpRun) runTrackCommand(ctx context.Context, ok []bool, i int, tc config.TrackCommand) {
 	t := time.NewTicker(tc.Interval)
 	defer t.Stop()
 	for {
 		err := trackCommandOnce(ctx, tc)
 		r.mu.Lock()
-		r.cmdOK[i] = err == nil
+		ok[i] = err == nil
 		r.mu.Unlock()
 		select {
 		case <-ctx.Done():
@@ -290,7 +380,8 @@ func (c *Controller) track() {
 			r := runs[name]
 			r.mu.Lock()
 			defer r.mu.Unlock()
-			return r.cmdOK[i]
+			// A reload may have changed the commands since cfgs was read.
+			return i >= len(r.cmdOK) || r.cmdOK[i]
 		}}
 	for _, s := range c.Status() {
 		for _, b := range s.Backends {
@@ -299,7 +390,9 @@ func (c *Controller) track() {
 	}
 	cfgs := map[string]config.VRRP{}
 	for name, r := range runs {
+		r.mu.Lock()
 		cfgs[name] = r.cfg
+		r.mu.Unlock()
 	}
 	for name, v := range decide(cfgs, w) {
 		r := runs[name]
@@ -353,9 +446,12 @@ func (c *Controller) VIPs() []VIPStatus {
 			continue
 		}
 		st, prio, master := r.inst.State()
-		vs := VIPStatus{Name: name, VRID: r.cfg.VRID, Interface: r.cfg.Interface, State: st.String(), Priority: prio, BasePriority: r.cfg.Priority,
+		r.mu.Lock()
+		rc := r.cfg
+		r.mu.Unlock()
+		vs := VIPStatus{Name: name, VRID: rc.VRID, Interface: rc.Interface, State: st.String(), Priority: prio, BasePriority: rc.Priority,
 			Received: r.inst.Counters()}
-		for _, a := range r.cfg.VIPs {
+		for _, a := range rc.VIPs {
 			vs.VIPs = append(vs.VIPs, a.String())
 		}
 		if master.IsValid() {
