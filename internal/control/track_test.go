@@ -4,14 +4,23 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"reflect"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/ipv4"
+
 	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/privtest"
 	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/vip"
 	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
@@ -210,5 +219,114 @@ func TestReloadVRRPInPlace(t *testing.T) {
 				t.Fatalf("run's config %+v with %d command results; want %+v with %d", got, cmds, next, c.wantCmds)
 			}
 		})
+	}
+}
+
+// TestReloadNotifyKeepsMaster runs a real instance through the
+// controller: a reload that changes only its notify hook leaves the
+// master master, with no priority-0 advertisement on the wire and the
+// VIP held throughout. Before, the reload stopped the instance (resigning
+// with priority 0, releasing the VIP) and started a new one.
+func TestReloadNotifyKeepsMaster(t *testing.T) {
+	privtest.Require(t)
+	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "kbt0"}, PeerName: "kbt1"}
+	if err := netlink.LinkAdd(v); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netlink.LinkDel(v) })
+	for i, name := range []string{"kbt0", "kbt1"} {
+		// Both ends are in this namespace: accept the other's source.
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/accept_local", []byte("1"), 0); err != nil {
+			t.Fatal(err)
+		}
+		l, _ := netlink.LinkByName(name)
+		a, _ := netlink.ParseAddr([]string{"10.68.0.1/24", "10.68.0.2/24"}[i])
+		if err := netlink.AddrAdd(l, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := netlink.LinkSetUp(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vipAddr := netip.MustParseAddr("10.68.0.100")
+	dir := t.TempDir()
+	conf := func(hook string) *config.Config {
+		return &config.Config{VRRP: []config.VRRP{vrrpConf(func(v *config.VRRP) {
+			v.Interface, v.Priority, v.AdvertInterval, v.VIPs = "kbt0", 200, 10*time.Millisecond, []netip.Addr{vipAddr}
+			v.Track = config.Track{}
+			v.Notify = config.Notify{Command: "sh", Args: []string{"-c", `echo "$KEEPBIT_STATE" >> "$0"`, filepath.Join(dir, hook)}, Timeout: time.Second}
+		})}}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(256), base: ctx, vrrp: map[string]*vrrpRun{}}
+	t.Cleanup(c.stopVRRP)
+	if err := c.reloadVRRP(conf("hook-a")); err != nil {
+		t.Fatal(err)
+	}
+	r := c.vrrpRuns()["v"]
+	deadline := time.Now().Add(2 * time.Second)
+	for st, _, _ := r.inst.State(); st != vrrp.Master; st, _, _ = r.inst.State() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no master within 2s: %s", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	// Listen on the other end to what the master advertises.
+	pc, err := net.ListenPacket("ip4:112", "0.0.0.0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	p4 := ipv4.NewPacketConn(pc)
+	ifc, _ := net.InterfaceByName("kbt1")
+	if err := p4.JoinGroup(ifc, &net.IPAddr{IP: vrrp.MulticastV4.AsSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	prios := make(chan []int, 1)
+	go func() {
+		var seen []int
+		buf := make([]byte, 1500)
+		for {
+			n, _, from, err := p4.ReadFrom(buf)
+			if err != nil {
+				prios <- seen
+				return
+			}
+			if from.(*net.IPAddr).IP.String() == "10.68.0.1" && n >= 8 && buf[1] == 42 {
+				seen = append(seen, int(buf[2]))
+			}
+		}
+	}()
+
+	if err := c.reloadVRRP(conf("hook-b")); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	for range 20 {
+		if has, _ := vip.Has("kbt0", vipAddr); !has {
+			t.Fatal("the master let go of its VIP during the reload")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pc.Close()
+	seen := <-prios
+	if len(seen) == 0 {
+		t.Fatal("heard no advertisement")
+	}
+	if slices.Contains(seen, 0) {
+		t.Fatalf("the master resigned (priority 0) on a notify change: priorities %v", seen)
+	}
+	if got := c.vrrpRuns()["v"]; got != r {
+		t.Fatal("the instance was replaced")
+	}
+	if st, _, _ := r.inst.State(); st != vrrp.Master {
+		t.Fatalf("%s after the reload, want master", st)
+	}
+	r.mu.Lock()
+	hook := r.cfg.Notify.Args[2]
+	r.mu.Unlock()
+	if filepath.Base(hook) != "hook-b" {
+		t.Fatalf("notify hook %s after the reload, want hook-b", hook)
 	}
 }
