@@ -142,10 +142,11 @@ func (d *Dataplane) iterateFlows(fn func(k *keepbitFlowKey, v *keepbitFlowValue)
 	return nil
 }
 
-// rawFlow is a flow before its backend ID is resolved to an address.
+// rawFlow is a flow-table entry as read: no pointers, so collecting a
+// whole table gives the garbage collector nothing to scan.
 type rawFlow struct {
-	Flow
-	id, inc uint32
+	k keepbitFlowKey
+	v keepbitFlowValue
 }
 
 // flowHeap is a min-heap on packets: the top limit flows of a walk are
@@ -153,7 +154,7 @@ type rawFlow struct {
 type flowHeap []rawFlow
 
 func (h flowHeap) Len() int           { return len(h) }
-func (h flowHeap) Less(i, j int) bool { return h[i].Packets < h[j].Packets }
+func (h flowHeap) Less(i, j int) bool { return h[i].v.Packets < h[j].v.Packets }
 func (h flowHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
 func (h *flowHeap) Push(x any)        { *h = append(*h, x.(rawFlow)) }
 func (h *flowHeap) Pop() any {
@@ -173,41 +174,38 @@ func (d *Dataplane) Flows(limit int) ([]Flow, error) {
 	}
 	var h flowHeap
 	err = d.walkFlows(func(k *keepbitFlowKey, v *keepbitFlowValue) {
-		if limit > 0 && len(h) == limit && v.Packets <= h[0].Packets {
-			return
-		}
-		f := rawFlow{Flow: Flow{
-			Client:  netip.AddrPortFrom(addrFrom16(k.Src), netToHost16(k.Sport)),
-			VIP:     netip.AddrPortFrom(addrFrom16(k.Dst), netToHost16(k.Dport)),
-			Proto:   Proto(k.Proto),
-			Packets: v.Packets,
-			Bytes:   v.Bytes,
-		}, id: v.Backend, inc: v.Incarnation}
-		if now > v.LastSeenNs {
-			f.LastSeen = time.Duration(now - v.LastSeenNs)
-		}
 		switch {
 		case limit <= 0:
-			h = append(h, f)
+			h = append(h, rawFlow{*k, *v})
 		case len(h) < limit:
-			heap.Push(&h, f)
-		default:
-			h[0] = f
+			heap.Push(&h, rawFlow{*k, *v})
+		case v.Packets > h[0].v.Packets:
+			h[0] = rawFlow{*k, *v}
 			heap.Fix(&h, 0)
 		}
 	})
 	if err != nil {
 		return nil, err
 	}
+	slices.SortFunc(h, func(a, b rawFlow) int { return cmp.Compare(b.v.Packets, a.v.Packets) })
 	owners := d.resolveBackends(h)
 	out := make([]Flow, len(h))
-	for i, f := range h {
-		if o, ok := owners[f.id]; ok && o.inc == f.inc {
+	for i, r := range h {
+		f := Flow{
+			Client:  netip.AddrPortFrom(addrFrom16(r.k.Src), netToHost16(r.k.Sport)),
+			VIP:     netip.AddrPortFrom(addrFrom16(r.k.Dst), netToHost16(r.k.Dport)),
+			Proto:   Proto(r.k.Proto),
+			Packets: r.v.Packets,
+			Bytes:   r.v.Bytes,
+		}
+		if o, ok := owners[r.v.Backend]; ok && o.inc == r.v.Incarnation {
 			f.Backend = o.addr
 		}
-		out[i] = f.Flow
+		if now > r.v.LastSeenNs {
+			f.LastSeen = time.Duration(now - r.v.LastSeenNs)
+		}
+		out[i] = f
 	}
-	slices.SortFunc(out, func(a, b Flow) int { return cmp.Compare(b.Packets, a.Packets) })
 	return out, nil
 }
 
@@ -223,9 +221,9 @@ func (d *Dataplane) resolveBackends(flows []rawFlow) map[uint32]memberRef {
 	ids := make([]uint32, 0, 64)
 	seen := map[uint32]bool{}
 	for _, f := range flows {
-		if !seen[f.id] {
-			seen[f.id] = true
-			ids = append(ids, f.id)
+		if !seen[f.v.Backend] {
+			seen[f.v.Backend] = true
+			ids = append(ids, f.v.Backend)
 		}
 	}
 	out := make(map[uint32]memberRef, len(ids))
