@@ -58,10 +58,13 @@ type router struct {
 }
 
 func startRouter(t *testing.T, name, ifname string, prio uint8, preempt bool, addrs []netip.Addr, peers ...netip.Addr) *router {
+	return startRouterWith(t, InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1}, Peers: peers,
+		Machine: Config{VRID: 42, Priority: prio, Interval: 10 * time.Millisecond, Preempt: preempt, Addrs: addrs}})
+}
+
+func startRouterWith(t *testing.T, cfg InstanceConfig) *router {
 	r := &router{events: make(chan Event, 16), done: make(chan struct{})}
-	in, err := NewInstance(InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1}, Peers: peers,
-		Machine: Config{VRID: 42, Priority: prio, Interval: 10 * time.Millisecond, Preempt: preempt, Addrs: addrs}},
-		slog.New(slog.NewTextHandler(io.Discard, nil)), func(e Event) { r.events <- e })
+	in, err := NewInstance(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), func(e Event) { r.events <- e })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +254,9 @@ func startRouterIn(t *testing.T, ns netns.NsHandle, name, ifname string, prio ui
 			return
 		}
 		in, err := NewInstance(InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1}, Peers: peers,
-			Machine: Config{VRID: 42, Priority: prio, Interval: 10 * time.Millisecond, Preempt: true, Addrs: addrs}},
+			// 50 ms: a loaded test machine must not delay an
+			// advertisement past Master_Down_Interval (180 ms).
+			Machine: Config{VRID: 42, Priority: prio, Interval: 50 * time.Millisecond, Preempt: true, Addrs: addrs}},
 			slog.New(slog.NewTextHandler(io.Discard, nil)), func(e Event) { r.events <- e })
 		if err != nil {
 			started <- err
@@ -377,8 +382,14 @@ func TestLargeIPv6Advert(t *testing.T) {
 func TestUpdateInPlace(t *testing.T) {
 	routerPair(t, "kbw0", "kbw1")
 	v1, v2, v3 := netip.MustParseAddr("10.67.0.121"), netip.MustParseAddr("10.67.0.122"), netip.MustParseAddr("10.67.0.123")
-	a := startRouter(t, "a", "kbw0", 200, true, []netip.Addr{v1, v2})
-	b := startRouter(t, "b", "kbw1", 100, true, []netip.Addr{v1, v2})
+	// 100 ms advertisements: the backup must not take over because a
+	// loaded test machine delayed one (Master_Down_Interval is 360 ms).
+	start := func(name, ifname string, prio uint8) *router {
+		return startRouterWith(t, InstanceConfig{Name: name, Interface: ifname, Burst: vip.Burst{Count: 1},
+			Machine: Config{VRID: 42, Priority: prio, Interval: 100 * time.Millisecond, Preempt: true, Addrs: []netip.Addr{v1, v2}}})
+	}
+	a := start("a", "kbw0", 200)
+	b := start("b", "kbw1", 100)
 	a.wait(t, Master, 2*time.Second)
 	b.wait(t, Backup, 2*time.Second)
 
@@ -419,11 +430,11 @@ func TestUpdateInPlace(t *testing.T) {
 	}()
 
 	cfg := InstanceConfig{Name: "a", Interface: "kbw0", Burst: vip.Burst{Count: 2, Spacing: 5 * time.Millisecond}, Refresh: 50 * time.Millisecond,
-		Machine: Config{VRID: 42, Priority: 210, Interval: 20 * time.Millisecond, Preempt: false, Addrs: []netip.Addr{v1, v3}}}
+		Machine: Config{VRID: 42, Priority: 210, Interval: 50 * time.Millisecond, Preempt: false, Addrs: []netip.Addr{v1, v3}}}
 	if err := a.in.Update(context.Background(), cfg); err != nil {
 		t.Fatalf("update: %v", err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(400 * time.Millisecond)
 	c.Close()
 	var newPrio int
 	for ad := range heard {
@@ -432,7 +443,7 @@ func TestUpdateInPlace(t *testing.T) {
 		}
 		if ad.Priority == 210 {
 			newPrio++
-			if ad.Interval != 20*time.Millisecond || !slices.Equal(ad.Addrs, []netip.Addr{v1, v3}) {
+			if ad.Interval != 50*time.Millisecond || !slices.Equal(ad.Addrs, []netip.Addr{v1, v3}) {
 				t.Fatalf("advertisement after the update: %+v", ad)
 			}
 		}
