@@ -59,7 +59,9 @@ func listenSocket(path string) (*socketListener, bool, error) {
 			return nil, narrowed, fmt.Errorf("api socket %s: another daemon is serving it", path)
 		}
 	}
-	tmp := filepath.Join(dir, fmt.Sprintf(".%s.%d.%08x", filepath.Base(path), os.Getpid(), rand.Uint32()))
+	// Short: a socket name is limited to 107 bytes, and the temporary one
+	// must fit wherever the default name ("keepbit.sock") does.
+	tmp := filepath.Join(dir, fmt.Sprintf(".kb-%08x", rand.Uint32()))
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, narrowed, fmt.Errorf("api socket: %w", err)
