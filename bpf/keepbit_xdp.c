@@ -88,10 +88,9 @@ int keepbit_xdp(struct xdp_md *ctx)
 	 * matched to the flow they quote. */
 	if (p.key.proto != IPPROTO_ICMP && p.key.proto != IPPROTO_ICMPV6) {
 		ce = flow_cache_hit(&p.key);
-		if (ce) {
+		if (ce && flow_cache_account(ce, len) == 0) {
 			if (p.frag == FRAG_FIRST)
 				track_fragment(&p);
-			flow_cache_account(ce, len);
 			count(&service_stats, ce->service, len);
 			count(&backend_stats, ce->backend, len);
 			action = forward(ctx, &p, ce->macs, ce->vlan, ce->ifindex, &reason);

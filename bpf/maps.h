@@ -20,6 +20,9 @@
 #define MAX_GROUPS 8
 #define FLOW_CACHE_SIZE 8192   /* per CPU, power of two */
 #define FLOW_CACHE_FLUSH 64    /* packets between refreshes of the flow table */
+/* ...or at most this long (bpf_ktime_get_coarse_ns): a slow flow's last_seen
+ * lags by at most this much, so drain -wait and the LRU see it live. */
+#define FLOW_CACHE_FLUSH_NS 250000000ULL
 #define VIP_FILTER_WORDS 1024  /* 65536-bit prefilter of VIP addresses */
 
 /* Layout of one service table buffer (an inner u32 array):
@@ -45,12 +48,19 @@ enum backend_state_value {
 	BACKEND_DRAINING = 2,
 };
 
-/* backend_state word: bits 0-1 state, bit 2 which backend_info slot is
- * live, bits 8-31 incarnation (bumped whenever the ID is reused, so flow
- * entries that still name the old owner of the ID re-select). */
+/* backend_state word (u64, one atomic store): bits 0-1 state, bit 2 which
+ * backend_info slot is live, bits 8-31 incarnation (bumped whenever the ID
+ * is reused, so flow entries that still name the old owner of the ID
+ * re-select), bits 32-63 a sequence the loader bumps on every write of the
+ * word and never resets, so that no two writes leave the same word (a
+ * down -> up flap would otherwise restore the word a per-CPU flow cache
+ * entry was filled with, and revive it). Bit 7 is never set by the loader:
+ * STATE_INVALID marks a flow cache entry that matches no state word. */
 #define STATE_MASK 0x3u
 #define STATE_INFO_SLOT 0x4u
+#define STATE_INVALID 0x80ull
 #define STATE_INC_SHIFT 8
+#define STATE_SEQ_SHIFT 32
 
 enum service_flags {
 	SERVICE_F_PASS_NO_BACKEND = 1, /* no usable backend: XDP_PASS instead of drop */
@@ -143,21 +153,24 @@ struct flow_value {
 
 /* A per-CPU direct-mapped cache of flow table entries: an established
  * flow is forwarded with array lookups only (a hash lookup costs as much as
- * the whole minimal XDP program here). Backend state and incarnation are
- * still checked on every packet. */
+ * the whole minimal XDP program here). The backend's whole state word is
+ * still checked on every packet, and at every flush the flow table entry
+ * must still name this backend and incarnation (the flow table is the
+ * authority: another CPU may have re-selected the flow). */
 struct flow_cache_entry {
 	struct flow_key key;
 	__u32 backend;
-	__u32 state_word; /* backend_state at fill time: any change (state,
-			   * record slot, incarnation) sends the next packet
-			   * down the slow path, which refills the entry */
 	__u32 service;
+	__u64 state_word; /* backend_state at fill time: any write (state,
+			   * record slot, incarnation, sequence) sends the next
+			   * packet down the slow path, which refills the entry */
 	__u32 ifindex;    /* egress port */
 	__u8 macs[12];    /* destination (backend) and source (egress port) */
 	__u16 vlan;
 	__u16 pad;
 	__u32 pending_packets; /* not yet added to the flow table entry */
 	__u64 pending_bytes;
+	__u64 last_flush_ns;   /* bpf_ktime_get_coarse_ns() of the last flush */
 };
 
 struct frag_key {
@@ -245,7 +258,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } backend_state SEC(".maps");
 
 /* index: backend_id * 2 + info slot (see STATE_INFO_SLOT). */
@@ -256,9 +269,11 @@ struct {
 	__type(value, struct backend_info);
 } backends SEC(".maps");
 
+/* One LRU shared by all CPUs: BPF_F_NO_COMMON_LRU would give each possible
+ * CPU max_entries / possible CPUs and evict there, so flows arriving on one
+ * CPU could use only a fraction of the table. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, MAX_FLOWS);
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);

@@ -14,7 +14,8 @@
 
 struct choice {
 	__u32 backend;
-	__u32 state; /* backend_state word */
+	__u32 pad;
+	__u64 state; /* backend_state word */
 };
 
 /* lookup_service finds the service of a packet: the prefilter, then the
@@ -53,20 +54,20 @@ static __always_inline int lookup_service(struct flow_key *key, struct service_v
 	return 0;
 }
 
-static __always_inline __u32 state_of(__u32 word)
+static __always_inline __u32 state_of(__u64 word)
 {
-	return word & STATE_MASK;
+	return (__u32)word & STATE_MASK;
 }
 
-static __always_inline __u32 incarnation_of(__u32 word)
+static __always_inline __u32 incarnation_of(__u64 word)
 {
-	return word >> STATE_INC_SHIFT;
+	return (__u32)word >> STATE_INC_SHIFT;
 }
 
 /* usable_for_new reports whether backend id may take a new flow. */
-static __always_inline int usable_for_new(__u32 id, __u32 *word)
+static __always_inline int usable_for_new(__u32 id, __u64 *word)
 {
-	__u32 *st;
+	__u64 *st;
 
 	if (id == 0)
 		return 0;
@@ -95,7 +96,8 @@ struct scan_ctx {
 static long scan_member(__u64 i, void *arg)
 {
 	struct scan_ctx *s = arg;
-	__u32 pos, idx, id, word = 0;
+	__u32 pos, idx, id;
+	__u64 word = 0;
 	void *tbl;
 
 	tbl = bpf_map_lookup_elem(&tables, &s->table_idx);
@@ -119,7 +121,8 @@ static long scan_member(__u64 i, void *arg)
 static __always_inline int choose_new(__u32 svc_id, __u32 hash, struct choice *out)
 {
 	struct scan_ctx s = {};
-	__u32 *active, m, groups, prev = 0, id, word = 0;
+	__u32 *active, m, groups, prev = 0, id;
+	__u64 word = 0;
 	void *tbl;
 
 	active = bpf_map_lookup_elem(&service_active, &svc_id);
@@ -165,7 +168,8 @@ static __always_inline int choose_new(__u32 svc_id, __u32 hash, struct choice *o
  * flow's backend is exactly as it was when the entry was filled. */
 static __always_inline struct flow_cache_entry *flow_cache_hit(struct flow_key *key)
 {
-	__u32 idx = flow_cache_index(key), id, *st;
+	__u32 idx = flow_cache_index(key), id;
+	__u64 *st;
 	const __u64 *a = (const __u64 *)key;
 	struct flow_cache_entry *e;
 	const __u64 *b;
@@ -184,24 +188,32 @@ static __always_inline struct flow_cache_entry *flow_cache_hit(struct flow_key *
 }
 
 /* flow_cache_account counts the packet in the cache entry and, every
- * FLOW_CACHE_FLUSH packets, moves the counts to the flow table entry, which
- * also refreshes its LRU position and last-seen time. */
-static __always_inline void flow_cache_account(struct flow_cache_entry *e, __u64 len)
+ * FLOW_CACHE_FLUSH packets or FLOW_CACHE_FLUSH_NS, moves the counts to the
+ * flow table entry, which also refreshes its LRU position and last-seen
+ * time. Returns -1 when the flow table no longer has the flow on this
+ * entry's backend (re-selected on another CPU, or evicted): the entry is
+ * invalidated and the packet takes the slow path. */
+static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 len)
 {
+	__u64 now = bpf_ktime_get_coarse_ns();
 	struct flow_value *fv;
 
 	e->pending_packets++;
 	e->pending_bytes += len;
-	if (e->pending_packets < FLOW_CACHE_FLUSH)
-		return;
+	if (e->pending_packets < FLOW_CACHE_FLUSH && now - e->last_flush_ns < FLOW_CACHE_FLUSH_NS)
+		return 0;
 	fv = bpf_map_lookup_elem(&flows, &e->key);
-	if (fv) {
-		fv->packets += e->pending_packets;
-		fv->bytes += e->pending_bytes;
-		fv->last_seen_ns = bpf_ktime_get_coarse_ns();
+	if (!fv || fv->backend != e->backend || fv->incarnation != incarnation_of(e->state_word)) {
+		e->state_word = STATE_INVALID;
+		return -1;
 	}
+	fv->packets += e->pending_packets;
+	fv->bytes += e->pending_bytes;
+	fv->last_seen_ns = now;
 	e->pending_packets = 0;
 	e->pending_bytes = 0;
+	e->last_flush_ns = now;
+	return 0;
 }
 
 static __always_inline void flow_cache_fill(struct flow_key *key, __u32 svc_id, struct choice *c,
@@ -222,6 +234,7 @@ static __always_inline void flow_cache_fill(struct flow_key *key, __u32 svc_id, 
 	e->vlan = bi->vlan;
 	e->pending_packets = 0;
 	e->pending_bytes = 0;
+	e->last_flush_ns = bpf_ktime_get_coarse_ns();
 }
 
 /* choose_backend consults the flow table, then the Maglev buffer, and
@@ -236,7 +249,7 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 
 	if (fv) {
 		__u32 id = fv->backend;
-		__u32 *st = bpf_map_lookup_elem(&backend_state, &id);
+		__u64 *st = bpf_map_lookup_elem(&backend_state, &id);
 
 		if (st && incarnation_of(*st) == fv->incarnation &&
 		    (state_of(*st) == BACKEND_UP || state_of(*st) == BACKEND_DRAINING)) {

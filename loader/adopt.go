@@ -15,12 +15,13 @@ import (
 // loader can change what an earlier process configured without disturbing
 // what is forwarding now.
 func (d *Dataplane) readBack() error {
-	var st uint32
+	var st uint64
 	for id := uint32(0); id < maxBackends; id++ {
 		if err := d.objs.BackendState.Lookup(id, &st); err != nil {
 			return fmt.Errorf("backend state %d: %w", id, err)
 		}
-		d.lastInc[id] = st >> stateIncShift
+		d.lastInc[id] = uint32(st) >> stateIncShift
+		d.seq[id] = uint32(st >> stateSeqShift)
 	}
 
 	var sk keepbitServiceKey
@@ -140,11 +141,11 @@ func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*
 }
 
 func (d *Dataplane) readMember(svc *service, id uint32) (*member, error) {
-	var st uint32
+	var st uint64
 	if err := d.objs.BackendState.Lookup(id, &st); err != nil {
 		return nil, fmt.Errorf("backend %d: state: %w", id, err)
 	}
-	m := &member{svc: svc, id: id, inc: st >> stateIncShift}
+	m := &member{svc: svc, id: id, inc: uint32(st) >> stateIncShift}
 	if st&stateInfoSlot != 0 {
 		m.slot = 1
 	}

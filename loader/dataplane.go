@@ -79,6 +79,7 @@ type Dataplane struct {
 	freeSvc  []uint32
 	freeBe   []uint32 // FIFO: a released backend ID is reused as late as possible
 	lastInc  []uint32 // last incarnation written per backend ID
+	seq      []uint32 // last state word sequence written per backend ID
 	ports    map[uint32]bool
 	dirty    map[ServiceKey]bool
 	filter   [vipFilterWords]uint64 // what vip_filter holds
@@ -232,6 +233,7 @@ func Open(ctx context.Context, opts Options) (*Dataplane, error) {
 		services:  map[ServiceKey]*service{},
 		members:   map[uint32]*member{},
 		lastInc:   make([]uint32, maxBackends),
+		seq:       make([]uint32, maxBackends),
 		ports:     map[uint32]bool{},
 		dirty:     map[ServiceKey]bool{},
 		kick:      make(chan struct{}, 1),

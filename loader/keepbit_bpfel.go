@@ -36,15 +36,15 @@ type keepbitFlowCacheEntry struct {
 	_              structs.HostLayout
 	Key            keepbitFlowKey
 	Backend        uint32
-	StateWord      uint32
 	Service        uint32
+	StateWord      uint64
 	Ifindex        uint32
 	Macs           [12]uint8
 	Vlan           uint16
 	Pad            uint16
 	PendingPackets uint32
-	_              [4]byte
 	PendingBytes   uint64
+	LastFlushNs    uint64
 }
 
 type keepbitFlowKey struct {

@@ -30,6 +30,7 @@ const (
 	stateMask     = 0x3
 	stateInfoSlot = 0x4
 	stateIncShift = 8
+	stateSeqShift = 32
 	incMask       = 0xFFFFFF
 
 	// bufferStride is the distance between elements of a mmap'd u32 array:
@@ -67,6 +68,17 @@ func (m *member) word() uint32 {
 		w |= stateInfoSlot
 	}
 	return w
+}
+
+// writeStateLocked writes m's state word with the next sequence of its
+// ID. The sequence goes up on every write and is never reset (it lives in
+// the map, and readBack continues from it), so a flap that restores a
+// state never restores a word: a per-CPU flow cache entry filled before
+// the flap cannot match again. Callers hold mu.
+func (d *Dataplane) writeStateLocked(m *member) error {
+	d.seq[m.id]++
+	w := uint64(m.word()) | uint64(d.seq[m.id])<<stateSeqShift
+	return d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, w) })
 }
 
 func (s *service) closeBuffers() {
@@ -355,7 +367,7 @@ func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member,
 		d.mu.Lock()
 		prev := m.spec.State
 		m.spec.State = Down
-		err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
+		err := d.writeStateLocked(m)
 		if err != nil {
 			m.spec.State = prev
 		} else {
@@ -456,7 +468,7 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, b.Addr, err)
 	}
-	if err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(id, m.word()) }); err != nil {
+	if err := d.writeStateLocked(m); err != nil {
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
@@ -486,7 +498,7 @@ func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info ke
 	}
 	prevSlot := m.slot
 	m.slot = next
-	if err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) }); err != nil {
+	if err := d.writeStateLocked(m); err != nil {
 		m.slot = prevSlot
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
@@ -673,7 +685,7 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 	return Change{Service: svc.key, What: "table", Started: started, Prepared: prepared, Returned: returned, Generation: gen}, nil
 }
 
-// SetBackendState changes one backend's state with a single 4-byte map
+// SetBackendState changes one backend's state with a single 8-byte map
 // write that the XDP program honours from its next packet: down moves new
 // and established flows away, draining keeps established flows. The
 // service's table is then rebuilt in the background without blocking the
@@ -698,7 +710,7 @@ func (d *Dataplane) SetBackendState(key ServiceKey, addr netip.Addr, st State) (
 	}
 	prev := m.spec.State
 	m.spec.State = st
-	err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
+	err := d.writeStateLocked(m)
 	returned := time.Now()
 	if err != nil {
 		m.spec.State = prev
@@ -742,7 +754,7 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	var ms []*member
 	for _, m := range svc.members {
 		m.spec.State = Down
-		_ = d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(m.id, m.word()) })
+		_ = d.writeStateLocked(m)
 		ms = append(ms, m)
 	}
 	delete(d.dirty, key)
