@@ -487,3 +487,40 @@ func TestUpdateInPlace(t *testing.T) {
 		t.Fatalf("a: %s at priority %d after refused updates", st, prio)
 	}
 }
+
+// TestCheckPeers: with unicast peers, an advertisement counts when its
+// source is a configured peer, or, for IPv6 (whose advertisements come
+// from link-local addresses), when a link-local source unicast it to us;
+// not when it went to the multicast group. Without peers, any source.
+func TestCheckPeers(t *testing.T) {
+	ll, us := netip.MustParseAddr("fe80::2"), netip.MustParseAddr("fe80::1")
+	global, other := netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::9")
+	ours := netip.MustParseAddr("2001:db8::1")
+	cases := []struct {
+		name     string
+		peers    []netip.Addr
+		src, dst netip.Addr
+		want     bool
+	}{
+		{"multicast mode, any source", nil, ll, MulticastV6, true},
+		{"peer by global address, sent from it", []netip.Addr{global}, global, ours, true},
+		{"peer by global address, link-local source unicast to us", []netip.Addr{global}, ll, ours, true},
+		{"link-local source to the group", []netip.Addr{global}, ll, MulticastV6, false},
+		{"global source not a peer", []netip.Addr{global}, other, ours, false},
+		{"peer by link-local address", []netip.Addr{ll}, ll, MulticastV6, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			in := &Instance{v6: true, cfg: InstanceConfig{Peers: c.peers,
+				Machine: Config{VRID: 42, Priority: 100, Primary: us}}}
+			msg, err := Advertisement{VRID: 42, Priority: 200, Interval: time.Second, Addrs: []netip.Addr{netip.MustParseAddr("2001:db8::100")}}.Marshal(c.src, c.dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := in.check(msg, TTL, c.src, c.dst)
+			if v.ok != c.want || (!c.want && in.counters.NotPeer != 1) {
+				t.Fatalf("accepted %v (counters %+v), want %v", v.ok, in.counters, c.want)
+			}
+		})
+	}
+}
