@@ -1,15 +1,18 @@
 package metrics
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
 )
 
@@ -167,4 +170,69 @@ func TestScrapeReadsEachDataplaneOnce(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFollow: flight-recorder events become counters and phase histograms.
+func TestFollow(t *testing.T) {
+	m := New(&control.Controller{})
+	rec := recorder.New(64)
+	t0 := time.Now()
+	for _, e := range []recorder.Event{
+		{Kind: "backend-down", Service: "web", Detect: t0, Decide: t0.Add(time.Millisecond), Apply: t0.Add(2 * time.Millisecond)},
+		{Kind: "backend-down", Service: "web"}, // operator: no phases
+		{Kind: "backend-up", Service: "web", Decide: t0, Apply: t0.Add(time.Millisecond)},
+		{Kind: "vrrp-master", Service: "vi", Announce: t0.Add(3 * time.Millisecond), Detect: t0},
+		{Kind: "reload"},
+		{Kind: "reload", Reason: "service web: backend 10.0.0.1: no MAC"},
+		{Kind: "reload-failed"},
+		{Kind: "held-down", Service: "web"}, // not counted
+	} {
+		rec.Add(e)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Follow(ctx, rec) }()
+	defer func() { cancel(); <-done }()
+
+	want := []struct {
+		name string
+		c    prometheus.Counter
+		v    float64
+	}{
+		{"transitions web down", m.transitions.WithLabelValues("web", "down"), 2},
+		{"transitions web up", m.transitions.WithLabelValues("web", "up"), 1},
+		{"vrrp vi master", m.vrrpTransitions.WithLabelValues("vi", "master"), 1},
+		{"reloads ok", m.reloads.WithLabelValues("ok"), 1},
+		{"reloads incomplete", m.reloads.WithLabelValues("incomplete"), 1},
+		{"reloads refused", m.reloads.WithLabelValues("refused"), 1},
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for _, w := range want {
+		for value(t, w.c) != w.v && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if got := value(t, w.c); got != w.v {
+			t.Errorf("%s = %v, want %v", w.name, got, w.v)
+		}
+	}
+	// Phases: detect_to_* only for the probe-detected change, decide_to_apply
+	// for both applied changes, detect_to_announce for the VIP move.
+	for phase, n := range map[string]uint64{"detect_to_decide": 1, "detect_to_apply": 1, "decide_to_apply": 2, "detect_to_announce": 1} {
+		var metric dto.Metric
+		if err := m.phases.WithLabelValues(phase).(prometheus.Histogram).Write(&metric); err != nil {
+			t.Fatal(err)
+		}
+		if got := metric.GetHistogram().GetSampleCount(); got != n {
+			t.Errorf("phase %s: %d samples, want %d", phase, got, n)
+		}
+	}
+}
+
+func value(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
