@@ -213,7 +213,7 @@ func (l *lab) ctl(args ...string) (string, error) {
 
 func (l *lab) writeConfig(extra string) string {
 	path := filepath.Join(l.dir, "keepbit.yaml")
-	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s}
+	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s, state_dir: %s}
 interfaces: [{name: kbc}]
 api: {socket: %s}
 metrics: {listen: "127.0.0.1:9469"}
@@ -227,7 +227,7 @@ services:
     backends:
       - {address: 10.71.1.2, port: kb1}
       - {address: 10.71.2.2, port: kb2}
-%s`, filepath.Join(l.dir, "bpf"), filepath.Join(l.dir, "keepbit.sock"), vip, extra)
+%s`, filepath.Join(l.dir, "bpf"), filepath.Join(l.dir, "state"), filepath.Join(l.dir, "keepbit.sock"), vip, extra)
 	must(l.t, os.WriteFile(path, []byte(cfg), 0o600), "write config")
 	return path
 }

@@ -87,7 +87,7 @@ func benchScale(b *testing.B, services, perService int) {
 
 	write := func(weight int) string {
 		var sb strings.Builder
-		fmt.Fprintf(&sb, `node: {hash_seed: 7, pin_root: %s/bpf}
+		fmt.Fprintf(&sb, `node: {hash_seed: 7, pin_root: %s/bpf, state_dir: %s/state}
 interfaces: [{name: kbs0}]
 api: {socket: %s/keepbit.sock}
 metrics: {listen: "off"}
@@ -96,7 +96,7 @@ defaults:
   table_size: 2053
   check: {type: tcp, interval: 10s, timeout: 1s, rise: 1, fall: 2, jitter: 0.5}
 services:
-`, dir, dir)
+`, dir, dir, dir)
 		for i := range services {
 			fmt.Fprintf(&sb, "  - name: s%d\n    vip: 10.90.%d.%d\n    port: 80\n", i, i/250, i%250+1)
 			sb.WriteString("    backends:\n")

@@ -87,7 +87,7 @@ func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 }
 
 func (l *twoNode) writeNodeConfig(n *node, prio int, preempt bool, advert time.Duration) string {
-	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s/bpf}
+	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s/bpf, state_dir: %s/state}
 interfaces: [{name: eth0}]
 api: {socket: %s/keepbit.sock}
 metrics: {listen: "off"}
@@ -111,7 +111,7 @@ vrrp:
       dataplane: {weight: 0}
       # A node whose backends are all down must not take the VIP back.
       services: [{name: web, weight: 150}]
-`, n.dir, n.dir, vip2, prio, preempt, advert, vip2)
+`, n.dir, n.dir, n.dir, vip2, prio, preempt, advert, vip2)
 	path := filepath.Join(n.dir, "keepbit.yaml")
 	must(l.t, os.WriteFile(path, []byte(cfg), 0o600), "node config")
 	return path

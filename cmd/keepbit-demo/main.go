@@ -231,7 +231,7 @@ func startNode(n *nodeProc, keepbitd string) error {
 		return err
 	}
 	n.cmd = exec.Command(keepbitd, "--config", "default", "--pin-root", filepath.Join(n.dir, "bpf"),
-		"--api-socket", n.sock, "--metrics", "off")
+		"--state-dir", filepath.Join(n.dir, "state"), "--api-socket", n.sock, "--metrics", "off")
 	n.cmd.Stdout, n.cmd.Stderr = logf, logf
 	if err := n.host.Do(n.cmd.Start); err != nil {
 		return fmt.Errorf("start keepbitd on %s: %w", n.name, err)
