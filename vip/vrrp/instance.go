@@ -97,8 +97,8 @@ type received struct {
 
 // NewInstance opens the sockets of cfg. events receives every state change.
 func NewInstance(cfg InstanceConfig, log *slog.Logger, events func(Event)) (*Instance, error) {
-	if len(cfg.Machine.Addrs) == 0 {
-		return nil, fmt.Errorf("vrrp %s: no virtual address", cfg.Name)
+	if len(cfg.Machine.Addrs) == 0 || len(cfg.Machine.Addrs) > 255 {
+		return nil, fmt.Errorf("vrrp %s: %d virtual addresses, want 1-255 (the advertisement's count is 8 bits)", cfg.Name, len(cfg.Machine.Addrs))
 	}
 	ifc, err := net.InterfaceByName(cfg.Interface)
 	if err != nil {
@@ -270,8 +270,8 @@ func (in *Instance) restartReason(cfg InstanceConfig) string {
 		return "address owner (priority 255)"
 	case cfg.Machine.Primary.IsValid() && cfg.Machine.Primary.WithZone("") != cur.Machine.Primary:
 		return "primary address"
-	case len(cfg.Machine.Addrs) == 0:
-		return "no virtual address"
+	case len(cfg.Machine.Addrs) == 0 || len(cfg.Machine.Addrs) > 255:
+		return "number of virtual addresses (want 1-255)"
 	}
 	for _, a := range cfg.Machine.Addrs {
 		if a.Unmap().Is6() != in.v6 {
