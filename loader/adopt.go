@@ -15,13 +15,14 @@ import (
 // loader can change what an earlier process configured without disturbing
 // what is forwarding now.
 func (d *Dataplane) readBack() error {
-	var st uint64
+	words := make([]uint64, maxBackends)
 	for id := uint32(0); id < maxBackends; id++ {
-		if err := d.objs.BackendState.Lookup(id, &st); err != nil {
+		st := &words[id]
+		if err := d.objs.BackendState.Lookup(id, st); err != nil {
 			return fmt.Errorf("backend state %d: %w", id, err)
 		}
-		d.lastInc[id] = uint32(st) >> stateIncShift
-		d.seq[id] = uint32(st >> stateSeqShift)
+		d.lastInc[id] = uint32(*st) >> stateIncShift
+		d.seq[id] = uint32(*st >> stateSeqShift)
 	}
 
 	var sk keepbitServiceKey
@@ -66,6 +67,22 @@ func (d *Dataplane) readBack() error {
 	}
 	if err := pit.Err(); err != nil {
 		return fmt.Errorf("iterate egress ports: %w", err)
+	}
+	// A backend that no live table of a published service lists must not
+	// forward: a per-CPU cache entry skips the service lookup, so after a
+	// crash between a DeleteService's unpublish and its state writes (or a
+	// removal's) its flows would go on. Write those words down, with a new
+	// sequence so no cache entry matches them.
+	for id := uint32(1); id < maxBackends; id++ {
+		w := words[id]
+		if d.members[id] != nil || State(w&stateMask) == Down {
+			continue
+		}
+		d.seq[id]++
+		down := w&^(stateMask|0xFFFFFFFF<<stateSeqShift) | uint64(d.seq[id])<<stateSeqShift
+		if err := d.kernelWrite("backend_state", func() error { return d.objs.BackendState.Put(id, down) }); err != nil {
+			return fmt.Errorf("backend state %d: write down unlisted backend: %w", id, err)
+		}
 	}
 	d.resetIndex()
 	// The process that wrote this state may have released IDs or switched

@@ -728,7 +728,12 @@ func (d *Dataplane) SetBackendState(key ServiceKey, addr netip.Addr, st State) (
 }
 
 // DeleteService stops serving key: its packets pass to the stack from the
-// next packet on, and its backends' flows are released.
+// next packet on, and its backends' flows are released. The members are
+// written down before the service is unpublished: a process that dies in
+// between leaves a published service with no usable backend (its packets
+// dropped or passed by its policy), never an unpublished service whose
+// cached flows are still forwarded (the fast path does not look the
+// service up again).
 func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	started := time.Now()
 	key.VIP = key.VIP.Unmap()
@@ -736,14 +741,26 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	defer d.applyMu.Unlock()
 	d.mu.Lock()
 	svc, ok := d.services[key]
-	d.mu.Unlock()
 	if !ok {
+		d.mu.Unlock()
 		return Change{}, fmt.Errorf("service %s: not configured", key)
 	}
-	d.mu.Lock()
+	var ms []*member
+	for _, m := range svc.members {
+		prev := m.spec.State
+		m.spec.State = Down
+		if err := d.writeStateLocked(m); err != nil {
+			m.spec.State = prev
+			d.mu.Unlock()
+			return Change{}, fmt.Errorf("service %s: backend %s: mark down: %w", key, m.spec.Addr, err)
+		}
+		ms = append(ms, m)
+	}
 	delete(d.services, key)
 	d.mu.Unlock()
 	if err := d.unpublish(key); err != nil {
+		// Still (partly) published, with every member down: a retry
+		// deletes it.
 		d.mu.Lock()
 		d.services[key] = svc
 		d.mu.Unlock()
@@ -751,12 +768,6 @@ func (d *Dataplane) DeleteService(key ServiceKey) (Change, error) {
 	}
 	returned := time.Now()
 	d.mu.Lock()
-	var ms []*member
-	for _, m := range svc.members {
-		m.spec.State = Down
-		_ = d.writeStateLocked(m)
-		ms = append(ms, m)
-	}
 	delete(d.dirty, key)
 	d.mu.Unlock()
 	d.releaseMembers(ms)
