@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 )
 
@@ -315,5 +316,45 @@ func TestFlowsAndLiveFlows(t *testing.T) {
 	}
 	if !slices.Equal(got, []uint64{60, 50, 40}) {
 		t.Errorf("Flows(3) packets = %v, want [60 50 40]", got)
+	}
+}
+
+// TestLiveFlowsOfRealTraffic: flows the program itself created are counted
+// for the backend it chose, and Flows resolves the same backend: the
+// backend ID and incarnation the readers match are the ones the program
+// writes.
+func TestLiveFlowsOfRealTraffic(t *testing.T) {
+	l := newLab(t)
+	key := svc("198.51.100.73", 80, TCP)
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{backend("10.9.3.1", "02:ee:00:00:03:01"), backend("10.9.3.2", "02:ee:00:00:03:02")}})
+	const n = 40
+	for i := range n {
+		in := v4(t, pkt{src: fmt.Sprintf("203.0.113.%d", i+1), dst: "198.51.100.73", l4: l4{layers.IPProtocolTCP, 4000, 80}}, 0)
+		if v, _ := l.run(in); v != xdpTX {
+			t.Fatalf("flow %d: verdict %s, want TX", i, verdictName(v))
+		}
+	}
+	flows, err := l.dp.Flows(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	per := map[netip.Addr]int{}
+	for _, f := range flows {
+		per[f.Backend]++
+	}
+	total := 0
+	for _, addr := range []string{"10.9.3.1", "10.9.3.2"} {
+		a := netip.MustParseAddr(addr)
+		live, _, err := l.dp.LiveFlows(key, a, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if live != per[a] {
+			t.Errorf("%s: LiveFlows %d, Flows names it in %d", addr, live, per[a])
+		}
+		total += live
+	}
+	if total != n || per[netip.Addr{}] != 0 {
+		t.Errorf("live flows %d of %d sent, %d unresolved (per backend %v)", total, n, per[netip.Addr{}], per)
 	}
 }
