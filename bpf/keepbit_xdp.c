@@ -68,9 +68,9 @@ int keepbit_xdp(struct xdp_md *ctx)
 	if (parse_l2(data, data_end, &p, &reason) < 0)
 		goto pass;
 	if (p.l3_proto == bpf_htons(ETH_P_IP)) {
-		if (parse_ipv4(data, data_end, p.l3_off, &p, &reason) < 0)
+		if (parse_ipv4(data, data_end, p.l3_off, &p, &reason, 0) < 0)
 			goto pass;
-	} else if (parse_ipv6(data, data_end, p.l3_off, &p, &reason) < 0) {
+	} else if (parse_ipv6(data, data_end, p.l3_off, &p, &reason, 0) < 0) {
 		goto pass;
 	}
 
@@ -80,6 +80,11 @@ int keepbit_xdp(struct xdp_md *ctx)
 			goto pass;
 		}
 	} else if (parse_ports(data, data_end, &p, &reason) < 0) {
+		goto pass;
+	} else if (p.key.proto == IPPROTO_ICMPV6 && icmp6_link_control(p.icmp_type)) {
+		/* Neighbour discovery for a VIP must reach this host's stack,
+		 * not a backend, even with an icmpv6 service on the VIP. */
+		reason = REASON_PASS_ICMP_CONTROL;
 		goto pass;
 	}
 

@@ -91,6 +91,7 @@ enum reason {
 	REASON_TX,                   /* forwarded out of the ingress port */
 	REASON_REDIRECT,             /* forwarded out of another port */
 	REASON_ICMP_TO_BACKEND,      /* ICMP frag-needed / packet-too-big sent to the flow's backend */
+	REASON_PASS_ICMP_CONTROL,    /* ICMPv6 neighbour discovery, MLD and other link control: the stack's */
 	REASON_MAX,
 };
 

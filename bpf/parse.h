@@ -36,6 +36,9 @@ enum frag_kind {
 #define ICMP_DEST_UNREACH_ 3
 #define ICMP_FRAG_NEEDED_ 4
 #define ICMPV6_PKT_TOOBIG_ 2
+#define ICMPV6_ERROR_MAX_ 4 /* destination unreachable .. parameter problem */
+#define ICMPV6_ECHO_REQUEST_ 128
+#define ICMPV6_ECHO_REPLY_ 129
 
 struct icmp_hdr_ {
 	__u8 type;
@@ -69,7 +72,7 @@ struct packet {
 	__u16 tags;      /* VLAN tags on ingress */
 	__u16 tci;       /* first tag's TCI (PCP kept on retag) */
 	__u8 frag;       /* enum frag_kind */
-	__u8 pad;
+	__u8 icmp_type;  /* ICMP and ICMPv6: the message type */
 	__u32 frag_id;
 	struct flow_key key;
 };
@@ -125,9 +128,13 @@ static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 	w[3] = addr;
 }
 
-/* parse_ipv4 at off: fills key addresses and proto, frag info, l4_off. */
+/* parse_ipv4 at off: fills key addresses and proto, frag info, l4_off.
+ * quote (a constant) parses the packet an ICMP error quotes, and refuses a
+ * later fragment there: what follows its header is payload, not ports.
+ * Refusing here, not by a frag check in the caller, keeps the frag field
+ * dead for the verifier, which would otherwise explore every value. */
 static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, struct packet *p,
-				      __u32 *reason)
+				      __u32 *reason, const int quote)
 {
 	struct iphdr *ip;
 	__u32 ihl;
@@ -155,6 +162,8 @@ static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, str
 	v4_mapped(p->key.dst, ip->daddr);
 	p->key.proto = ip->protocol;
 	frag_off = bpf_ntohs(ip->frag_off);
+	if (quote && (frag_off & IP_OFFSET))
+		return -1;
 	if (frag_off & IP_OFFSET)
 		p->frag = FRAG_LATER;
 	else if (frag_off & IP_MF)
@@ -164,9 +173,10 @@ static __always_inline int parse_ipv4(void *data, void *data_end, __u32 off, str
 	return 0;
 }
 
-/* parse_ipv6 at off: walks up to MAX_EXT_HEADERS extension headers. */
+/* parse_ipv6 at off: walks up to MAX_EXT_HEADERS extension headers. quote
+ * as for parse_ipv4. */
 static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, struct packet *p,
-				      __u32 *reason)
+				      __u32 *reason, const int quote)
 {
 	struct ipv6hdr *ip6;
 	__u8 next;
@@ -201,6 +211,8 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, str
 				return -1;
 			}
 			fo = bpf_ntohs(fh->frag_off);
+			if (quote && (fo & 0xFFF8))
+				return -1;
 			if (fo & 0xFFF8)
 				p->frag = FRAG_LATER;
 			else if (fo & 1)
@@ -286,6 +298,7 @@ static __always_inline int parse_ports(void *data, void *data_end, struct packet
 			*reason = REASON_PASS_MALFORMED_L4;
 			return -1;
 		}
+		p->icmp_type = ih->type;
 		return 0;
 	}
 	}

@@ -99,7 +99,8 @@ const (
 	keepbitReasonREASON_TX                  keepbitReason = 11
 	keepbitReasonREASON_REDIRECT            keepbitReason = 12
 	keepbitReasonREASON_ICMP_TO_BACKEND     keepbitReason = 13
-	keepbitReasonREASON_MAX                 keepbitReason = 14
+	keepbitReasonREASON_PASS_ICMP_CONTROL   keepbitReason = 14
+	keepbitReasonREASON_MAX                 keepbitReason = 15
 )
 
 type keepbitServiceKey struct {

@@ -226,3 +226,59 @@ func rewritten(in []byte, inTags int, dst, src net.HardwareAddr, vlan, pcp uint1
 	out = append(out, et...)
 	return append(out, l3...)
 }
+
+// icmp6Msg is an ICMPv6 message of type typ (code 0) from src to dst; body
+// follows the 4-byte ICMPv6 header.
+func icmp6Msg(t testing.TB, src, dst string, typ uint8, body []byte) []byte {
+	t.Helper()
+	outer := &layers.IPv6{Version: 6, HopLimit: 255, NextHeader: layers.IPProtocolICMPv6, SrcIP: ip(src), DstIP: ip(dst)}
+	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(typ, 0)}
+	_ = icmp.SetNetworkLayerForChecksum(outer)
+	return serialize(t, append(l2(nil, layers.EthernetTypeIPv6), outer, icmp, gopacket.Payload(body))...)
+}
+
+// neighbourSolicitation asks for target's link-layer address.
+func neighbourSolicitation(t testing.TB, src, target string) []byte {
+	t.Helper()
+	return icmp6Msg(t, src, target, 135, append(make([]byte, 4), ip(target).To16()...))
+}
+
+// quoteV4 is the start of an IPv4 TCP packet vip:vport -> client:cport as an
+// ICMP error quotes it; a nonzero fragOffset makes it a later fragment whose
+// first payload bytes merely look like those ports.
+func quoteV4(t testing.TB, vip, client string, vport, cport, fragOffset uint16) []byte {
+	t.Helper()
+	orig := &layers.IPv4{Version: 4, TTL: 63, Protocol: layers.IPProtocolTCP, SrcIP: ip(vip), DstIP: ip(client), FragOffset: fragOffset}
+	ports := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, vport), cport)
+	return serialize(t, orig, gopacket.Payload(append(ports, make([]byte, 24)...)))[:28]
+}
+
+// quoteV6 is the IPv6 twin of quoteV4 (a fragment header when fragOffset
+// is nonzero).
+func quoteV6(t testing.TB, vip, client string, vport, cport, fragOffset uint16) []byte {
+	t.Helper()
+	ports := binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(nil, vport), cport)
+	body := append(ports, make([]byte, 24)...)
+	orig := &layers.IPv6{Version: 6, HopLimit: 63, NextHeader: layers.IPProtocolTCP, SrcIP: ip(vip), DstIP: ip(client)}
+	if fragOffset != 0 {
+		orig.NextHeader = 44
+		fh := []byte{uint8(layers.IPProtocolTCP), 0, 0, 0, 0, 0, 0, 9}
+		binary.BigEndian.PutUint16(fh[2:], fragOffset<<3|1)
+		body = append(fh, body...)
+	}
+	return serialize(t, orig, gopacket.Payload(body))
+}
+
+// icmpErrRaw is an IP packet (version by outer6) from router to dst with
+// protocol proto carrying an ICMP-style error header (type, code, 4 bytes
+// of MTU) and quote: it can pair an ICMP version with the wrong IP version.
+func icmpErrRaw(t testing.TB, outer6 bool, router, dst string, proto layers.IPProtocol, typ, code uint8, quote []byte) []byte {
+	t.Helper()
+	body := append([]byte{typ, code, 0, 0, 0, 0, 0x05, 0x00}, quote...)
+	if outer6 {
+		o := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: proto, SrcIP: ip(router), DstIP: ip(dst)}
+		return serialize(t, append(l2(nil, layers.EthernetTypeIPv6), o, gopacket.Payload(body))...)
+	}
+	o := &layers.IPv4{Version: 4, TTL: 64, Protocol: proto, SrcIP: ip(router), DstIP: ip(dst)}
+	return serialize(t, append(l2(nil, layers.EthernetTypeIPv4), o, gopacket.Payload(body))...)
+}

@@ -3,6 +3,9 @@ package loader
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/google/gopacket/layers"
@@ -18,6 +21,7 @@ var (
 	macF  = mac("02:aa:00:00:00:0f")
 	macG  = mac("02:aa:00:00:00:06")
 	macH  = mac("02:aa:00:00:00:08")
+	macI  = mac("02:aa:00:00:00:09")
 )
 
 // packetLab configures the services the packet table and the fuzz target
@@ -33,6 +37,7 @@ func packetLab(t testing.TB) *lab {
 	l.apply(svc("2001:db8::2", 443, TCP), ServiceSpec{Backends: []BackendSpec{backend("2001:db8:1::f", macF.String()).vlan(40)}})
 	l.apply(svc("2001:db8::3", 0, UDP), ServiceSpec{Backends: []BackendSpec{backend("2001:db8:1::6", macG.String())}})
 	l.apply(svc("198.51.100.6", 0, ICMP), ServiceSpec{Backends: []BackendSpec{backend("10.1.0.16", macH.String())}})
+	l.apply(svc("2001:db8::4", 0, ICMPv6), ServiceSpec{Backends: []BackendSpec{backend("2001:db8:1::9", macI.String())}})
 	return l
 }
 
@@ -85,6 +90,27 @@ func TestPacketVerdicts(t *testing.T) {
 	frag2 := v4frag(t, "203.0.113.7", "198.51.100.3", layers.IPProtocolUDP, 77, 3, false, make([]byte, 40))
 	fragLost := v4frag(t, "203.0.113.7", "198.51.100.3", layers.IPProtocolUDP, 78, 3, false, make([]byte, 40))
 	frag61 := v6frag(t, "2001:db8:ffff::7", "2001:db8::3", layers.IPProtocolUDP, 99, 0, true, udpBytes(t, 40001, 5000, make([]byte, 16)))
+	ndSolicit := neighbourSolicitation(t, "2001:db8:ffff::7", "2001:db8::4")
+	ndAdvert := icmp6Msg(t, "2001:db8:ffff::7", "2001:db8::4", 136, append([]byte{0x60, 0, 0, 0}, ip("2001:db8:ffff::7").To16()...))
+	routerSolicit := icmp6Msg(t, "2001:db8:ffff::7", "2001:db8::4", 133, make([]byte, 4))
+	mldQuery := icmp6Msg(t, "2001:db8:ffff::7", "2001:db8::4", 130, make([]byte, 20))
+	mld2Report := icmp6Msg(t, "2001:db8:ffff::7", "2001:db8::4", 143, make([]byte, 4))
+	ping6 := icmp6Msg(t, "2001:db8:ffff::7", "2001:db8::4", 128, []byte{0, 9, 0, 1, 'h', 'i'})
+	unreach6 := icmp6Msg(t, "2001:db8:ffff::7", "2001:db8::4", 1, make([]byte, 52))
+	// ICMPv6 "packet too big" inside IPv4 (protocol 58), quoting an IPv6
+	// packet from the VIP's IPv4-mapped address: the version mismatch is
+	// a forgery, not an error about a VIP flow.
+	v6ErrInV4 := icmpErrRaw(t, false, "192.0.2.254", "198.51.100.1", layers.IPProtocolICMPv6, 2, 0,
+		quoteV6(t, "::ffff:198.51.100.1", "::ffff:203.0.113.7", 80, 40000, 0))
+	// ICMP frag-needed inside IPv6 addressed to the VIP's mapped address.
+	v4ErrInV6 := icmpErrRaw(t, true, "2001:db8:ffff::fe", "::ffff:198.51.100.1", layers.IPProtocolICMPv4, 3, 4,
+		quoteV4(t, "198.51.100.1", "203.0.113.7", 80, 40000, 0))
+	laterFragQuote := icmpErrRaw(t, false, "192.0.2.254", "198.51.100.1", layers.IPProtocolICMPv4, 3, 4,
+		quoteV4(t, "198.51.100.1", "203.0.113.7", 80, 40000, 185))
+	laterFragQuote6 := icmpErrRaw(t, true, "2001:db8:ffff::fe", "2001:db8::1", layers.IPProtocolICMPv6, 2, 0,
+		quoteV6(t, "2001:db8::1", "2001:db8:ffff::7", 80, 40000, 185))
+	firstFragQuote := icmpErrRaw(t, false, "192.0.2.254", "198.51.100.1", layers.IPProtocolICMPv4, 3, 4,
+		quoteV4(t, "198.51.100.1", "203.0.113.7", 80, 40000, 0))
 	frag62 := v6frag(t, "2001:db8:ffff::7", "2001:db8::3", layers.IPProtocolUDP, 99, 3, false, make([]byte, 40))
 
 	cases := []tc{
@@ -119,6 +145,27 @@ func TestPacketVerdicts(t *testing.T) {
 		{"ipv4 later fragment without its first passes", fragLost, xdpPass, nil, "pass_frag_untracked"},
 		{"ipv6 first fragment", frag61, xdpTX, rewritten(frag61, 0, macG, lbMAC, 0, 0), "tx"},
 		{"ipv6 later fragment follows the first", frag62, xdpTX, rewritten(frag62, 0, macG, lbMAC, 0, 0), "tx"},
+		{"icmpv6 neighbour solicitation for an icmpv6 VIP passes", ndSolicit, xdpPass, nil, "pass_icmp_control"},
+		{"icmpv6 neighbour advertisement to an icmpv6 VIP passes", ndAdvert, xdpPass, nil, "pass_icmp_control"},
+		{"icmpv6 router solicitation to an icmpv6 VIP passes", routerSolicit, xdpPass, nil, "pass_icmp_control"},
+		{"icmpv6 MLD query to an icmpv6 VIP passes", mldQuery, xdpPass, nil, "pass_icmp_control"},
+		{"icmpv6 MLDv2 report to an icmpv6 VIP passes", mld2Report, xdpPass, nil, "pass_icmp_control"},
+		{"icmpv6 echo request to an icmpv6 service", ping6, xdpTX, rewritten(ping6, 0, macI, lbMAC, 0, 0), "tx"},
+		{"icmpv6 destination unreachable to an icmpv6 service", unreach6, xdpTX, rewritten(unreach6, 0, macI, lbMAC, 0, 0), "tx"},
+		{"icmpv6 error inside ipv4 is not steered", v6ErrInV4, xdpPass, nil, "pass_no_service"},
+		{"icmp error inside ipv6 is not steered", v4ErrInV6, xdpPass, nil, "pass_no_service"},
+		{"icmp error quoting a later fragment is not steered", laterFragQuote, xdpPass, nil, "pass_no_service"},
+		{"icmpv6 error quoting a later fragment is not steered", laterFragQuote6, xdpPass, nil, "pass_no_service"},
+		{"icmp error quoting an unfragmented packet still follows its flow", firstFragQuote, xdpTX, rewritten(firstFragQuote, 0, macA, lbMAC, 0, 0), "icmp_to_backend"},
+	}
+	if dir := os.Getenv("KEEPBIT_WRITE_FUZZ_SEEDS"); dir != "" {
+		// Regenerates testdata/fuzz/FuzzXDP/table-NN from the cases.
+		for i, c := range cases {
+			seed := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", c.in)
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("table-%02d", i)), []byte(seed), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

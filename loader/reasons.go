@@ -20,6 +20,7 @@ var reasonNames = [...]string{
 	keepbitReasonREASON_TX:                  "tx",
 	keepbitReasonREASON_REDIRECT:            "redirect",
 	keepbitReasonREASON_ICMP_TO_BACKEND:     "icmp_to_backend",
+	keepbitReasonREASON_PASS_ICMP_CONTROL:   "pass_icmp_control",
 }
 
 // ReasonName returns the metric name of r.
