@@ -5,7 +5,7 @@ package procexec
 
 import (
 	"context"
-	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"sync"
@@ -53,21 +53,47 @@ func Run(ctx context.Context, c Command) ([]byte, error) {
 	// names our group.
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = WaitDelay
-	out := &capped{max: MaxOutput}
-	cmd.Stderr = out
-	if c.Stdout {
-		cmd.Stdout = out
-	}
-	if err := cmd.Start(); err != nil {
+	// Our own pipe, not exec's: exec reports a WaitDelay overrun only
+	// when the leader exited with status 0, so a failing leader's
+	// leftovers went unnoticed and kept running. Reading the pipe here
+	// tells whether anything still holds it, whatever the exit status.
+	r, w, err := os.Pipe()
+	if err != nil {
 		return nil, err
 	}
-	pgid := cmd.Process.Pid
-	err := cmd.Wait()
-	if errors.Is(err, exec.ErrWaitDelay) {
-		// Something still held the pipes at WaitDelay: the group has live
-		// members, so its id cannot have been reused yet.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	cmd.Stderr = w
+	if c.Stdout {
+		cmd.Stdout = w
 	}
+	err = cmd.Start()
+	w.Close() // the command holds its own copies
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	out := &capped{max: MaxOutput}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(out, r)
+	}()
+	pgid := cmd.Process.Pid
+	err = cmd.Wait()
+	t := time.NewTimer(WaitDelay)
+	defer t.Stop()
+	select {
+	case <-copied:
+	case <-t.C:
+		// Something still holds the output: the group has live members
+		// (or a child left it), so its id cannot have been reused yet.
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		r.Close() // ends the copy even if an escaped child holds the pipe
+		<-copied
+		if err == nil {
+			err = exec.ErrWaitDelay
+		}
+	}
+	r.Close()
 	return out.bytes(), err
 }
 

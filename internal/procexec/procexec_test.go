@@ -66,6 +66,11 @@ func TestRun(t *testing.T) {
 		// after WaitDelay, the child killed.
 		{"leftover child holding the pipe", Command{Path: "sh", Args: []string{"-c", "echo $$ > $0; sleep 30 & echo $! >> $0", "PGID"}},
 			5 * time.Second, "", "WaitDelay", 2 * time.Second},
+		// The same with a failing leader: exec.Cmd.Wait then reports the
+		// exit status, not ErrWaitDelay, and before the fix the child
+		// was left running.
+		{"leftover child after a failure", Command{Path: "sh", Args: []string{"-c", "echo $$ > $0; sleep 30 & echo $! >> $0; exit 3", "PGID"}},
+			5 * time.Second, "", "exit status 3", 2 * time.Second},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
