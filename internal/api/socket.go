@@ -20,6 +20,7 @@ type socketListener struct {
 	*net.UnixListener
 	path  string
 	ours  os.FileInfo
+	lock  *os.File // flock held while we serve path
 	once  sync.Once
 	close error
 }
@@ -32,6 +33,7 @@ func (l *socketListener) Close() error {
 				l.close = errors.Join(l.close, fmt.Errorf("remove api socket: %w", err))
 			}
 		}
+		l.lock.Close() // releases the flock, after the socket is gone
 	})
 	return l.close
 }
@@ -42,20 +44,39 @@ func (l *socketListener) Close() error {
 // (which secureDir has made 0700, so nobody else can reach that name
 // either), chmods it to 0600 and renames it over path in one step. A stale
 // socket of a killed daemon is replaced; a socket that still answers is
-// another daemon's and is left alone. It returns whether the directory's
-// mode had to be narrowed.
+// another daemon's and is left alone. Two daemons starting at once both
+// found no live socket and both renamed theirs into place (the first then
+// served a name nobody could reach), so the socket's name is claimed first
+// by an flock on path+".lock", held until Close. It returns whether the
+// directory's mode had to be narrowed.
 func listenSocket(path string) (*socketListener, bool, error) {
 	dir := filepath.Dir(path)
 	narrowed, err := secureDir(dir)
 	if err != nil {
 		return nil, false, err
 	}
+	// The lock file stays: unlinking it would let a third daemon lock a
+	// new file of that name while a second holds the old one.
+	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return nil, narrowed, fmt.Errorf("api socket lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, narrowed, fmt.Errorf("api socket %s: another daemon is serving it (it holds %s.lock)", path, path)
+		}
+		return nil, narrowed, fmt.Errorf("api socket lock: %w", err)
+	}
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode().Type() != fs.ModeSocket {
+			lock.Close()
 			return nil, narrowed, fmt.Errorf("api socket %s: exists and is not a socket", path)
 		}
+		// A daemon that does not take the lock (an older version).
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
+			lock.Close()
 			return nil, narrowed, fmt.Errorf("api socket %s: another daemon is serving it", path)
 		}
 	}
@@ -64,6 +85,7 @@ func listenSocket(path string) (*socketListener, bool, error) {
 	tmp := filepath.Join(dir, fmt.Sprintf(".kb-%08x", rand.Uint32()))
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
+		lock.Close()
 		return nil, narrowed, fmt.Errorf("api socket: %w", err)
 	}
 	// The bound name changes with the rename: Close must not unlink tmp
@@ -72,6 +94,7 @@ func listenSocket(path string) (*socketListener, bool, error) {
 	fail := func(err error) (*socketListener, bool, error) {
 		ln.Close()
 		_ = os.Remove(tmp)
+		lock.Close()
 		return nil, narrowed, err
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
@@ -84,7 +107,7 @@ func listenSocket(path string) (*socketListener, bool, error) {
 	if err := os.Rename(tmp, path); err != nil {
 		return fail(fmt.Errorf("api socket: %w", err))
 	}
-	return &socketListener{UnixListener: ln, path: path, ours: ours}, narrowed, nil
+	return &socketListener{UnixListener: ln, path: path, ours: ours, lock: lock}, narrowed, nil
 }
 
 // secureDir makes dir a directory that only we can enter: created 0700

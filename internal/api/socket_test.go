@@ -155,8 +155,8 @@ func TestSocketNeverWiderThan0600(t *testing.T) {
 	if !arrived {
 		t.Error("the socket never arrived by rename")
 	}
-	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
-		t.Errorf("directory holds %v, want only the socket (no temporary name left)", ents)
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 || ents[0].Name() != "keepbit.sock" || ents[1].Name() != "keepbit.sock.lock" {
+		t.Errorf("directory holds %v, want only the socket and its lock (no temporary name left)", ents)
 	}
 }
 
@@ -204,21 +204,22 @@ func TestSocketLifecycle(t *testing.T) {
 		t.Errorf("socket left after Close: %v", err)
 	}
 
-	// A later daemon took the name over: our Close leaves its socket.
+	// Something else took the name over (a daemon that takes no lock):
+	// our Close leaves its socket.
 	first, _, err := listenSocket(sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(sock); err != nil { // as if the later daemon replaced it
+	if err := os.Remove(sock); err != nil {
 		t.Fatal(err)
 	}
-	second, _, err := listenSocket(sock)
+	second, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	first.Close()
 	if _, err := os.Lstat(sock); err != nil {
-		t.Errorf("closing the first listener removed the second's socket: %v", err)
+		t.Errorf("closing the first listener removed the other's socket: %v", err)
 	}
 	second.Close()
 
@@ -227,5 +228,47 @@ func TestSocketLifecycle(t *testing.T) {
 	}
 	if _, _, err := listenSocket(sock); err == nil || !strings.Contains(err.Error(), "not a socket") {
 		t.Errorf("over a regular file: err = %v, want refusal", err)
+	}
+}
+
+// TestSocketConcurrentStart: of two daemons starting at once on one
+// socket, exactly one serves it. Before the fix both saw no live socket,
+// both renamed theirs into place, and the first served a socket nobody
+// could reach any more while it believed it was the API.
+func TestSocketConcurrentStart(t *testing.T) {
+	for i := range 30 {
+		sock := filepath.Join(t.TempDir(), "run", "keepbit.sock")
+		if _, err := secureDir(filepath.Dir(sock)); err != nil {
+			t.Fatal(err)
+		}
+		start := make(chan struct{})
+		type result struct {
+			ln  *socketListener
+			err error
+		}
+		results := make(chan result, 2)
+		for range 2 {
+			go func() {
+				<-start
+				ln, _, err := listenSocket(sock)
+				results <- result{ln, err}
+			}()
+		}
+		close(start)
+		var lns []*socketListener
+		for range 2 {
+			r := <-results
+			if r.err == nil {
+				lns = append(lns, r.ln)
+			} else if !strings.Contains(r.err.Error(), "another daemon") {
+				t.Errorf("round %d: err = %v, want success or refusal", i, r.err)
+			}
+		}
+		for _, ln := range lns {
+			ln.Close()
+		}
+		if len(lns) != 1 {
+			t.Fatalf("round %d: %d daemons serve the socket, want 1", i, len(lns))
+		}
 	}
 }
