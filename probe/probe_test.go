@@ -27,7 +27,7 @@ func addrPort(t testing.TB, s string) netip.AddrPort {
 }
 
 func base(kind Kind, target netip.AddrPort) Spec {
-	return Spec{Kind: kind, Target: target, Interval: time.Second, Timeout: 300 * time.Millisecond, Rise: 1, Fall: 1}
+	return Spec{Kind: kind, Target: target, Interval: 2 * time.Second, Timeout: 2 * time.Second, Rise: 1, Fall: 1}
 }
 
 // servers are real endpoints on loopback that the probe cases point at.
