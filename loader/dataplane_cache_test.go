@@ -243,3 +243,47 @@ func TestFlowTableSharedLRU(t *testing.T) {
 		t.Errorf("flow table holds %d of %d flows created on one CPU (capacity %d)", n, flows, l.dp.objs.Flows.MaxEntries())
 	}
 }
+
+// TestPortServiceKeepsEstablishedFlows: when a port service appears next
+// to its VIP's catch-all, flows established on a catch-all backend stay
+// there (flow entries are per 5-tuple; moving them would break the
+// connections) on every CPU, cached or not, while new flows to that port go
+// to the port service. The churn model holds the dataplane to the same.
+func TestPortServiceKeepsEstablishedFlows(t *testing.T) {
+	needCPUs(t, 2)
+	l := newLab(t)
+	const vip, client = "198.51.100.49", "203.0.113.85"
+	a := backend("10.6.6.1", "02:66:00:00:00:01")
+	b := backend("10.6.6.2", "02:66:00:00:00:02")
+	l.apply(svc(vip, 0, TCP), ServiceSpec{Backends: []BackendSpec{a}})
+	for cpu := range 2 {
+		dpOnCPU(t, cpu, func() {
+			for sport := range uint16(8) {
+				if got := l.chosen(vip, client, 7200+sport+uint16(cpu)*100); got != a.MAC.String() {
+					t.Fatalf("catch-all flow went to %s", got)
+				}
+			}
+		})
+	}
+	l.apply(svc(vip, 80, TCP), ServiceSpec{Backends: []BackendSpec{b}})
+	for cpu := range 2 {
+		dpOnCPU(t, cpu, func() {
+			for sport := range uint16(8) {
+				// Established on this CPU (cached) and on the other one
+				// (flow table only).
+				for _, base := range []uint16{7200, 7300} {
+					if got := l.chosen(vip, client, base+sport); got != a.MAC.String() {
+						t.Errorf("cpu %d: established flow %d went to %s, want it kept on %s", cpu, base+sport, got, a.MAC)
+					}
+				}
+				if got := l.chosen(vip, client, 7400+sport+uint16(cpu)*100); got != b.MAC.String() {
+					t.Errorf("cpu %d: new flow to port 80 went to %s, want the port service's %s", cpu, got, b.MAC)
+				}
+			}
+		})
+	}
+	p := pkt{src: client, dst: vip, l4: l4{layers.IPProtocolTCP, 7600, 443}}
+	if verdict, out := l.run(v4(t, p, 0)); verdict != xdpTX || net.HardwareAddr(out[:6]).String() != a.MAC.String() {
+		t.Errorf("port 443 flow: %s to %s, want TX to the catch-all's %s", verdictName(verdict), net.HardwareAddr(out[:6]), a.MAC)
+	}
+}
