@@ -5,7 +5,7 @@
  * backend is up or draining and its ID was not reused), else the service's
  * live Maglev buffer; a slot whose backend is not up falls back to a scan of
  * the members, most preferred priority group first. That fallback is what
- * lets "backend down" be a single 4-byte write that holds at once, before
+ * lets "backend down" be a single 8-byte write that holds at once, before
  * the control plane has rebuilt the table. */
 #pragma once
 
