@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -84,6 +85,14 @@ func instanceConfig(v config.VRRP) vrrp.InstanceConfig {
 // instance is updated in place (a master stays master) unless the change
 // needs a new one (restartReason). Instances live as long as base: a
 // graceful stop of keepbitd resigns them.
+//
+// A VIP may move between instances on one interface in a reload, and an
+// instance losing a VIP removes it from the interface (a stopped master
+// releases all of its own, an updated one those it no longer lists); done
+// after the instance gaining it took it, that left a master without its
+// VIP until its next state change. So stops go first, then updates, and
+// an updated instance that gained a VIP which another one gave up in this
+// reload is updated once more, which makes a master take its VIPs again.
 func (c *Controller) reloadVRRP(cfg *config.Config) error {
 	c.mu.Lock()
 	base := c.base
@@ -92,31 +101,62 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 	for _, v := range cfg.VRRP {
 		want[v.Name] = v
 	}
-	for name, r := range c.vrrpRuns() {
-		r.mu.Lock()
-		cur := r.cfg
-		r.mu.Unlock()
-		v, ok := want[name]
-		if ok && reflect.DeepEqual(v, cur) {
-			continue
-		}
-		why := "removed"
-		if ok {
-			if why = restartReason(cur, v); why == "" {
-				err := c.updateVRRP(r, v)
-				if err == nil {
-					c.rec.Add(recorder.Event{Kind: "vrrp-updated", Reason: name})
-					continue
-				}
-				why = err.Error()
-			}
-		}
+	dropped := map[netip.Addr]bool{} // VIPs some instance gave up
+	stop := func(name string, r *vrrpRun, cur config.VRRP, why string) {
 		c.log.Info("vrrp instance stops", "instance", name, "reason", why)
 		r.stop()
 		c.mu.Lock()
 		delete(c.vrrp, name)
 		c.mu.Unlock()
 		c.rec.Add(recorder.Event{Kind: "vrrp-stopped", Reason: name + ": " + why})
+		for _, a := range cur.VIPs {
+			dropped[a] = true
+		}
+	}
+	type change struct {
+		name string
+		r    *vrrpRun
+		cur  config.VRRP
+		v    config.VRRP
+	}
+	var inPlace, updated []change
+	for name, r := range c.vrrpRuns() {
+		r.mu.Lock()
+		cur := r.cfg
+		r.mu.Unlock()
+		v, ok := want[name]
+		switch {
+		case ok && reflect.DeepEqual(v, cur):
+		case !ok:
+			stop(name, r, cur, "removed")
+		case restartReason(cur, v) != "":
+			stop(name, r, cur, restartReason(cur, v))
+		default:
+			inPlace = append(inPlace, change{name, r, cur, v})
+		}
+	}
+	for _, ch := range inPlace {
+		if err := c.updateVRRP(ch.r, ch.v); err != nil {
+			stop(ch.name, ch.r, ch.cur, err.Error())
+			continue
+		}
+		c.rec.Add(recorder.Event{Kind: "vrrp-updated", Reason: ch.name})
+		updated = append(updated, ch)
+		for _, a := range ch.cur.VIPs {
+			if !slices.Contains(ch.v.VIPs, a) {
+				dropped[a] = true
+			}
+		}
+	}
+	for _, ch := range updated {
+		if !slices.ContainsFunc(ch.v.VIPs, func(a netip.Addr) bool { return dropped[a] && !slices.Contains(ch.cur.VIPs, a) }) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(ch.r.ctx, 5*time.Second)
+		if err := ch.r.inst.Update(ctx, instanceConfig(ch.v)); err != nil {
+			c.log.Error("vrrp: retake moved vips", "instance", ch.name, "error", err)
+		}
+		cancel()
 	}
 	var errs []error
 	for _, v := range cfg.VRRP {

@@ -283,7 +283,8 @@ func (in *Instance) restartReason(cfg InstanceConfig) string {
 
 // Update applies cfg to the running instance without leaving its state:
 // a Master stays Master (no resignation, no priority 0), taking and
-// announcing added VIPs and releasing removed ones. It returns an error
+// announcing added VIPs and releasing removed ones; a Master takes all its
+// VIPs again even when the list did not change. It returns an error
 // wrapping ErrRestart, and changes nothing, when cfg differs in what the
 // sockets or the machine are made of (see restartReason).
 func (in *Instance) Update(ctx context.Context, cfg InstanceConfig) error {
@@ -314,7 +315,18 @@ func (in *Instance) apply(ctx context.Context, cfg InstanceConfig) {
 	in.m.Reconfigure(now, cfg.Machine)
 	st := in.m.State()
 	in.mu.Unlock()
-	if st != Master || slices.Equal(old, cfg.Machine.Addrs) {
+	if st != Master {
+		return
+	}
+	if slices.Equal(old, cfg.Machine.Addrs) {
+		// Nothing to announce, but take the VIPs again: another instance
+		// on the interface may have removed one that moved to this one
+		// (Add is idempotent).
+		for _, a := range cfg.Machine.Addrs {
+			if err := vip.Add(cfg.Interface, a); err != nil {
+				in.log.Error("vrrp: take vip", "instance", cfg.Name, "error", err)
+			}
+		}
 		return
 	}
 	for _, a := range old {
