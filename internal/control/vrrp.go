@@ -188,13 +188,20 @@ func (c *Controller) updateVRRP(r *vrrpRun, v config.VRRP) error {
 	if err := r.inst.Update(ctx, instanceConfig(v)); err != nil {
 		return err
 	}
+	// The config and the results of its track commands change under one
+	// hold of r.mu: a tracking pass must never judge new command i by the
+	// old command i's result (a failing weight-0 one would fault a master).
 	r.mu.Lock()
 	old := r.cfg
 	r.cfg = v
 	r.applied.set = false
-	r.mu.Unlock()
+	var start func()
 	if !reflect.DeepEqual(old.Track.Commands, v.Track.Commands) {
-		r.startTracks(v.Track.Commands)
+		start = r.swapTracksLocked(v.Track.Commands)
+	}
+	r.mu.Unlock()
+	if start != nil {
+		start()
 	}
 	return nil
 }
@@ -234,19 +241,29 @@ func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, e
 // set. Each loop writes into the result slice of its own set, so a loop
 // of the old set that is still finishing never writes into the new one.
 func (r *vrrpRun) startTracks(cmds []config.TrackCommand) {
+	r.mu.Lock()
+	start := r.swapTracksLocked(cmds)
+	r.mu.Unlock()
+	start()
+}
+
+// swapTracksLocked ends the loops of the earlier set and installs the
+// result slice of cmds; the returned function starts cmds' loops (after
+// r.mu is released: they take it). r.mu must be held.
+func (r *vrrpRun) swapTracksLocked(cmds []config.TrackCommand) func() {
 	ctx, cancel := context.WithCancel(r.ctx)
 	ok := make([]bool, len(cmds))
 	for i := range ok {
 		ok[i] = true // innocent until a run says otherwise
 	}
-	r.mu.Lock()
 	if r.stopTracks != nil {
 		r.stopTracks()
 	}
 	r.cmdOK, r.stopTracks = ok, cancel
-	r.mu.Unlock()
-	for i, tc := range cmds {
-		go r.runTrackCommand(ctx, ok, i, tc)
+	return func() {
+		for i, tc := range cmds {
+			go r.runTrackCommand(ctx, ok, i, tc)
+		}
 	}
 }
 

@@ -103,3 +103,52 @@ func TestReloadMovesVIPBetweenInstances(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadTrackCommandsConsistent: the track commands of a run's config
+// and the results tracking reads for them change together. Before, an
+// in-place reload set the new config, released the lock, then swapped the
+// results: a tracking pass in between judged the new command i by the old
+// command i's result, so replacing a failing weight-0 command could fault
+// a master for one pass (priority 0, VIPs released).
+func TestReloadTrackCommandsConsistent(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := func(name string) config.TrackCommand {
+		// Not found: every run fails at once, without forking.
+		return config.TrackCommand{Command: "/nonexistent/" + name, Interval: time.Hour, Timeout: time.Second}
+	}
+	one := vrrpConf(func(v *config.VRRP) { v.Track.Commands = []config.TrackCommand{cmd("a")} })
+	two := vrrpConf(func(v *config.VRRP) { v.Track.Commands = []config.TrackCommand{cmd("a"), cmd("b")} })
+	r := &vrrpRun{cfg: one, inst: &fakeInstance{}, done: make(chan struct{})}
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	defer r.cancel()
+	r.startTracks(one.Track.Commands)
+	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(64), base: ctx, vrrp: map[string]*vrrpRun{"v": r}}
+	stop := make(chan struct{})
+	mismatches := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				mismatches <- n
+				return
+			default:
+			}
+			r.mu.Lock()
+			if len(r.cmdOK) != len(r.cfg.Track.Commands) {
+				n++
+			}
+			r.mu.Unlock()
+		}
+	}()
+	for i := range 2000 {
+		if err := c.updateVRRP(r, []config.VRRP{two, one}[i%2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if n := <-mismatches; n > 0 {
+		t.Fatalf("%d times tracking could see a config and command results that do not belong together", n)
+	}
+}
