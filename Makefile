@@ -11,7 +11,7 @@ GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfe
 TEST_FLAGS ?= -count=1 -timeout 30m
 BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
-.PHONY: help generate check-generated build test test-deps bench lint clang demo
+.PHONY: help generate check-generated build test test-deps bench lint clang demo churn
 
 # Peers the tests run against (VRRP interop).
 TEST_PACKAGES := keepalived
@@ -49,6 +49,13 @@ test: test-deps ## run every test; as root this includes BPF and network-namespa
 
 bench: ## run the benchmarks (packet cost vs baseline, state change, table switch, maglev)
 	$(GO) test $(BENCH_FLAGS) ./...
+
+# The long run of the loader's model-based churn test (the CI run is 4 seeds).
+CHURN_SEED ?= 1000
+CHURN_SEEDS ?= 20
+CHURN_STEPS ?= 5000
+churn: ## (root) long randomized churn test of the loader: CHURN_SEEDS seeds from CHURN_SEED, CHURN_STEPS steps each
+	$(GO) test -count=1 -timeout 180m -v -run '^TestChurn$$' ./loader/ -args -churn.seed=$(CHURN_SEED) -churn.seeds=$(CHURN_SEEDS) -churn.steps=$(CHURN_STEPS)
 
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); [ -z "$$out" ] || { echo "gofmt needed: $$out"; exit 1; }
