@@ -2,6 +2,7 @@ package loader
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -131,5 +132,56 @@ func TestDeleteCrashForwardsNothing(t *testing.T) {
 				})
 			}
 		})
+	}
+}
+
+// TestAdoptIgnoresForeignMember (issue 7 defect 1, adoption side): a live
+// table that lists an ID whose backend record belongs to another service
+// (an earlier loader released the ID too early) must not make that
+// backend a member on adoption, and the table is rebuilt without it.
+func TestAdoptIgnoresForeignMember(t *testing.T) {
+	l, reopen := pinnedLab(t)
+	s1 := svc("198.51.100.62", 80, TCP)
+	s2 := svc("198.51.100.63", 80, TCP)
+	a := backend("10.7.1.1", "02:71:00:00:00:01")
+	b := backend("10.7.1.2", "02:71:00:00:00:02")
+	l.apply(s1, ServiceSpec{Backends: []BackendSpec{a}})
+	l.apply(s2, ServiceSpec{Backends: []BackendSpec{b}})
+	bID := l.memberID(s2, b.Addr)
+	// Make s1's live member list name b's ID instead of a's.
+	s := l.dp.services[s1]
+	mem, err := s.buffers[s.active].Memory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var w [4]byte
+	binary.NativeEndian.PutUint32(w[:], bID)
+	if _, err := mem.WriteAt(w[:], int64(bufferStride*(tblHdr+s.tableSize))); err != nil {
+		t.Fatal(err)
+	}
+	_ = l.dp.Close()
+
+	n := reopen()
+	t.Cleanup(func() { _ = n.dp.Detach() })
+	if err := n.dp.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	for _, si := range n.dp.Services() {
+		if si.Key != s1 {
+			continue
+		}
+		for _, be := range si.Backends {
+			if be.Addr == b.Addr {
+				t.Errorf("adopted %s as a member of %s; its record belongs to %s", b.Addr, s1, s2)
+			}
+		}
+	}
+	for sport := range uint16(20) {
+		if got := n.chosen("198.51.100.62", "203.0.113.92", 9100+sport); got == b.MAC.String() {
+			t.Fatalf("flow %d of %s went to %s's backend %s", sport, s1, s2, b.MAC)
+		}
+	}
+	if got := n.chosen("198.51.100.63", "203.0.113.92", 9200); got != b.MAC.String() {
+		t.Errorf("%s's own flow went to %s, want %s", s2, got, b.MAC)
 	}
 }
