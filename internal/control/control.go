@@ -757,7 +757,16 @@ func (c *Controller) readBackLocked(s *service) {
 		b := s.backends[addr]
 		st, ok := held[addr]
 		b.inDP = ok
-		if ok && st != b.state {
+		if !ok {
+			// Not in the dataplane (MAC unknown, or the apply failed): it
+			// takes no traffic, so it is down, for Status and for the
+			// panic threshold and keep-last, which count backends up.
+			if b.state != loader.Down {
+				b.state, b.since = loader.Down, time.Now()
+			}
+			continue
+		}
+		if st != b.state {
 			c.log.Warn("dataplane holds another state than the controller thought: corrected", "service", s.cfg.Name, "backend", addr,
 				"thought", b.state, "holds", st)
 			b.state = st
