@@ -813,6 +813,7 @@ func (c *Controller) desiredLocked(b *backend) (loader.State, string, string) {
 
 // SetAdmin applies an operator override to a backend of a service.
 func (c *Controller) SetAdmin(service string, addr netip.Addr, a Admin) error {
+	addr = addr.Unmap() // as the config keys it (::ffff:a.b.c.d is a.b.c.d)
 	c.mu.Lock()
 	s := c.svcs[service]
 	if s == nil {

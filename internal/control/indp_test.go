@@ -3,8 +3,11 @@ package control
 import (
 	"net/netip"
 	"testing"
+	"time"
 
+	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
 )
 
 // TestBackendLeavingDataplaneIsNotUp: a backend whose MAC becomes unknown
@@ -44,5 +47,47 @@ func TestBackendLeavingDataplaneIsNotUp(t *testing.T) {
 	verdict(c, "web", a, false)
 	if got := held(t, c)["web"]; statesString(got) != "10.0.0.1=up" {
 		t.Fatalf("the last backend in the dataplane failed: it holds %s, want 10.0.0.1=up (keep-last)", statesString(got))
+	}
+}
+
+// TestSetAdminMappedAddress: the config takes ::ffff:a.b.c.d as a.b.c.d
+// (issue 7 defect 12), so an operator naming a backend the way the config
+// wrote it must reach the same backend, not "not configured".
+func TestSetAdminMappedAddress(t *testing.T) {
+	cases := []struct {
+		addr string
+		want loader.State
+	}{
+		{"10.0.0.1", loader.Down},
+		{"::ffff:10.0.0.2", loader.Down},
+	}
+	c, s, held := fakeService(t, config.Service{}, 2)
+	for _, bk := range s.backends {
+		bk.health, bk.state = probe.Up, loader.Up
+		held[bk.cfg.Address] = loader.Up
+	}
+	for _, tc := range cases {
+		addr := netip.MustParseAddr(tc.addr)
+		if err := c.SetAdmin("web", addr, Disabled); err != nil {
+			t.Fatalf("disable %s: %v", tc.addr, err)
+		}
+		if got := held[addr.Unmap()]; got != tc.want {
+			t.Errorf("disable %s: dataplane holds %s, want %s", tc.addr, got, tc.want)
+		}
+		if got := c.overrides["web"][addr.Unmap()]; got != Disabled {
+			t.Errorf("disable %s: override %q recorded under the unmapped address, want disabled", tc.addr, got)
+		}
+	}
+}
+
+// TestLiveMappedAddress: drain -wait polls Live with the backend as the
+// operator wrote it; a mapped address is the same backend.
+func TestLiveMappedAddress(t *testing.T) {
+	l := newCtlLab(t)
+	c := l.start(l.config(fourBackends([4]int{1, 1, 1, 1})))
+	for _, a := range []string{"10.0.0.1", "::ffff:10.0.0.1"} {
+		if _, _, err := c.Live("web", netip.MustParseAddr(a), time.Second); err != nil {
+			t.Errorf("live %s: %v", a, err)
+		}
 	}
 }

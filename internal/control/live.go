@@ -12,6 +12,7 @@ import (
 // alone, without the index lock across the walk, so polling drain never
 // delays a failover; c.mu is held only to look the backend up.
 func (c *Controller) Live(service string, addr netip.Addr, idle time.Duration) (flows int, packets uint64, err error) {
+	addr = addr.Unmap() // as the config keys it
 	c.mu.Lock()
 	s := c.svcs[service]
 	known := false
