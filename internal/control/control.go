@@ -186,6 +186,11 @@ func protoOf(s string) loader.Proto {
 func (c *Controller) Reload(ctx context.Context, cfg *config.Config) error {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
+	return c.reloadLocked(ctx, cfg)
+}
+
+// reloadLocked is Reload with applyMu held.
+func (c *Controller) reloadLocked(ctx context.Context, cfg *config.Config) error {
 	started := time.Now()
 	var errs []error
 	c.mu.Lock()
@@ -593,21 +598,33 @@ func (c *Controller) resolveLoop(ctx context.Context) {
 		}
 		wg.Wait()
 		for name := range found {
-			c.mu.Lock()
-			s := c.svcs[name]
-			c.mu.Unlock()
-			if s == nil {
-				continue
-			}
-			c.applyMu.Lock()
-			err := c.applyService(ctx, s.cfg, true)
-			c.applyMu.Unlock()
-			if err != nil {
-				c.log.Warn("apply service after MAC resolution", "service", name, "error", err)
-			} else {
-				c.log.Info("backend MACs resolved", "service", name)
-			}
+			c.reapplyResolved(ctx, name)
 		}
+	}
+}
+
+// reapplyResolved re-applies service name once some of its backends' MACs
+// are known. The service is looked up under applyMu: a reload that ran
+// while the resolver waited may have removed it or moved it to another
+// key, and re-applying the config of before would put the old service
+// back in the dataplane (and leave the new one unmanaged).
+func (c *Controller) reapplyResolved(ctx context.Context, name string) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	c.mu.Lock()
+	s := c.svcs[name]
+	var sc config.Service
+	if s != nil {
+		sc = s.cfg
+	}
+	c.mu.Unlock()
+	if s == nil {
+		return // removed by a reload meanwhile
+	}
+	if err := c.applyService(ctx, sc, true); err != nil {
+		c.log.Warn("apply service after MAC resolution", "service", name, "error", err)
+	} else {
+		c.log.Info("backend MACs resolved", "service", name)
 	}
 }
 

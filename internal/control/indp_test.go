@@ -1,6 +1,7 @@
 package control
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -89,5 +90,61 @@ func TestLiveMappedAddress(t *testing.T) {
 		if _, _, err := c.Live("web", netip.MustParseAddr(a), time.Second); err != nil {
 			t.Errorf("live %s: %v", a, err)
 		}
+	}
+}
+
+// TestResolvedAfterReload: the resolver re-applies a service when a MAC
+// answers, waiting for applyMu behind a reload; a reload that meanwhile
+// moved the service to another VIP, or removed it, must win. The resolver
+// used to take the service before waiting and re-apply its old config:
+// the old VIP came back in the dataplane and the controller lost track of
+// the new one (its states frozen until the next reload).
+func TestResolvedAfterReload(t *testing.T) {
+	svc := func(vip string) string {
+		return `  - name: web
+    vip: ` + vip + `
+    port: 80
+    backends:
+      - {address: 10.0.0.1, mac: "02:00:00:00:00:01"}
+      - {address: 10.0.0.2}
+`
+	}
+	cases := []struct {
+		name     string
+		next     string // services of the reload
+		wantVIPs string
+	}{
+		{"moved to another VIP", svc("10.99.0.9"), "[10.99.0.9]"},
+		{"removed", "  []\n", "[]"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := newCtlLab(t)
+			c := l.start(l.config(svc("10.99.0.1")))
+			// A reload holds applyMu; the resolver, having found
+			// 10.0.0.2's MAC, waits for it.
+			c.applyMu.Lock()
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				c.reapplyResolved(t.Context(), "web")
+			}()
+			time.Sleep(100 * time.Millisecond) // the resolver is waiting
+			err := c.reloadLocked(t.Context(), l.config(tc.next))
+			c.applyMu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-done
+			var vips []string
+			for _, dp := range c.dataplanes() {
+				for _, si := range dp.Services() {
+					vips = append(vips, si.Key.VIP.String())
+				}
+			}
+			if got := fmt.Sprint(vips); got != tc.wantVIPs {
+				t.Fatalf("dataplane serves VIPs %s, want %s", got, tc.wantVIPs)
+			}
+		})
 	}
 }
