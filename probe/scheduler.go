@@ -67,6 +67,7 @@ type check struct {
 	next     time.Time
 	index    int // in the heap; -1 while a probe is in flight or removed
 	removed  bool
+	gone     chan struct{} // closed by Remove: a delivery waiting gives up
 	state    State
 	okRun    int
 	failRun  int
@@ -101,7 +102,7 @@ func (s *Scheduler) Add(id string, spec Spec) error {
 	if old, ok := s.checks[id]; ok {
 		s.removeLocked(old)
 	}
-	c := &check{id: id, spec: spec, prober: p, index: -1}
+	c := &check{id: id, spec: spec, prober: p, index: -1, gone: make(chan struct{})}
 	c.next = time.Now().Add(time.Duration(rand.Float64() * float64(spec.Interval)))
 	s.checks[id] = c
 	heap.Push(&s.due, c)
@@ -120,6 +121,9 @@ func (s *Scheduler) Remove(id string) {
 }
 
 func (s *Scheduler) removeLocked(c *check) {
+	if !c.removed && c.gone != nil {
+		close(c.gone)
+	}
 	c.removed = true
 	if c.index >= 0 {
 		heap.Remove(&s.due, c.index)
@@ -214,10 +218,33 @@ func (s *Scheduler) runProbe(ctx context.Context, c *check) {
 	if s.beforeDeliver != nil {
 		s.beforeDeliver(ev)
 	}
-	select {
-	case s.events <- ev:
-	case <-ctx.Done():
+	// A check removed before its verdict is delivered stays unreported
+	// (Remove's promise): with room in the channel the verdict goes in
+	// under the lock, so it is either queued before Remove or dropped;
+	// when the channel is full, the wait ends at whichever comes first,
+	// room or Remove.
+	s.mu.Lock()
+	sent := false
+	if !c.removed {
+		select {
+		case s.events <- ev:
+			sent = true
+		default:
+		}
+	}
+	removed := c.removed
+	s.mu.Unlock()
+	if removed {
 		return
+	}
+	if !sent {
+		select {
+		case s.events <- ev:
+		case <-c.gone:
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 	s.mu.Lock()
 	if !c.removed {
