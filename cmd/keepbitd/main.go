@@ -119,7 +119,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		if err := ctl.Reload(ctx, next); err != nil {
-			if errors.Is(err, control.ErrRestartRequired) {
+			if errors.Is(err, control.ErrRestartRequired) || errors.Is(err, control.ErrDetachRequired) {
 				log.Error("reload refused", "error", err)
 				rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
 				return err

@@ -197,7 +197,7 @@ func (c *Controller) reloadLocked(ctx context.Context, cfg *config.Config) error
 	old := c.cfg
 	c.mu.Unlock()
 	if old != nil {
-		if err := startOnly(old.Node, cfg.Node); err != nil {
+		if err := errors.Join(startOnly(old.Node, cfg.Node), attachFixed(old.Interfaces, cfg.Interfaces)); err != nil {
 			return err
 		}
 	}

@@ -35,6 +35,27 @@ func startOnly(running, next config.Node) error {
 	return errors.Join(errs...)
 }
 
+// ErrDetachRequired: a reload changed how the program is attached to an
+// interface it stays on. The attached program keeps its mode: a reload
+// skips an open interface and a start adopts the pinned link as it is.
+var ErrDetachRequired = errors.New("the attached program keeps its mode until it is detached (keepbitd --detach, forwarding stops) and started again; the running config keeps serving")
+
+// attachFixed refuses a reload that changes the mode of an interface
+// that stays in the config (it was ignored silently).
+func attachFixed(running, next []config.Interface) error {
+	was := map[string]string{}
+	for _, ifc := range running {
+		was[ifc.Name] = ifc.Mode
+	}
+	var errs []error
+	for _, ifc := range next {
+		if m, ok := was[ifc.Name]; ok && m != ifc.Mode {
+			errs = append(errs, fmt.Errorf("interface %s: mode: changed from %s to %s: %w", ifc.Name, m, ifc.Mode, ErrDetachRequired))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // overridesFile is where the operator's overrides are kept.
 const overridesFile = "overrides.json"
 
