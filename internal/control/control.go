@@ -637,13 +637,16 @@ func (c *Controller) onProbe(ev probe.Event) {
 		c.mu.Unlock()
 		return
 	}
+	changed := b.health != ev.To
 	b.health = ev.To
 	if ev.To == probe.Down && ev.Err != nil {
 		b.reason = "check failed: " + ev.Err.Error()
 	} else {
 		b.reason = "check " + ev.To.String()
 	}
-	if s := b.svc.cfg.Flap; s.Transitions > 0 {
+	// Only a change of health is a transition: a check re-added by a
+	// reload starts unknown and repeats the health the backend has.
+	if s := b.svc.cfg.Flap; s.Transitions > 0 && changed {
 		now := time.Now()
 		b.flaps = append(b.flaps, now)
 		for len(b.flaps) > 0 && now.Sub(b.flaps[0]) > s.Within {

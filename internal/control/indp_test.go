@@ -148,3 +148,39 @@ func TestResolvedAfterReload(t *testing.T) {
 		})
 	}
 }
+
+// TestFlapCountsHealthChanges: flap dampening counts changes of a
+// backend's health. A reload that changes a check re-adds it, and the new
+// check's first verdict (unknown -> up) repeats the health the backend
+// already has; it was counted as a transition, so a reload soon after
+// start (or after one real flap) held every backend of the service down
+// at once, a full outage no panic threshold could stop.
+func TestFlapCountsHealthChanges(t *testing.T) {
+	flap := config.Flap{Transitions: 2, Within: time.Minute, HoldDown: time.Minute}
+	cases := []struct {
+		name     string
+		events   []probe.State // verdicts of backend 1, each from a check that may be new
+		wantHeld bool
+		want     loader.State
+	}{
+		{"first verdict, then a re-added check agrees", []probe.State{probe.Up, probe.Up}, false, loader.Up},
+		{"up, re-added up, re-added up", []probe.State{probe.Up, probe.Up, probe.Up}, false, loader.Up},
+		{"up then down: two changes", []probe.State{probe.Up, probe.Down}, true, loader.Down},
+		{"down, re-added down, up: two changes", []probe.State{probe.Down, probe.Down, probe.Up}, true, loader.Down},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s, held := fakeService(t, config.Service{Flap: flap}, 2)
+			b := s.backends[netip.MustParseAddr("10.0.0.1")]
+			for _, to := range tc.events {
+				c.onProbe(probe.Event{Check: b.checkID, From: probe.Unknown, To: to, Decide: time.Now()})
+			}
+			if h := time.Now().Before(b.heldUntil); h != tc.wantHeld {
+				t.Errorf("held down = %v (%s), want %v", h, b.reason, tc.wantHeld)
+			}
+			if got := held[b.cfg.Address]; got != tc.want {
+				t.Errorf("dataplane holds %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
