@@ -49,7 +49,7 @@ const churnCISteps = 400
 
 // churnFlowsPerDest is the fixed flow population per destination; each
 // check also sends one brand-new flow per destination.
-const churnFlowsPerDest = 48
+const churnFlowsPerDest = 64
 
 // churnIDPool is how many free backend IDs a churn dataplane starts with
 // (at most 8 services x 6 backends are live at once).
@@ -395,7 +395,7 @@ var errChurnCrash = errors.New("crash injected by the churn test")
 func (r *churnRun) do(op churnOp) *churnFailure {
 	if op.kind == opRestart {
 		r.stats.restarts++
-		if f := r.restart(nil, r.m, op.cpus); f != nil {
+		if f := r.restart(nil, r.m, op.cpus, -1); f != nil {
 			return f
 		}
 		r.m.apply(op)
@@ -413,6 +413,23 @@ func (r *churnRun) do(op churnOp) *churnFailure {
 	r.stats.crashes++
 	prev, next := r.m.clone(), r.m.clone()
 	next.apply(op)
+	if err := r.crashing(op.crashAt, func() error { return r.exec(op, prev) }); err != nil {
+		return r.fail("op-error", "%s: %v", op, err)
+	}
+	if f := r.checkWeak(prev, next, op.cpus, "right after the crash"); f != nil {
+		return f
+	}
+	if f := r.restart(prev, next, op.cpus, op.crashAgain); f != nil {
+		return f
+	}
+	r.m = next
+	return r.check(op.cpus)
+}
+
+// crashing runs fn as a process that dies right before its at-th kernel
+// write: that write and every later one are refused. It returns fn's error
+// unless that is the crash itself.
+func (r *churnRun) crashing(at int, fn func() error) error {
 	// Writes may come from several goroutines (a new service installs its
 	// two buffers in parallel).
 	var mu sync.Mutex
@@ -420,45 +437,43 @@ func (r *churnRun) do(op churnOp) *churnFailure {
 	r.d.beforeWrite = func(string) error {
 		mu.Lock()
 		defer mu.Unlock()
-		if n >= op.crashAt {
+		if n >= at {
 			refused = true
 			return errChurnCrash
 		}
 		n++
 		return nil
 	}
-	err := r.exec(op, prev)
+	err := fn()
 	mu.Lock()
 	crashed := refused
 	mu.Unlock()
 	// A process that died writes nothing more: the hook stays and refuses
 	// any write (a background one included) until the handle is closed.
 	if err != nil && !(crashed && errors.Is(err, errChurnCrash)) {
-		return r.fail("op-error", "%s: %v", op, err)
+		return err
 	}
-	if f := r.checkWeak(prev, next, op.cpus, "right after the crash"); f != nil {
-		return f
-	}
-	if f := r.restart(prev, next, op.cpus); f != nil {
-		return f
-	}
-	r.m = next
-	return r.check(op.cpus)
+	return nil
 }
 
-// restart is what a restarted controller does: close this process's
-// handles (pinned state keeps forwarding), open again (adopting the pins),
-// delete the services the config does not name, apply every configured
-// service, set each backend's state where the adopted one differs, sync.
-// With prev set (after a crash) the weak invariants are checked between
-// adoption and re-apply.
-func (r *churnRun) restart(prev, next *model, cpus uint8) *churnFailure {
-	defer func(start time.Time) { r.stats.recovering += time.Since(start) }(time.Now())
+// reopen closes this process's handles (pinned state keeps forwarding) and
+// opens again, adopting the pins.
+func (r *churnRun) reopen() *churnFailure {
 	if err := r.d.Close(); err != nil {
 		return r.fail("close", "close: %v", err)
 	}
 	r.d = nil
-	if f := r.open(); f != nil {
+	return r.open()
+}
+
+// restart is what a restarted controller does: reopen, then re-apply next
+// (reapply). With prev set (after a crash) the weak invariants are checked
+// between adoption and re-apply. With crashAgain >= 0 the restarted
+// process dies too, before that write of its re-apply, and a third one
+// recovers.
+func (r *churnRun) restart(prev, next *model, cpus uint8, crashAgain int) *churnFailure {
+	defer func(start time.Time) { r.stats.recovering += time.Since(start) }(time.Now())
+	if f := r.reopen(); f != nil {
 		return f
 	}
 	if prev != nil {
@@ -466,17 +481,41 @@ func (r *churnRun) restart(prev, next *model, cpus uint8) *churnFailure {
 			return f
 		}
 	}
+	if crashAgain >= 0 {
+		if err := r.crashing(crashAgain, func() error { return r.reapply(next) }); err != nil {
+			return r.fail("reapply-error", "%v", err)
+		}
+		if f := r.checkWeak(prev, next, cpus, "right after a crash during re-apply"); f != nil {
+			return f
+		}
+		if f := r.reopen(); f != nil {
+			return f
+		}
+		if f := r.checkWeak(prev, next, cpus, "after the second adoption, before re-apply"); f != nil {
+			return f
+		}
+	}
+	if err := r.reapply(next); err != nil {
+		return r.fail("reapply-error", "%v", err)
+	}
+	return nil
+}
+
+// reapply brings the adopted dataplane to next as a controller does:
+// delete the services the config does not name, apply every configured
+// service, set each backend's state where the held one differs, sync.
+func (r *churnRun) reapply(next *model) error {
 	d := r.d
 	for _, si := range d.Services() {
 		if _, ok := next.services[si.Key]; !ok {
 			if _, err := d.DeleteService(si.Key); err != nil {
-				return r.fail("reapply-error", "re-apply: delete %s: %v", si.Key, err)
+				return fmt.Errorf("re-apply: delete %s: %w", si.Key, err)
 			}
 		}
 	}
 	for _, k := range next.sortedKeys() {
 		if _, err := d.ApplyService(k, r.dpSpec(next.services[k].spec())); err != nil {
-			return r.fail("reapply-error", "re-apply: apply %s: %v", k, err)
+			return fmt.Errorf("re-apply: apply %s: %w", k, err)
 		}
 	}
 	for _, k := range next.sortedKeys() {
@@ -491,13 +530,13 @@ func (r *churnRun) restart(prev, next *model, cpus uint8) *churnFailure {
 		for _, b := range next.services[k].sortedBackends() {
 			if got, ok := held[b.spec.Addr]; !ok || got != b.spec.State {
 				if _, err := d.SetBackendState(k, b.spec.Addr, b.spec.State); err != nil {
-					return r.fail("reapply-error", "re-apply: state of %s in %s: %v", b.spec.Addr, k, err)
+					return fmt.Errorf("re-apply: state of %s in %s: %w", b.spec.Addr, k, err)
 				}
 			}
 		}
 	}
 	if err := d.Sync(); err != nil {
-		return r.fail("reapply-error", "re-apply: sync: %v", err)
+		return fmt.Errorf("re-apply: sync: %w", err)
 	}
 	return nil
 }
@@ -822,10 +861,10 @@ func TestChurnRegressions(t *testing.T) {
 		return BackendSpec{Addr: netip.MustParseAddr(addr), MAC: mac(hw), Weight: w, State: st}
 	}
 	apply := func(key ServiceKey, size uint32, cpus uint8, bs ...BackendSpec) churnOp {
-		return churnOp{kind: opApply, key: key, spec: ServiceSpec{TableSize: size, Backends: bs}, crashAt: -1, cpus: cpus}
+		return churnOp{kind: opApply, key: key, spec: ServiceSpec{TableSize: size, Backends: bs}, crashAt: -1, crashAgain: -1, cpus: cpus}
 	}
 	state := func(key ServiceKey, addr string, cpus uint8, sts ...State) churnOp {
-		return churnOp{kind: opState, key: key, addr: netip.MustParseAddr(addr), states: sts, crashAt: -1, cpus: cpus}
+		return churnOp{kind: opState, key: key, addr: netip.MustParseAddr(addr), states: sts, crashAt: -1, crashAgain: -1, cpus: cpus}
 	}
 	const both, cpu0 = 3, 1
 	type tc struct {
@@ -874,10 +913,10 @@ func TestChurnRegressions(t *testing.T) {
 	// controller that no longer names the service: nothing of it may be
 	// forwarded, cached flows included.
 	for at := range 6 {
-		del := churnOp{kind: opDelete, key: v4tls, crashAt: at, cpus: both}
+		del := churnOp{kind: opDelete, key: v4tls, crashAt: at, crashAgain: -1, cpus: both}
 		cases = append(cases, tc{fmt.Sprintf("crash before write %d of DeleteService", at), []churnOp{
 			apply(v4tls, 1021, both, be("10.0.0.3", "02:cb:00:00:00:16", 2, Up).port("port2").vlan(3430), be("2001:db8:b::1", "02:cb:00:00:00:1d", 3, Up), be("10.0.0.2", "02:cb:00:00:00:18", 4, Draining)),
-			{kind: opSync, crashAt: -1, cpus: both},
+			{kind: opSync, crashAt: -1, crashAgain: -1, cpus: both},
 			del,
 		}})
 	}

@@ -239,6 +239,9 @@ type churnOp struct {
 	// write during this op (that write and all later ones are refused); the
 	// test then closes, re-opens (adopting the pins) and re-applies.
 	crashAt int
+	// crashAgain >= 0 (with crashAt): the restarted process dies too, right
+	// before that kernel write of its re-apply; a third one recovers.
+	crashAgain int
 	// cpus is a bit mask over the online CPUs the check after this op runs
 	// flows on (bit i = i-th online CPU). Checking on one CPU only lets
 	// another CPU's flow cache miss a change.
@@ -279,6 +282,9 @@ func (o churnOp) String() string {
 	}
 	if o.crashAt >= 0 && o.kind != opRestart {
 		fmt.Fprintf(&b, "  CRASH before kernel write #%d, adopt, re-apply", o.crashAt)
+		if o.crashAgain >= 0 {
+			fmt.Fprintf(&b, ", CRASH before its write #%d, adopt, re-apply", o.crashAgain)
+		}
 	}
 	fmt.Fprintf(&b, "  | check on cpus %s", cpuList(o.cpus))
 	return b.String()
@@ -409,7 +415,7 @@ func (g *churnGen) newBackend(addr netip.Addr) BackendSpec {
 func (g *churnGen) pick(n int) int { return g.rng.IntN(n) }
 
 func (g *churnGen) next() churnOp {
-	op := churnOp{crashAt: -1}
+	op := churnOp{crashAt: -1, crashAgain: -1}
 	// Check on every CPU most of the time; sometimes on one only, so that
 	// the other CPU's cache sees a state only after it changed back.
 	switch r := g.rng.IntN(4); {
@@ -474,7 +480,10 @@ func (g *churnGen) next() churnOp {
 		op.kind = opRestart
 	}
 	if op.kind != opRestart && g.rng.IntN(100) < 3 {
-		op.crashAt = g.rng.IntN(16)
+		op.crashAt = g.rng.IntN(20)
+		if g.rng.IntN(4) == 0 {
+			op.crashAgain = g.rng.IntN(30)
+		}
 	}
 	return op
 }
