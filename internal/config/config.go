@@ -86,7 +86,8 @@ type Node struct {
 	// StateDir keeps what must survive a restart that the dataplane does
 	// not hold: the operator's overrides (disable, drain). Default
 	// /var/lib/keepbit. hash_seed, pin_root and state_dir take effect at
-	// start only: a reload that changes them is refused.
+	// start only: a reload that changes them is refused (pin_root, like an
+	// interface's mode, takes a detach: a restart keeps the attached link).
 	StateDir string `yaml:"state_dir"`
 }
 

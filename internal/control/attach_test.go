@@ -27,7 +27,7 @@ func TestReloadRefusesModeChange(t *testing.T) {
 		wantError string // "" : not refused for the mode
 	}{
 		{"generic to native", []config.Interface{{Name: "eth1", Mode: "generic"}}, []config.Interface{{Name: "eth1", Mode: "native"}},
-			"interface eth1: mode: changed from generic to native: the attached program keeps its mode until it is detached"},
+			"interface eth1: mode: changed from generic to native: the attached program stays as it is, across restarts too, until it is detached"},
 		{"auto to generic, another interface unchanged", []config.Interface{{Name: "eth0", Mode: "native"}, {Name: "eth1", Mode: "auto"}},
 			[]config.Interface{{Name: "eth0", Mode: "native"}, {Name: "eth1", Mode: "generic"}}, "interface eth1: mode: changed from auto to generic"},
 		{"a new interface in another mode", []config.Interface{{Name: "eth0", Mode: "native"}},

@@ -110,12 +110,15 @@ func TestReloadRefusesStartOnlyFields(t *testing.T) {
 	cases := []struct {
 		name string
 		node func(*config.Node)
+		is   error // what it takes
 		want []string
 	}{
-		{"hash seed", func(n *config.Node) { n.HashSeed = 8 }, []string{"node.hash_seed: changed from 7 to 8: a restart is needed to apply it; the running config keeps serving"}},
-		{"pin root", func(n *config.Node) { n.PinRoot = "/mnt/bpf" }, []string{"node.pin_root: changed from /sys/fs/bpf to /mnt/bpf: a restart is needed"}},
-		{"state dir", func(n *config.Node) { n.StateDir = "/srv/keepbit" }, []string{"node.state_dir: changed from /var/lib/keepbit to /srv/keepbit: a restart is needed"}},
-		{"two at once, both named", func(n *config.Node) { n.HashSeed, n.PinRoot = 9, "/x" }, []string{"node.hash_seed: changed from 7 to 9", "node.pin_root: changed from /sys/fs/bpf to /x"}},
+		{"hash seed", func(n *config.Node) { n.HashSeed = 8 }, ErrRestartRequired, []string{"node.hash_seed: changed from 7 to 8: a restart is needed to apply it; the running config keeps serving"}},
+		// A start with another pin root cannot attach (the link pinned
+		// under the old one holds the interface): it takes a detach.
+		{"pin root", func(n *config.Node) { n.PinRoot = "/mnt/bpf" }, ErrDetachRequired, []string{"node.pin_root: changed from /sys/fs/bpf to /mnt/bpf: the attached program stays as it is, across restarts too, until it is detached"}},
+		{"state dir", func(n *config.Node) { n.StateDir = "/srv/keepbit" }, ErrRestartRequired, []string{"node.state_dir: changed from /var/lib/keepbit to /srv/keepbit: a restart is needed"}},
+		{"two at once, both named", func(n *config.Node) { n.HashSeed, n.PinRoot = 9, "/x" }, ErrRestartRequired, []string{"node.hash_seed: changed from 7 to 9", "node.pin_root: changed from /sys/fs/bpf to /x"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -125,7 +128,7 @@ func TestReloadRefusesStartOnlyFields(t *testing.T) {
 			next := &config.Config{Node: base, Interfaces: []config.Interface{{Name: "eth9"}}}
 			c.node(&next.Node)
 			err := ctl.Reload(context.Background(), next)
-			if err == nil || !errors.Is(err, ErrRestartRequired) {
+			if err == nil || !errors.Is(err, c.is) {
 				t.Fatalf("reload accepted (%v); want it refused", err)
 			}
 			for _, w := range c.want {

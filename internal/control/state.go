@@ -18,16 +18,18 @@ var ErrRestartRequired = errors.New("a restart is needed to apply it; the runnin
 
 // startOnly refuses a reload that changes what is fixed at start: the
 // hash seed is in the running program's settings and must stay equal on
-// every node sharing VIPs (changing it moves every flow), the pin root is
-// where the adopted dataplane lives, and the state dir holds the
-// overrides already loaded.
+// every node sharing VIPs (changing it moves every flow), and the state dir
+// holds the overrides already loaded. The pin root is where the attached
+// program's link is pinned: a start with another pin root finds no
+// program to adopt and cannot attach (the old link holds the interface,
+// EBUSY), so it takes a detach, not a restart.
 func startOnly(running, next config.Node) error {
 	var errs []error
 	if running.HashSeed != next.HashSeed {
 		errs = append(errs, fmt.Errorf("node.hash_seed: changed from %d to %d: %w", running.HashSeed, next.HashSeed, ErrRestartRequired))
 	}
 	if running.PinRoot != next.PinRoot {
-		errs = append(errs, fmt.Errorf("node.pin_root: changed from %s to %s: %w", running.PinRoot, next.PinRoot, ErrRestartRequired))
+		errs = append(errs, fmt.Errorf("node.pin_root: changed from %s to %s: %w", running.PinRoot, next.PinRoot, ErrDetachRequired))
 	}
 	if running.StateDir != next.StateDir {
 		errs = append(errs, fmt.Errorf("node.state_dir: changed from %s to %s: %w", running.StateDir, next.StateDir, ErrRestartRequired))
@@ -35,10 +37,12 @@ func startOnly(running, next config.Node) error {
 	return errors.Join(errs...)
 }
 
-// ErrDetachRequired: a reload changed how the program is attached to an
-// interface it stays on. The attached program keeps its mode: a reload
-// skips an open interface and a start adopts the pinned link as it is.
-var ErrDetachRequired = errors.New("the attached program keeps its mode until it is detached (keepbitd --detach, forwarding stops) and started again; the running config keeps serving")
+// ErrDetachRequired: a reload changed how or where the program is
+// attached (an interface's mode, the pin root). A reload keeps an open
+// interface's program, and a start adopts the pinned link as it is (or,
+// with another pin root, fails to attach), so a restart alone does not
+// apply it.
+var ErrDetachRequired = errors.New("the attached program stays as it is, across restarts too, until it is detached (keepbitd --detach with the running config: forwarding stops) and started again; the running config keeps serving")
 
 // attachFixed refuses a reload that changes the mode of an interface
 // that stays in the config (it was ignored silently).
