@@ -516,10 +516,13 @@ func (c *Controller) specLocked(s *service) loader.ServiceSpec {
 	}
 	for _, addr := range s.order {
 		b := s.backends[addr]
-		b.inDP = b.mac != nil
-		if !b.inDP {
+		if b.mac == nil {
+			b.inDP = false // leaving: no state writes for it from now
 			continue
 		}
+		// One entering the dataplane becomes inDP at the read-back after
+		// ApplyService: until the apply has added it, a settle writing its
+		// state would only fail ("not configured").
 		spec.Backends = append(spec.Backends, loader.BackendSpec{
 			Addr: addr, MAC: b.mac, VLAN: b.cfg.VLAN, Port: b.cfg.Port, Weight: b.cfg.Weight, Group: b.cfg.Group, State: b.state,
 		})

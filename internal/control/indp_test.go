@@ -1,8 +1,11 @@
 package control
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,5 +185,54 @@ func TestFlapCountsHealthChanges(t *testing.T) {
 				t.Errorf("dataplane holds %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestEnteringBackendNoWriteErrors: a backend entering the dataplane (its
+// MAC became known) was marked in the dataplane when the spec was built,
+// before ApplyService added it, so every verdict settled in between tried
+// to write its state and logged "apply backend state ... not configured"
+// at error level (thousands in this test). Reloads toggle its MAC while
+// its verdicts flip; no state write may fail, and the end state holds.
+func TestEnteringBackendNoWriteErrors(t *testing.T) {
+	svc := func(mac string) string {
+		return `  - name: web
+    vip: 10.99.0.1
+    port: 80
+    backends:
+      - {address: 10.0.0.1, mac: "02:00:00:00:00:01"}
+      - {address: 10.0.0.2` + mac + `}
+`
+	}
+	cfgs := []string{svc(""), svc(`, mac: "02:00:00:00:00:02"`)}
+	l := newCtlLab(t)
+	c := l.start(l.config(cfgs[0]))
+	verdict(c, "web", addrN(0), true)
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			if err := c.Reload(context.Background(), l.config(cfgs[i%2])); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := 0; ctx.Err() == nil; i++ {
+			verdict(c, "web", addrN(1), i%2 == 0)
+		}
+	})
+	wg.Wait()
+	if n := strings.Count(l.logs.String(), "apply backend state"); n > 0 {
+		t.Fatalf("%d failed state writes logged", n)
+	}
+	if err := c.Reload(t.Context(), l.config(cfgs[1])); err != nil {
+		t.Fatal(err)
+	}
+	verdict(c, "web", addrN(1), true)
+	if got := statesString(held(t, c)["web"]); got != "10.0.0.1=up 10.0.0.2=up" {
+		t.Fatalf("dataplane holds %s, want both up", got)
 	}
 }
