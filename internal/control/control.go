@@ -854,11 +854,22 @@ func (c *Controller) SetAdmin(service string, addr netip.Addr, a Admin) error {
 	// Saved before it is applied: a crash in between leaves the override
 	// to be applied at the next start, never a backend back in rotation.
 	err := c.saveOverrides()
-	c.settle(b, time.Time{}, time.Now())
-	if err != nil {
-		return fmt.Errorf("service %q: backend %s: %s applied but not saved (lost on restart): %w", service, addr, adminName(a), err)
+	c.mu.Lock()
+	moves := c.settleLocked(b.svc, b, time.Time{}, time.Now())
+	c.mu.Unlock()
+	c.report(moves)
+	// A failed dataplane write is the operator's to know, not only the
+	// log's: the override stays and applies at the backend's next settle.
+	var werr error
+	for _, m := range moves {
+		if m.err != nil && m.addr == addr {
+			werr = fmt.Errorf("service %q: backend %s: %s recorded but not applied: %w", service, addr, adminName(a), m.err)
+		}
 	}
-	return nil
+	if err != nil {
+		return errors.Join(werr, fmt.Errorf("service %q: backend %s: %s applied but not saved (lost on restart): %w", service, addr, adminName(a), err))
+	}
+	return werr
 }
 
 // BackendStatus is one backend as the daemon sees it.

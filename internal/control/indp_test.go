@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -234,5 +235,43 @@ func TestEnteringBackendNoWriteErrors(t *testing.T) {
 	verdict(c, "web", addrN(1), true)
 	if got := statesString(held(t, c)["web"]); got != "10.0.0.1=up 10.0.0.2=up" {
 		t.Fatalf("dataplane holds %s, want both up", got)
+	}
+}
+
+// TestSetAdminReportsWriteFailure: when the dataplane write of an
+// override fails, SetAdmin said nothing (the error went to the log only),
+// and the operator believed a backend disabled that kept taking flows.
+func TestSetAdminReportsWriteFailure(t *testing.T) {
+	cases := []struct {
+		name    string
+		fail    bool
+		wantErr string
+	}{
+		{"write succeeds", false, ""},
+		{"write fails", true, `service "web": backend 10.0.0.1: disabled recorded but not applied: map full`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, s, held := fakeService(t, config.Service{}, 2)
+			for _, bk := range s.backends {
+				bk.health, bk.state = probe.Up, loader.Up
+				held[bk.cfg.Address] = loader.Up
+			}
+			if tc.fail {
+				c.writeState = func(*service, netip.Addr, loader.State) (loader.Change, error) {
+					return loader.Change{}, errors.New("map full")
+				}
+			}
+			err := c.SetAdmin("web", addrN(0), Disabled)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("SetAdmin: %v", err)
+			case tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr):
+				t.Fatalf("SetAdmin: %v, want %q", err, tc.wantErr)
+			}
+			if c.overrides["web"][addrN(0)] != Disabled {
+				t.Errorf("override not recorded")
+			}
+		})
 	}
 }
