@@ -8,7 +8,9 @@ BPF_STRIP ?= llvm-strip-16
 BPF_PACKAGES := clang-16 llvm-16 libbpf-dev
 BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
 GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfel.go loader/baseline_bpfel.o
-TEST_FLAGS ?= -count=1 -timeout 30m
+# -race: every package runs under the race detector (the loader, control and
+# VIP tests interleave writers and readers on purpose).
+TEST_FLAGS ?= -count=1 -timeout 45m -race
 BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
 .PHONY: help generate check-generated build test test-deps bench lint clang demo churn
@@ -44,7 +46,7 @@ test-deps: ## as root, install what the privileged tests run against (keepalived
 	@if [ "$$(id -u)" = 0 ] && ! command -v keepalived >/dev/null; then \
 	  echo "installing $(TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); fi
 
-test: test-deps ## run every test; as root this includes BPF and network-namespace tests
+test: test-deps ## run every test under the race detector; as root this includes BPF and network-namespace tests
 	$(GO) test $(TEST_FLAGS) ./...
 
 bench: ## run the benchmarks (packet cost vs baseline, state change, table switch, maglev)
