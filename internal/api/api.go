@@ -301,6 +301,16 @@ func backendOf(w http.ResponseWriter, r *http.Request) (string, netip.Addr, bool
 	return r.PathValue("service"), addr, true
 }
 
+// statusOf answers 404 for a service or backend the config does not have,
+// and 500 when the call was understood but could not be carried out (an
+// override applied but not saved, a failed dataplane write or read).
+func statusOf(err error) int {
+	if errors.Is(err, control.ErrNotConfigured) {
+		return http.StatusNotFound
+	}
+	return http.StatusInternalServerError
+}
+
 func (s *server) admin(w http.ResponseWriter, r *http.Request) {
 	svc, addr, ok := backendOf(w, r)
 	if !ok {
@@ -312,7 +322,7 @@ func (s *server) admin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.ctl.SetAdmin(svc, addr, a); err != nil {
-		fail(w, http.StatusNotFound, err)
+		fail(w, statusOf(err), err)
 		return
 	}
 	s.d.Log.Info("operator action", "action", r.PathValue("action"), "service", svc, "backend", addr)
@@ -335,7 +345,7 @@ func (s *server) live(w http.ResponseWriter, r *http.Request) {
 	}
 	flows, packets, err := s.ctl.Live(svc, addr, idle)
 	if err != nil {
-		fail(w, http.StatusNotFound, err)
+		fail(w, statusOf(err), err)
 		return
 	}
 	writeJSON(w, http.StatusOK, Live{Flows: flows, Packets: packets})

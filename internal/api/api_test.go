@@ -48,15 +48,21 @@ func (f *fakeCtl) Interfaces() []string            { return []string{"eth0", "et
 func (f *fakeCtl) Status() []control.ServiceStatus { return f.status }
 func (f *fakeCtl) VIPs() []control.VIPStatus       { return nil }
 func (f *fakeCtl) SetAdmin(s string, a netip.Addr, ad control.Admin) error {
+	if s == "readonly" {
+		return fmt.Errorf("service %q: backend %s: disabled applied but not saved (lost on restart): read-only file system", s, a)
+	}
 	if s != "web" {
-		return fmt.Errorf("service %q: not configured", s)
+		return fmt.Errorf("service %q: %w", s, control.ErrNotConfigured)
 	}
 	f.admins = append(f.admins, adminCall{s, a, ad})
 	return nil
 }
 func (f *fakeCtl) Live(s string, a netip.Addr, idle time.Duration) (int, uint64, error) {
+	if s == "readonly" {
+		return 0, 0, errors.New("iterate flows: operation not permitted")
+	}
 	if s != "web" {
-		return 0, 0, fmt.Errorf("service %q: not configured", s)
+		return 0, 0, fmt.Errorf("service %q: %w", s, control.ErrNotConfigured)
 	}
 	f.idle = idle
 	return 3, 99, nil
@@ -126,6 +132,8 @@ func TestHandlers(t *testing.T) {
 		{"POST", "/v1/services/web/backends/not-an-ip/drain", "", 400, []string{`"error":"backend: \"not-an-ip\" is not an address"`}},
 		{"POST", "/v1/services/web/backends/10.0.0.1/explode", "", 404, []string{`"error":"action \"explode\": want drain, enable or disable"`}},
 		{"POST", "/v1/services/nope/backends/10.0.0.1/disable", "", 404, []string{`"error":"service \"nope\": not configured"`}},
+		{"POST", "/v1/services/readonly/backends/10.0.0.1/disable", "", 500, []string{`"error":"service \"readonly\": backend 10.0.0.1: disabled applied but not saved`}},
+		{"GET", "/v1/services/readonly/backends/10.0.0.1/live", "", 500, []string{`"error":"iterate flows: operation not permitted"`}},
 		{"GET", "/v1/services/web/backends/10.0.0.1/live", "", 200, []string{`{"flows":3,"packets":99}`}},
 		{"GET", "/v1/services/web/backends/10.0.0.1/live?idle=-1s", "", 400, []string{`"error":"idle: \"-1s\" is not a positive duration"`}},
 		{"GET", "/v1/services/web/backends/10.0.0.1/live?idle=soon", "", 400, []string{`"error":"idle:`}},

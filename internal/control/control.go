@@ -834,6 +834,11 @@ func (c *Controller) desiredLocked(b *backend) (loader.State, string, string) {
 	return loader.Down, "", b.reason
 }
 
+// ErrNotConfigured is wrapped by the errors of operator calls (SetAdmin,
+// Live) that name a service or backend the running config does not have, so
+// the API can tell "no such thing" from a failure to carry the call out.
+var ErrNotConfigured = errors.New("not configured")
+
 // SetAdmin applies an operator override to a backend of a service.
 func (c *Controller) SetAdmin(service string, addr netip.Addr, a Admin) error {
 	addr = addr.Unmap() // as the config keys it (::ffff:a.b.c.d is a.b.c.d)
@@ -841,12 +846,12 @@ func (c *Controller) SetAdmin(service string, addr netip.Addr, a Admin) error {
 	s := c.svcs[service]
 	if s == nil {
 		c.mu.Unlock()
-		return fmt.Errorf("service %q: not configured", service)
+		return fmt.Errorf("service %q: %w", service, ErrNotConfigured)
 	}
 	b := s.backends[addr]
 	if b == nil {
 		c.mu.Unlock()
-		return fmt.Errorf("service %q: backend %s: not configured", service, addr)
+		return fmt.Errorf("service %q: backend %s: %w", service, addr, ErrNotConfigured)
 	}
 	b.admin = a
 	c.setOverrideLocked(service, addr, a)

@@ -21,14 +21,14 @@ func (c *Controller) Live(service string, addr netip.Addr, idle time.Duration) (
 	}
 	c.mu.Unlock()
 	if s == nil {
-		return 0, 0, fmt.Errorf("service %q: not configured", service)
+		return 0, 0, fmt.Errorf("service %q: %w", service, ErrNotConfigured)
 	}
 	if !known {
-		return 0, 0, fmt.Errorf("service %q: backend %s: not configured", service, addr)
+		return 0, 0, fmt.Errorf("service %q: backend %s: %w", service, addr, ErrNotConfigured)
 	}
 	dp, key, ok := c.Dataplane(service)
 	if !ok {
-		return 0, 0, fmt.Errorf("service %q: not configured", service)
+		return 0, 0, fmt.Errorf("service %q: %w", service, ErrNotConfigured)
 	}
 	return dp.LiveFlows(key, addr, idle)
 }
