@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -120,6 +121,9 @@ func TestBadConfigs(t *testing.T) {
 		{"vrrp interval not in centiseconds", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    advert_interval: 15ms\n", []string{"k.yaml:5: vrrp[0].advert_interval: 15ms: want a multiple of 10ms from 10ms to 40.95s (VRRPv3 counts centiseconds)"}},
 		{"vrrp priority 0", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    priority: 0\n", []string{"k.yaml:5: vrrp[0].priority: 0 is reserved for resignation: use 1-254, or 255 for the address owner"}},
 		{"vrrp mixed families", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1, 2001:db8::1]\n", []string{"k.yaml:4: vrrp[0].vips[1]: 2001:db8::1: all VIPs of an instance must be IPv4 or all IPv6 (VRRPv3 runs one family per instance)"}},
+		{"vrrp VIP in two instances", head + "vrrp:\n  - {name: a, vrid: 1, vips: [192.0.2.1]}\n  - {name: b, vrid: 2, vips: [192.0.2.2, 192.0.2.1]}\n", []string{`k.yaml:4: vrrp[1].vips[1]: 192.0.2.1 is already a VIP of instance "a"`}},
+		{"vrrp VIP twice in one instance", head + "vrrp:\n  - {name: a, vrid: 1, vips: [192.0.2.1, 192.0.2.1]}\n", []string{`k.yaml:3: vrrp[0].vips[1]: 192.0.2.1 is already a VIP of instance "a"`}},
+		{"vrrp more than 255 VIPs", head + "vrrp:\n  - {name: a, vrid: 1, vips: [" + manyVIPs(256) + "]}\n", []string{"k.yaml:3: vrrp[0].vips: 256 VIPs, at most 255 per instance (a VRRPv3 advertisement counts them in 8 bits)"}},
 		{"vrrp duplicate vrid", head + "vrrp:\n  - {name: a, vrid: 1, vips: [192.0.2.1]}\n  - {name: b, vrid: 1, vips: [192.0.2.2]}\n", []string{`k.yaml:4: vrrp[1].vrid: 1 is already used on eth0 by instance "a"`}},
 		{"vrrp tracks an unknown service", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    track: {services: [{name: nope, weight: 10}]}\n", []string{`k.yaml:5: vrrp[0].track.services[0].name: "nope" is not a configured service`}},
 		{"vrrp track weight", head + "vrrp:\n  - vrid: 1\n    vips: [192.0.2.1]\n    track: {interfaces: [{name: eth1, weight: 300}]}\n", []string{"k.yaml:5: vrrp[0].track.interfaces[0].weight: 300, want 0 (fault) to 253"}},
@@ -181,4 +185,13 @@ vrrp:
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("addresses %v, want %v", got, want)
 	}
+}
+
+// manyVIPs lists n distinct IPv4 addresses for a flow-style YAML list.
+func manyVIPs(n int) string {
+	vips := make([]string, n)
+	for i := range vips {
+		vips[i] = fmt.Sprintf("10.0.%d.%d", i/250, i%250+1)
+	}
+	return strings.Join(vips, ", ")
 }

@@ -330,6 +330,7 @@ func (d *decoder) validate(c *Config) {
 func (d *decoder) validateVRRP(c *Config, ifaces map[string]bool) {
 	names := map[string]bool{}
 	vrids := map[string]string{}
+	owners := map[netip.Addr]string{} // VIP -> instance
 	for i := range c.VRRP {
 		v := &c.VRRP[i]
 		p := fmt.Sprintf("vrrp[%d]", i)
@@ -355,11 +356,24 @@ func (d *decoder) validateVRRP(c *Config, ifaces map[string]bool) {
 		if len(v.VIPs) == 0 {
 			d.fail(p+".vips", "at least one VIP is required")
 		}
+		// An advertisement counts its addresses in 8 bits.
+		if len(v.VIPs) > 255 {
+			d.fail(p+".vips", "%d VIPs, at most 255 per instance (a VRRPv3 advertisement counts them in 8 bits)", len(v.VIPs))
+		}
 		v6 := len(v.VIPs) > 0 && v.VIPs[0].Is6()
 		for j, a := range v.VIPs {
+			jp := fmt.Sprintf("%s.vips[%d]", p, j)
 			if a.Is6() != v6 {
-				d.fail(fmt.Sprintf("%s.vips[%d]", p, j), "%s: all VIPs of an instance must be IPv4 or all IPv6 (VRRPv3 runs one family per instance)", a)
+				d.fail(jp, "%s: all VIPs of an instance must be IPv4 or all IPv6 (VRRPv3 runs one family per instance)", a)
 			}
+			// Two instances owning one address would remove it from
+			// under each other (a starting instance clears stale VIPs,
+			// a resigning one releases its own).
+			if other, dup := owners[a]; dup {
+				d.fail(jp, "%s is already a VIP of instance %q", a, other)
+				continue
+			}
+			owners[a] = v.Name
 		}
 		for j, a := range v.Peers {
 			if a.Is6() != v6 {
