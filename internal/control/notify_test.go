@@ -6,13 +6,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/procexec/proctest"
 	"github.com/keepbit/keepbit/internal/recorder"
 )
 
@@ -41,68 +41,13 @@ func TestNotifyHook(t *testing.T) {
 	}
 }
 
-// forker is a command that records its pid (its process group's id when
-// it leads one) and its child's in file, then waits on a second child.
-func forker(file string) (string, []string) {
-	return "sh", []string{"-c", `echo $$ > "$0"; sleep 30 & echo $! >> "$0"; sleep 30`, file}
-}
-
-// checkNoneLeft fails t if the processes recorded in file by forker, or
-// any process of the group led by the first, still run after a grace
-// second (SIGKILL is sent before kill returns; dying takes a moment).
-func checkNoneLeft(t *testing.T, file string) {
-	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatalf("the command did not record its pids: %v", err)
-	}
-	var pids []int
-	for _, f := range strings.Fields(string(b)) {
-		pid, _ := strconv.Atoi(f)
-		pids = append(pids, pid)
-	}
-	if len(pids) != 2 {
-		t.Fatalf("pids %q, want the shell's and its child's", b)
-	}
-	live := func() []int {
-		ents, _ := os.ReadDir("/proc")
-		var out []int
-		for _, e := range ents {
-			pid, err := strconv.Atoi(e.Name())
-			if err != nil {
-				continue
-			}
-			st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-			if err != nil {
-				continue
-			}
-			// pid (comm) state ppid pgrp ...; zombies hold nothing.
-			f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:]))
-			if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-				continue
-			}
-			if g, _ := strconv.Atoi(f[2]); g == pids[0] || slices.Contains(pids, pid) {
-				out = append(out, pid)
-			}
-		}
-		return out
-	}
-	deadline := time.Now().Add(time.Second)
-	for len(live()) > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if l := live(); len(l) > 0 {
-		t.Errorf("processes %v of the command outlived its timeout", l)
-	}
-}
-
 // TestNotifyHookTimeout: a hook whose shell forks is ended, children
 // included, at its timeout. Before, only the shell was killed and the
 // call waited on the children holding its output pipe (30 s here).
 func TestNotifyHookTimeout(t *testing.T) {
 	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	pids := filepath.Join(t.TempDir(), "pids")
-	cmd, args := forker(pids)
+	cmd, args := proctest.Forker(pids)
 	done := make(chan time.Duration, 1)
 	start := time.Now()
 	go func() {
@@ -115,14 +60,14 @@ func TestNotifyHookTimeout(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("a hanging hook held the caller for 2s, its timeout is 100ms")
 	}
-	checkNoneLeft(t, pids)
+	proctest.CheckNoneLeft(t, pids)
 }
 
 // TestTrackCommandTimeout: a track command that hangs fails at its
 // timeout and leaves none of its processes behind.
 func TestTrackCommandTimeout(t *testing.T) {
 	pids := filepath.Join(t.TempDir(), "pids")
-	cmd, args := forker(pids)
+	cmd, args := proctest.Forker(pids)
 	r := &vrrpRun{cmdOK: []bool{true}}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -144,5 +89,5 @@ func TestTrackCommandTimeout(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	checkNoneLeft(t, pids)
+	proctest.CheckNoneLeft(t, pids)
 }

@@ -2,45 +2,13 @@ package procexec
 
 import (
 	"context"
-	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
-)
 
-// liveOf lists the running processes that are in group pgid or in pids
-// (zombies waiting for a reaper do not count: they hold nothing).
-func liveOf(t *testing.T, pgid int, pids []int) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var live []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		// pid (comm) state ppid pgrp ...: comm may hold spaces, so
-		// split after its closing parenthesis.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
-			continue
-		}
-		if g, _ := strconv.Atoi(f[2]); g == pgid || slices.Contains(pids, pid) {
-			live = append(live, pid)
-		}
-	}
-	return live
-}
+	"github.com/keepbit/keepbit/internal/procexec/proctest"
+)
 
 func TestRun(t *testing.T) {
 	long := strings.Repeat("x", 3*MaxOutput)
@@ -95,28 +63,7 @@ func TestRun(t *testing.T) {
 				t.Errorf("error %v, want %q", err, c.wantErr)
 			}
 			if group {
-				b, err := os.ReadFile(pgidFile)
-				if err != nil {
-					t.Fatalf("the command did not record its group: %v", err)
-				}
-				// The shell's pid (the group's id) and its child's.
-				var pids []int
-				for _, f := range strings.Fields(string(b)) {
-					pid, _ := strconv.Atoi(f)
-					pids = append(pids, pid)
-				}
-				if len(pids) != 2 {
-					t.Fatalf("pids %q, want the shell's and its child's", b)
-				}
-				// SIGKILL is delivered before kill returns, but the
-				// exit itself takes a moment.
-				deadline := time.Now().Add(time.Second)
-				for len(liveOf(t, pids[0], pids)) > 0 && time.Now().Before(deadline) {
-					time.Sleep(10 * time.Millisecond)
-				}
-				if live := liveOf(t, pids[0], pids); len(live) > 0 {
-					t.Errorf("processes %v of the command still running", live)
-				}
+				proctest.CheckNoneLeft(t, pgidFile)
 			}
 		})
 	}
