@@ -79,9 +79,11 @@ func TestFlapDoesNotReviveStaleCache(t *testing.T) {
 		}
 	}
 
-	t.Run("flap", func(t *testing.T) {
-		const sport = 7000
-		var first string
+	// learn sends the flow from sport on cpu 0 until it is in the flow
+	// table and cpu 0's cache, and returns the MAC it went to, that
+	// backend and the other one.
+	learn := func(t *testing.T, sport uint16) (first string, x, other BackendSpec) {
+		t.Helper()
 		dpOnCPU(t, 0, func() {
 			for range 3 { // learn, then cache hits
 				first = l.chosen(vip, client, sport)
@@ -91,10 +93,16 @@ func TestFlapDoesNotReviveStaleCache(t *testing.T) {
 		if !ok {
 			t.Fatalf("flow went to %s, want a backend", first)
 		}
-		other := a
+		other = a
 		if x.Addr == a.Addr {
 			other = b
 		}
+		return first, x, other
+	}
+
+	t.Run("flap", func(t *testing.T) {
+		const sport = 7000
+		_, x, other := learn(t, sport)
 		dpOnCPU(t, 1, func() {
 			setState(x, Down)
 			if got := l.chosen(vip, client, sport); got != other.MAC.String() {
@@ -114,20 +122,7 @@ func TestFlapDoesNotReviveStaleCache(t *testing.T) {
 
 	t.Run("flow table moved", func(t *testing.T) {
 		const sport = 7001
-		var first string
-		dpOnCPU(t, 0, func() {
-			for range 3 {
-				first = l.chosen(vip, client, sport)
-			}
-		})
-		x, ok := macs[first]
-		if !ok {
-			t.Fatalf("flow went to %s, want a backend", first)
-		}
-		other := a
-		if x.Addr == a.Addr {
-			other = b
-		}
+		first, _, other := learn(t, sport)
 		// Another CPU re-selected the flow (as after an eviction and a
 		// table change): the flow table names the other backend.
 		fv, ok := l.flowEntry(client, vip, sport)
