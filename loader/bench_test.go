@@ -131,18 +131,24 @@ func BenchmarkStateChange(b *testing.B) {
 	var took []time.Duration
 	for b.Loop() {
 		for i := range 1000 {
-			st := Down
-			if i%2 == 1 {
-				st = Up
-			}
-			ch, err := l.dp.SetBackendState(key, target, st)
-			if err != nil {
-				b.Fatal(err)
-			}
-			took = append(took, ch.Took())
+			took = append(took, flipState(b, l.dp, key, target, i))
 		}
 	}
 	percentiles(b, took, "")
+}
+
+// flipState makes the i-th of a series of state changes of target (down
+// for even i, up for odd) and returns how long its write took.
+func flipState(b *testing.B, dp *Dataplane, key ServiceKey, target netip.Addr, i int) time.Duration {
+	st := Down
+	if i%2 == 1 {
+		st = Up
+	}
+	ch, err := dp.SetBackendState(key, target, st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ch.Took()
 }
 
 // BenchmarkTableSwitch: a new 65537-slot table for a 16-backend service
@@ -187,17 +193,6 @@ func BenchmarkStateChangeWithReaders(b *testing.B) {
 		l.apply(svc(fmt.Sprintf("198.51.100.%d", 100+i), 80, TCP), ServiceSpec{Backends: bs})
 	}
 	target := netip.MustParseAddr("10.9.1.3")
-	change := func(i int) time.Duration {
-		st := Down
-		if i%2 == 1 {
-			st = Up
-		}
-		ch, err := l.dp.SetBackendState(key, target, st)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return ch.Took()
-	}
 	readers := map[string]func() error{
 		"flows": func() error { _, err := l.dp.Flows(20); return err },
 		"stats": func() error { _, err := l.dp.Stats(); return err },
@@ -230,14 +225,14 @@ func BenchmarkStateChangeWithReaders(b *testing.B) {
 	var with []time.Duration
 	for b.Loop() {
 		for i := range 1000 {
-			with = append(with, change(i))
+			with = append(with, flipState(b, l.dp, key, target, i))
 		}
 	}
 	cancel()
 	wg.Wait()
 	without := make([]time.Duration, 0, len(with))
 	for i := range len(with) {
-		without = append(without, change(i))
+		without = append(without, flipState(b, l.dp, key, target, i))
 	}
 	percentiles(b, with, "readers-")
 	percentiles(b, without, "alone-")
