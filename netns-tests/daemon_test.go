@@ -17,9 +17,7 @@ import (
 func TestDaemonFailover(t *testing.T) {
 	l := newLab(t)
 	cfg := l.writeConfig("")
-	d := l.startDaemon(cfg)
-	d.waitLog(t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": "10.71.1.2"})
-	d.waitLog(t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": "10.71.2.2"})
+	d := l.startDaemonUp(cfg)
 
 	got, failed := l.spread(80, 40)
 	t.Logf("both up: %v, %d failed", got, failed)

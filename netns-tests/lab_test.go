@@ -234,6 +234,16 @@ services:
 
 func (l *lab) startDaemon(cfgPath string) *daemon { return runDaemon(l.t, cfgPath, l.dir) }
 
+// startDaemonUp starts keepbitd on cfgPath and waits until its checks have
+// brought every backend of the lab up.
+func (l *lab) startDaemonUp(cfgPath string) *daemon {
+	d := l.startDaemon(cfgPath)
+	for _, b := range l.backends {
+		d.waitLog(l.t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": b.addr})
+	}
+	return d
+}
+
 // runDaemon starts keepbitd on cfgPath, whose pin root is dir/bpf; when tb
 // ends it is killed, its forwarder detached and the bpffs unmounted.
 func runDaemon(tb testing.TB, cfgPath, dir string) *daemon {

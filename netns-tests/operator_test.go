@@ -68,9 +68,7 @@ func (k *keepAlive) close() {
 func TestDaemonOperator(t *testing.T) {
 	l := newLab(t)
 	cfg := l.writeConfig("")
-	d := l.startDaemon(cfg)
-	d.waitLog(t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": "10.71.1.2"})
-	d.waitLog(t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": "10.71.2.2"})
+	l.startDaemonUp(cfg)
 
 	if fi, err := os.Stat(filepath.Join(l.dir, "keepbit.sock")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("API socket: %v, mode %v; want 0600", err, fi.Mode().Perm())

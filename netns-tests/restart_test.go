@@ -15,9 +15,7 @@ import (
 func TestDaemonOverrideSurvivesRestart(t *testing.T) {
 	l := newLab(t)
 	cfg := l.writeConfig("")
-	d := l.startDaemon(cfg)
-	d.waitLog(t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": "10.71.1.2"})
-	d.waitLog(t, 0, 5*time.Second, map[string]string{"msg": "backend up", "backend": "10.71.2.2"})
+	d := l.startDaemonUp(cfg)
 	if out, err := l.ctl("disable", "web", "10.71.1.2"); err != nil {
 		t.Fatalf("disable: %v\n%s", err, out)
 	}
