@@ -79,7 +79,7 @@ enum backend_flags {
 enum reason {
 	REASON_PASS_NOT_IP = 0,      /* not IPv4/IPv6 (ARP, LLDP, 3+ VLAN tags, ...) */
 	REASON_PASS_MALFORMED_L2,    /* truncated VLAN header */
-	REASON_PASS_MALFORMED_L3,    /* truncated or invalid IP header, bad IHL */
+	REASON_PASS_MALFORMED_L3,    /* truncated or invalid IP header, bad IHL, IPv4-mapped IPv6 address */
 	REASON_PASS_EXT_HEADERS,     /* IPv6 extension chain longer than we walk, or ESP */
 	REASON_PASS_MALFORMED_L4,    /* L4 header truncated: the port is unknown */
 	REASON_PASS_NO_SERVICE,      /* not addressed to a configured service */

@@ -128,6 +128,14 @@ static __always_inline void v4_mapped(__u8 *dst, __be32 addr)
 	w[3] = addr;
 }
 
+/* is_v4_mapped reports whether a (4-byte aligned) key address is ::ffff:a.b.c.d. */
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return (w[0] | w[1]) == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
 /* parse_ipv4 at off: fills key addresses and proto, frag info, l4_off.
  * quote (a constant) parses the packet an ICMP error quotes, and refuses a
  * later fragment there: what follows its header is payload, not ports.
@@ -192,6 +200,14 @@ static __always_inline int parse_ipv6(void *data, void *data_end, __u32 off, str
 	}
 	__builtin_memcpy(p->key.src, &ip6->saddr, 16);
 	__builtin_memcpy(p->key.dst, &ip6->daddr, 16);
+	/* Keys hold IPv4 addresses as ::ffff:a.b.c.d, so an IPv6 header naming
+	 * such an address would match an IPv4 service or flow and be forwarded
+	 * to an IPv4 backend. IPv4-mapped addresses never appear on the wire
+	 * (RFC 4291 2.5.5.2; the stack drops them too): the header is invalid. */
+	if (is_v4_mapped(p->key.src) || is_v4_mapped(p->key.dst)) {
+		*reason = REASON_PASS_MALFORMED_L3;
+		return -1;
+	}
 	next = ip6->nexthdr;
 	off += sizeof(*ip6);
 

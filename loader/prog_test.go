@@ -153,7 +153,7 @@ func TestPacketVerdicts(t *testing.T) {
 		{"icmpv6 echo request to an icmpv6 service", ping6, xdpTX, rewritten(ping6, 0, macI, lbMAC, 0, 0), "tx"},
 		{"icmpv6 destination unreachable to an icmpv6 service", unreach6, xdpTX, rewritten(unreach6, 0, macI, lbMAC, 0, 0), "tx"},
 		{"icmpv6 error inside ipv4 is not steered", v6ErrInV4, xdpPass, nil, "pass_no_service"},
-		{"icmp error inside ipv6 is not steered", v4ErrInV6, xdpPass, nil, "pass_no_service"},
+		{"icmp error inside ipv6 is not steered", v4ErrInV6, xdpPass, nil, "pass_malformed_l3"}, // and ::ffff: is no IPv6 destination
 		{"icmp error quoting a later fragment is not steered", laterFragQuote, xdpPass, nil, "pass_no_service"},
 		{"icmpv6 error quoting a later fragment is not steered", laterFragQuote6, xdpPass, nil, "pass_no_service"},
 		{"icmp error quoting an unfragmented packet still follows its flow", firstFragQuote, xdpTX, rewritten(firstFragQuote, 0, macA, lbMAC, 0, 0), "icmp_to_backend"},
