@@ -60,6 +60,10 @@ type member struct {
 	slot uint32      // live backend_info slot
 	spec BackendSpec // spec.State is the state the dataplane holds
 	info keepbitBackendInfo
+
+	// slotRetired is the epoch at which the idle slot stopped being live
+	// (0: never live): it is rewritten only after a grace period past it.
+	slotRetired uint64
 }
 
 func (m *member) word() uint32 {
@@ -485,6 +489,14 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 // writer of an existing member's state (a spec built before a concurrent
 // SetBackendState would otherwise undo it).
 func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info keepbitBackendInfo) error {
+	if info != m.info {
+		// The idle slot was live until the previous flip: a packet that
+		// read the state word before it may still be copying that record,
+		// which is not written atomically. The grace period started in
+		// the background at that flip, so this rarely waits. Only
+		// applyMu holders write m.info and m.slotRetired.
+		d.waitGrace(m.slotRetired)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	b.State = m.spec.State
@@ -502,6 +514,7 @@ func (d *Dataplane) updateMember(svc *service, m *member, b BackendSpec, info ke
 		m.slot = prevSlot
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
 	}
+	m.slotRetired = d.retire()
 	m.info = info
 	m.spec = b
 	return nil
