@@ -268,6 +268,9 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 		return nil, err
 	}
 	changes = append(changes, ch)
+	// The table without the removed members is live: release their IDs
+	// now, so that a failure to publish below does not leak them.
+	d.releaseMembers(removed)
 
 	if !exists {
 		d.mu.Lock()
@@ -280,7 +283,6 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	if !exists {
 		changes = append(changes, Change{Service: key, What: "service added", Started: started, Returned: time.Now(), Generation: svc.generation})
 	}
-	d.releaseMembers(removed)
 	return changes, nil
 }
 
