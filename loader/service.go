@@ -260,11 +260,17 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	removed, err := d.updateMembers(svc, spec.Backends)
 	if err != nil {
 		d.restoreMembers(removed)
+		if !exists {
+			d.abandon(svc)
+		}
 		return nil, err
 	}
 	ch, err := d.writeTable(svc, started)
 	if err != nil {
 		d.restoreMembers(removed)
+		if !exists {
+			d.abandon(svc)
+		}
 		return nil, err
 	}
 	changes = append(changes, ch)
@@ -323,6 +329,22 @@ func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, erro
 		return nil, fmt.Errorf("service %s: reset counters: %w", key, err)
 	}
 	return svc, nil
+}
+
+// abandon undoes a creation that failed before the service was kept: it
+// was never published, so no packet reached its table or members, and it
+// must keep nothing reserved (its ID, its buffers, its members' backend
+// IDs), or each retry of a create that cannot succeed would take more until
+// the dataplane is full. The members' IDs go through quarantine as usual.
+func (d *Dataplane) abandon(svc *service) {
+	d.mu.Lock()
+	ms := make([]*member, 0, len(svc.members))
+	for _, m := range svc.members {
+		ms = append(ms, m)
+	}
+	d.mu.Unlock()
+	d.releaseMembers(ms)
+	d.discardService(svc)
 }
 
 // discardService undoes newService for a service that was never published.
