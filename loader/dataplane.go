@@ -101,8 +101,13 @@ type Dataplane struct {
 	fence atomic.Uint64
 
 	kick chan struct{}
-	stop chan struct{}
-	done chan struct{}
+	// readTurn lets one counter or flow-table reader into the kernel at a
+	// time: on a small host, readers walking in parallel occupy every core
+	// and the control loop's state write waits for the scheduler, not for
+	// a lock. Writers never take it.
+	readTurn chan struct{}
+	stop     chan struct{}
+	done     chan struct{}
 
 	// beforeWrite, when set (tests only), runs before every kernel write
 	// with the write's op name; an error it returns is returned instead of
@@ -237,6 +242,7 @@ func Open(ctx context.Context, opts Options) (*Dataplane, error) {
 		ports:     map[uint32]bool{},
 		dirty:     map[ServiceKey]bool{},
 		kick:      make(chan struct{}, 1),
+		readTurn:  make(chan struct{}, 1),
 		stop:      make(chan struct{}),
 		done:      make(chan struct{}),
 		graceKick: make(chan struct{}, 1),

@@ -29,12 +29,14 @@ func sum(cs []keepbitCounter) Counter {
 	return c
 }
 
-// Stats reads every counter, summed over CPUs. It never holds the index
-// lock across a kernel read: failover (SetBackendState) takes that lock, and
+// Stats reads every counter, summed over CPUs, in the readers' turn (it
+// may wait for a flow-table walk). It never holds the index lock across a
+// kernel read: failover (SetBackendState) takes that lock, and
 // a reader must not delay it. The index is copied one service at a time,
 // then the counters are read from the copy; a service or backend removed
 // meanwhile may still appear with its last counts.
 func (d *Dataplane) Stats() (Stats, error) {
+	defer d.readerTurn()()
 	s := Stats{Reasons: map[string]Counter{}, Services: map[ServiceKey]Counter{}, Backends: map[ServiceKey]map[netip.Addr]Counter{}}
 	var per []keepbitCounter
 	for r := Reason(0); r < keepbitReasonREASON_MAX; r++ {
@@ -101,6 +103,13 @@ func (d *Dataplane) memberRefs(svc *service) []memberRef {
 // out: 4096 entries of 72 bytes, 288 KiB per call, 64 calls for the
 // default table instead of 2 syscalls per entry with an iterator.
 const flowBatch = 4096
+
+// readerTurn waits for the readers' turn (see Dataplane.readTurn) and
+// returns the call that ends it.
+func (d *Dataplane) readerTurn() func() {
+	d.readTurn <- struct{}{}
+	return func() { <-d.readTurn }
+}
 
 // walkFlows calls fn for every entry of the flow table. It takes no lock:
 // the XDP program changes the table all the time anyway, so a walk is a
@@ -173,6 +182,7 @@ func (d *Dataplane) Flows(limit int) ([]Flow, error) {
 		return nil, err
 	}
 	var h flowHeap
+	done := d.readerTurn()
 	err = d.walkFlows(func(k *keepbitFlowKey, v *keepbitFlowValue) {
 		switch {
 		case limit <= 0:
@@ -184,6 +194,7 @@ func (d *Dataplane) Flows(limit int) ([]Flow, error) {
 			heap.Fix(&h, 0)
 		}
 	})
+	done()
 	if err != nil {
 		return nil, err
 	}
@@ -271,6 +282,7 @@ func (d *Dataplane) LiveFlows(key ServiceKey, addr netip.Addr, idle time.Duratio
 	vip := addr16(key.VIP)
 	port := hostToNet16(key.Port)
 	window := uint64(max(idle, 0))
+	defer d.readerTurn()()
 	err = d.walkFlows(func(k *keepbitFlowKey, v *keepbitFlowValue) {
 		if v.Backend != id || v.Incarnation != inc || k.Dst != vip || k.Proto != uint8(key.Proto) ||
 			(key.Port != 0 && k.Dport != port) {
