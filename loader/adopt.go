@@ -2,6 +2,7 @@ package loader
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,14 +16,13 @@ import (
 // loader can change what an earlier process configured without disturbing
 // what is forwarding now.
 func (d *Dataplane) readBack() error {
-	words := make([]uint64, maxBackends)
-	for id := uint32(0); id < maxBackends; id++ {
-		st := &words[id]
-		if err := d.objs.BackendState.Lookup(id, st); err != nil {
-			return fmt.Errorf("backend state %d: %w", id, err)
-		}
-		d.lastInc[id] = uint32(*st) >> stateIncShift
-		d.seq[id] = uint32(*st >> stateSeqShift)
+	words, err := d.readStates()
+	if err != nil {
+		return err
+	}
+	for id, w := range words {
+		d.lastInc[id] = uint32(w) >> stateIncShift
+		d.seq[id] = uint32(w >> stateSeqShift)
 	}
 
 	var sk keepbitServiceKey
@@ -90,6 +90,49 @@ func (d *Dataplane) readBack() error {
 	// one grace period before anything is reused or rewritten.
 	d.waitRCU()
 	return nil
+}
+
+// readStates reads every backend state word in batches (one lookup per ID
+// is 65536 syscalls on every restart), or one by one on kernels without
+// batch operations on arrays.
+func (d *Dataplane) readStates() ([]uint64, error) {
+	words := make([]uint64, maxBackends)
+	keys := make([]uint32, 4096)
+	var cursor ebpf.MapBatchCursor
+	got := 0
+	for got < maxBackends {
+		n, err := d.objs.BackendState.BatchLookup(&cursor, keys, words[got:got+len(keys)], nil)
+		if got == 0 && n == 0 && errors.Is(err, ebpf.ErrNotSupported) {
+			return d.readStatesOneByOne(words)
+		}
+		if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil, fmt.Errorf("read backend states: %w", err)
+		}
+		// An array batch walks IDs in order; anything else is a surprise
+		// to stop on, not a state to adopt.
+		for i := range n {
+			if keys[i] != uint32(got+i) {
+				return nil, fmt.Errorf("read backend states: batch returned ID %d in place of %d", keys[i], got+i)
+			}
+		}
+		got += n
+		if err != nil || n == 0 {
+			break // ErrKeyNotExist: the walk is complete
+		}
+	}
+	if got != maxBackends {
+		return nil, fmt.Errorf("read backend states: %d of %d read", got, maxBackends)
+	}
+	return words, nil
+}
+
+func (d *Dataplane) readStatesOneByOne(words []uint64) ([]uint64, error) {
+	for id := uint32(0); id < maxBackends; id++ {
+		if err := d.objs.BackendState.Lookup(id, &words[id]); err != nil {
+			return nil, fmt.Errorf("backend state %d: %w", id, err)
+		}
+	}
+	return words, nil
 }
 
 func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*service, error) {
