@@ -243,6 +243,14 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	d.mu.Unlock()
 	var changes []Change
 	switch {
+	case !exists && fresh == nil:
+		// Deleted since the first look, by a DeleteService that took
+		// applyMu before this call did: create it anew (the install waits
+		// for RCU under applyMu; a rare path).
+		var err error
+		if svc, err = d.newService(key, spec); err != nil {
+			return nil, err
+		}
 	case !exists:
 		svc = fresh
 	case fresh != nil: // created concurrently by another caller
