@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -180,7 +181,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "Failover timeline (flight recorder: detect = first failed probe / master silent, decide, apply = dataplane write returned, announce = gratuitous ARP sent)")
-	for _, line := range state.timeline {
+	// Two nodes' recorders are followed separately: merge by event time
+	// (each line starts with it).
+	state.mu.Lock()
+	lines := slices.Clone(state.timeline)
+	state.mu.Unlock()
+	slices.SortStableFunc(lines, func(a, b string) int { return strings.Compare(a[:12], b[:12]) })
+	for _, line := range lines {
 		fmt.Fprintln(out, "  "+line)
 	}
 	fmt.Fprintf(out, "Client gap: backend killed %v (%d failed), master frozen %v (%d failed). Anchor: keepalived takes 266-297 ms to take over a frozen master with 10-50 ms adverts, 3.2 s by default.\n",
