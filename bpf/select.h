@@ -190,9 +190,10 @@ static __always_inline struct flow_cache_entry *flow_cache_hit(struct flow_key *
 /* flow_cache_account counts the packet in the cache entry and, every
  * FLOW_CACHE_FLUSH packets or FLOW_CACHE_FLUSH_NS, moves the counts to the
  * flow table entry, which also refreshes its LRU position and last-seen
- * time. Returns -1 when the flow table no longer has the flow on this
- * entry's backend (re-selected on another CPU, or evicted): the entry is
- * invalidated and the packet takes the slow path. */
+ * time; an entry the LRU evicted is put back with this entry's backend.
+ * Returns -1 when the flow table has the flow on another backend
+ * (re-selected on another CPU): the entry is invalidated and the packet
+ * takes the slow path. */
 static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 len)
 {
 	__u64 now = bpf_ktime_get_coarse_ns();
@@ -203,6 +204,28 @@ static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 
 	if (e->pending_packets < FLOW_CACHE_FLUSH && now - e->last_flush_ns < FLOW_CACHE_FLUSH_NS)
 		return 0;
 	fv = bpf_map_lookup_elem(&flows, &e->key);
+	if (!fv) {
+		/* Evicted by the LRU while this CPU kept the flow: put it back
+		 * on the backend it is on. Re-picking from the table, which may
+		 * have changed since the flow was learned, would move an
+		 * established connection. If another CPU re-created the entry
+		 * meanwhile, that one stands and is compared below. */
+		struct flow_value nv = {
+			.backend = e->backend,
+			.incarnation = incarnation_of(e->state_word),
+			.last_seen_ns = now,
+			.packets = e->pending_packets,
+			.bytes = e->pending_bytes,
+		};
+
+		if (bpf_map_update_elem(&flows, &e->key, &nv, BPF_NOEXIST) == 0) {
+			e->pending_packets = 0;
+			e->pending_bytes = 0;
+			e->last_flush_ns = now;
+			return 0;
+		}
+		fv = bpf_map_lookup_elem(&flows, &e->key);
+	}
 	if (!fv || fv->backend != e->backend || fv->incarnation != incarnation_of(e->state_word)) {
 		e->state_word = STATE_INVALID;
 		return -1;
