@@ -219,7 +219,13 @@ func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 		if r.err != nil {
 			continue // counters of this dataplane are missing from this scrape
 		}
-		sc := r.st.Services[key]
+		// A service the dataplane does not hold yet (or any more), say in
+		// the middle of a reload, is left out of this scrape: a 0 would
+		// read as a counter reset.
+		sc, held := r.st.Services[key]
+		if !held {
+			continue
+		}
 		ch <- prometheus.MustNewConstMetric(descSvcPackets, prometheus.CounterValue, float64(sc.Packets), s.Name)
 		ch <- prometheus.MustNewConstMetric(descSvcBytes, prometheus.CounterValue, float64(sc.Bytes), s.Name)
 		for addr, bc := range r.st.Backends[key] {

@@ -172,6 +172,26 @@ func TestScrapeReadsEachDataplaneOnce(t *testing.T) {
 	}
 }
 
+// TestScrapeSkipsServiceNotInDataplane: a configured service the dataplane
+// does not hold (yet, or any more: mid-reload) has no counter series in that
+// scrape; before, it was exported as 0, which Prometheus reads as a reset.
+func TestScrapeSkipsServiceNotInDataplane(t *testing.T) {
+	src, dps := world(3, []string{"eth0"}, nil)
+	gone := src.key["svc1"]
+	delete(dps["eth0"].st.Services, gone)
+	delete(dps["eth0"].st.Backends, gone)
+	got := gather(t, src)
+	if ms := labelled(got["keepbit_service_packets_total"], "service", "svc1"); len(ms) != 0 {
+		t.Errorf("keepbit_service_packets_total{service=svc1} = %v, want no series", ms)
+	}
+	if n := len(got["keepbit_service_packets_total"]); n != 2 {
+		t.Errorf("keepbit_service_packets_total: %d series, want 2", n)
+	}
+	if n := len(labelled(got["keepbit_backend_state"], "service", "svc1")); n != 2 {
+		t.Errorf("keepbit_backend_state{service=svc1}: %d series, want 2 (states need no counters)", n)
+	}
+}
+
 // TestFollow: flight-recorder events become counters and phase histograms.
 func TestFollow(t *testing.T) {
 	m := New(&control.Controller{})
