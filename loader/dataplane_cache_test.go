@@ -43,12 +43,7 @@ func needCPUs(t testing.TB, n int) {
 // flowEntry reads the flow table entry of client:sport -> vip:80/tcp.
 func (l *lab) flowEntry(client, vip string, sport uint16) (keepbitFlowValue, bool) {
 	l.t.Helper()
-	var k keepbitFlowKey
-	k.Src = addr16(netip.MustParseAddr(client))
-	k.Dst = addr16(netip.MustParseAddr(vip))
-	k.Sport = hostToNet16(sport)
-	k.Dport = hostToNet16(80)
-	k.Proto = uint8(TCP)
+	k := flowKeyOf(client, vip, sport)
 	var v keepbitFlowValue
 	if err := l.dp.objs.Flows.Lookup(&k, &v); err != nil {
 		return v, false

@@ -66,6 +66,7 @@ func TestEvictedFlowKeepsCachedBackend(t *testing.T) {
 	t.Logf("%d of %d evicted flows moved", moved, flows)
 }
 
+// flowKeyOf is the flow key of client:sport -> vip:80/tcp.
 func flowKeyOf(client, vip string, sport uint16) keepbitFlowKey {
 	var k keepbitFlowKey
 	k.Src = addr16(netip.MustParseAddr(client))

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -27,19 +26,7 @@ type crashPlan struct {
 // crashConfig writes the lab config of plan p and returns its path.
 func (l *lab) crashConfig(p crashPlan) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, `node: {hash_seed: 7, pin_root: %s, state_dir: %s}
-interfaces: [{name: kbc}]
-api: {socket: %s}
-metrics: {listen: "127.0.0.1:9469"}
-log: {format: json, level: debug}
-defaults:
-  check: {type: http, path: /, interval: 50ms, timeout: 40ms, rise: 2, fall: 2, jitter: 0.1}
-services:
-  - name: web
-    vip: %s
-    port: 80
-    backends:
-`, filepath.Join(l.dir, "bpf"), filepath.Join(l.dir, "state"), filepath.Join(l.dir, "keepbit.sock"), vip)
+	b.WriteString(l.configHead())
 	if p.withB1 {
 		fmt.Fprintf(&b, "      - {address: 10.71.1.2, port: kb1, weight: %d}\n", p.weights[0])
 	}
@@ -47,9 +34,7 @@ services:
 	if p.alt {
 		fmt.Fprintf(&b, "  - name: alt\n    vip: %s\n    port: 8080\n    backends:\n      - {address: 10.71.2.2, port: kb2}\n", vip)
 	}
-	path := filepath.Join(l.dir, "keepbit.yaml")
-	must(l.t, os.WriteFile(path, []byte(b.String()), 0o600), "write config")
-	return path
+	return l.putConfig(b.String())
 }
 
 // members are the lab backend indexes web lists under p.

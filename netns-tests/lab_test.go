@@ -211,9 +211,10 @@ func (l *lab) ctl(args ...string) (string, error) {
 	return string(out), err
 }
 
-func (l *lab) writeConfig(extra string) string {
-	path := filepath.Join(l.dir, "keepbit.yaml")
-	cfg := fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s, state_dir: %s}
+// configHead is the lab config up to the web service's backend list:
+// node, interface, API, metrics, log, check defaults.
+func (l *lab) configHead() string {
+	return fmt.Sprintf(`node: {hash_seed: 7, pin_root: %s, state_dir: %s}
 interfaces: [{name: kbc}]
 api: {socket: %s}
 metrics: {listen: "127.0.0.1:9469"}
@@ -225,11 +226,20 @@ services:
     vip: %s
     port: 80
     backends:
-      - {address: 10.71.1.2, port: kb1}
-      - {address: 10.71.2.2, port: kb2}
-%s`, filepath.Join(l.dir, "bpf"), filepath.Join(l.dir, "state"), filepath.Join(l.dir, "keepbit.sock"), vip, extra)
+`, filepath.Join(l.dir, "bpf"), filepath.Join(l.dir, "state"), filepath.Join(l.dir, "keepbit.sock"), vip)
+}
+
+// putConfig writes cfg as the lab's keepbit.yaml and returns its path.
+func (l *lab) putConfig(cfg string) string {
+	path := filepath.Join(l.dir, "keepbit.yaml")
 	must(l.t, os.WriteFile(path, []byte(cfg), 0o600), "write config")
 	return path
+}
+
+func (l *lab) writeConfig(extra string) string {
+	return l.putConfig(l.configHead() + `      - {address: 10.71.1.2, port: kb1}
+      - {address: 10.71.2.2, port: kb2}
+` + extra)
 }
 
 func (l *lab) startDaemon(cfgPath string) *daemon { return runDaemon(l.t, cfgPath, l.dir) }
