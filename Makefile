@@ -15,8 +15,10 @@ BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
 .PHONY: help generate check-generated build test test-deps bench lint clang demo churn
 
-# Peers the tests run against (VRRP interop).
-TEST_PACKAGES := keepalived
+# Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
+# interop, the upstream router of the BGP lab). Package name = command name.
+TEST_PACKAGES := keepalived bird2
+TEST_COMMANDS := keepalived bird
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -42,8 +44,9 @@ demo: ## (root) two-node failover lab in namespaces: kill a backend, freeze the 
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbit-demo
 	./bin/keepbit-demo -keepbitd ./bin/keepbitd
 
-test-deps: ## as root, install what the privileged tests run against (keepalived) when missing
-	@if [ "$$(id -u)" = 0 ] && ! command -v keepalived >/dev/null; then \
+test-deps: ## as root, install what the privileged tests run against (keepalived, bird2) when missing
+	@missing=0; for c in $(TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ "$$(id -u)" = 0 ] && [ $$missing = 1 ]; then \
 	  echo "installing $(TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); fi
 
 test: test-deps ## run every test under the race detector; as root this includes BPF and network-namespace tests
