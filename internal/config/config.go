@@ -21,6 +21,11 @@ type Config struct {
 	Defaults   Defaults    `yaml:"defaults"`
 	Services   []Service   `yaml:"services"`
 	VRRP       []VRRP      `yaml:"vrrp"`
+	// BGP: announce VIPs to upstream routers (active-active behind ECMP).
+	BGP *BGP `yaml:"bgp"`
+	// FlowSharing: tell the other nodes which backend a flow is on, so a
+	// flow that ECMP moves here keeps its backend.
+	FlowSharing *FlowSharing `yaml:"flow_sharing"`
 }
 
 // VRRP is one VRRPv3 virtual router: the VIPs this node may own.

@@ -76,6 +76,8 @@ func (d *decoder) applyDefaults(c *Config) {
 		c.Node.StateDir = "/var/lib/keepbit"
 	}
 	unmapAddrs(c)
+	d.bgpDefaults(c)
+	d.flowSharingDefaults(c)
 	for i := range c.Interfaces {
 		if c.Interfaces[i].Mode == "" {
 			c.Interfaces[i].Mode = "auto"
@@ -213,6 +215,8 @@ func unmapAddrs(c *Config) {
 }
 
 func (d *decoder) validate(c *Config) {
+	d.validateBGP(c)
+	d.validateFlowSharing(c)
 	if !filepath.IsAbs(c.Node.PinRoot) {
 		d.fail("node.pin_root", "%q is not an absolute path", c.Node.PinRoot)
 	}
