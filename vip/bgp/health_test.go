@@ -24,7 +24,7 @@ func TestHealth(t *testing.T) {
 	type step struct {
 		t    float64
 		in   HealthInput
-		want string // decisions for a then b: "+" announced, else "-reason"
+		want string  // decisions for a then b: "+" announced, else "-reason"
 		next float64 // expected Deadline (seconds), -1 for none
 	}
 	ok := func(vips ...netip.Addr) HealthInput { return HealthInput{Usable: up(vips...), WarmedUp: true} }
