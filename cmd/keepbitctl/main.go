@@ -23,7 +23,6 @@ import (
 
 	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
-	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
 )
 
@@ -141,7 +140,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		})
 	case "vip":
-		var vips []control.VIPStatus
+		var vips []api.VIP
 		if err := c.get(ctx, "/v1/vip", &vips); err != nil {
 			return err
 		}

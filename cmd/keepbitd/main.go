@@ -19,6 +19,7 @@ import (
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/metrics"
+	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
 )
@@ -109,6 +110,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer ctl.Close()
+	// VIP ownership: VRRP today; a BGP owner (ownership.BGP) takes the
+	// same Health and the same three lines beside it.
+	vr := ownership.NewVRRP(ctx, log, rec, ctl, ctl)
+	if err := ctl.Own(ctx, vr); err != nil {
+		return err
+	}
+	go vr.Run(ctx)
 
 	reload := func(ctx context.Context) error {
 		next, err := load()
@@ -144,7 +152,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	if cfg.Metrics.Listen != "off" {
-		m := metrics.New(ctl)
+		m := metrics.New(ctl, vr)
 		go m.Follow(ctx, rec)
 		go func() {
 			if err := m.Serve(ctx, cfg.Metrics.Listen); err != nil {
@@ -152,7 +160,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	srv := &api.Daemon{Control: ctl, Events: rec, Reload: reload, Started: time.Now(), Log: log}
+	srv := &api.Daemon{Control: ctl, VRRP: vr, Events: rec, Reload: reload, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
 			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)

@@ -19,14 +19,18 @@ import (
 
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
 // Daemon is what the API needs from keepbitd.
 type Daemon struct {
 	Control *control.Controller
-	Events  *recorder.Recorder
+	// VRRP is the status of the VRRP instances (nil: none run).
+	VRRP   VRRPStatus
+	Events *recorder.Recorder
 	// Reload re-reads the config file and applies it; a bad file changes
 	// nothing and its error is returned.
 	Reload  func(ctx context.Context) error
@@ -66,6 +70,48 @@ type Flow struct {
 	LastSeen time.Duration `json:"last_seen"`
 }
 
+// VRRPStatus is the VRRP owner's status (*ownership.VRRP).
+type VRRPStatus interface {
+	Status() []ownership.VRRPStatus
+}
+
+// VIP is one VRRP instance in GET /v1/vip.
+type VIP struct {
+	Name         string    `json:"name"`
+	VRID         uint8     `json:"vrid"`
+	Interface    string    `json:"interface"`
+	VIPs         []string  `json:"vips"`
+	State        string    `json:"state"`
+	Priority     uint8     `json:"priority"`
+	BasePriority uint8     `json:"base_priority"`
+	Master       string    `json:"master,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
+	Reason       string    `json:"reason,omitempty"`
+	Tracking     string    `json:"tracking,omitempty"`
+	// Received advertisements by what happened to them.
+	Received vrrp.Counters `json:"received"`
+}
+
+// vips prints the VRRP instances' typed status for the wire.
+func vips(src VRRPStatus) []VIP {
+	if src == nil {
+		return nil
+	}
+	var out []VIP
+	for _, v := range src.Status() {
+		w := VIP{Name: v.Name, VRID: v.VRID, Interface: v.Interface, State: v.State.String(), Priority: v.Priority,
+			BasePriority: v.BasePriority, Since: v.Since, Reason: v.Reason, Tracking: v.Tracking, Received: v.Received}
+		for _, a := range v.VIPs {
+			w.VIPs = append(w.VIPs, a.String())
+		}
+		if v.Master.IsValid() {
+			w.Master = v.Master.String()
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
 // Live is GET /v1/services/{service}/backends/{addr}/live.
 type Live struct {
 	Flows   int    `json:"flows"`
@@ -78,7 +124,6 @@ type controller interface {
 	Generation() int
 	Interfaces() []string
 	Status() []control.ServiceStatus
-	VIPs() []control.VIPStatus
 	SetAdmin(service string, addr netip.Addr, a control.Admin) error
 	Live(service string, addr netip.Addr, idle time.Duration) (int, uint64, error)
 	// dataplane returns the service's dataplane, the same value for every
@@ -119,7 +164,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/services", s.services)
 	mux.HandleFunc("GET /v1/events", s.events)
 	mux.HandleFunc("GET /v1/flows", s.flows)
-	mux.HandleFunc("GET /v1/vip", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, s.ctl.VIPs()) })
+	mux.HandleFunc("GET /v1/vip", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, vips(s.d.VRRP)) })
 	mux.HandleFunc("POST /v1/reload", s.reload)
 	mux.HandleFunc("POST /v1/check-config", s.checkConfig)
 	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", s.admin)

@@ -46,7 +46,6 @@ type fakeCtl struct {
 func (f *fakeCtl) Generation() int                 { return 4 }
 func (f *fakeCtl) Interfaces() []string            { return []string{"eth0", "eth1"} }
 func (f *fakeCtl) Status() []control.ServiceStatus { return f.status }
-func (f *fakeCtl) VIPs() []control.VIPStatus       { return nil }
 func (f *fakeCtl) SetAdmin(s string, a netip.Addr, ad control.Admin) error {
 	if s == "readonly" {
 		return fmt.Errorf("service %q: backend %s: disabled applied but not saved (lost on restart): read-only file system", s, a)

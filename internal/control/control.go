@@ -40,8 +40,14 @@ type Controller struct {
 	unresolved  map[string]map[netip.Addr]bool
 	kickResolve chan struct{}
 
-	base context.Context // lifetime of VRRP instances
-	vrrp map[string]*vrrpRun
+	// owners carry the VIPs (VRRP, BGP): reloaded after the services,
+	// closed before the dataplanes. Guarded by applyMu.
+	owners []Owner
+
+	// changed is closed (and replaced) when a service's up-ness may have
+	// changed; see Changed.
+	changedMu sync.Mutex
+	changed   chan struct{}
 
 	// Operator overrides (service name -> backend -> admin) survive a
 	// restart in stateDir; see state.go. overrideGen counts changes so
@@ -88,7 +94,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 		log: log, rec: rec, sched: probe.NewScheduler(results), results: results,
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
 		unresolved: map[string]map[netip.Addr]bool{}, kickResolve: make(chan struct{}, 1),
-		base: ctx, vrrp: map[string]*vrrpRun{},
 		stateDir: cfg.Node.StateDir,
 	}
 	// Overrides are known before the first apply settles anything, so an
@@ -110,7 +115,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 func (c *Controller) Run(ctx context.Context) error {
 	go func() { _ = c.sched.Run(ctx) }()
 	go c.resolveLoop(ctx)
-	go c.trackLoop(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -126,10 +130,39 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 }
 
-// Close resigns the VRRP instances (so a backup takes the VIPs at once)
-// and releases the dataplanes without detaching them.
+// Owner is a way of carrying the VIPs (internal/ownership: VRRP, BGP). It
+// follows the config after the services do, and is closed before the
+// dataplanes are released.
+type Owner interface {
+	Reload(ctx context.Context, cfg *config.Config) error
+	Close()
+}
+
+// Own hands o the running config now and at every reload from now on,
+// and closes it in Close. Its error is the first Reload's.
+func (c *Controller) Own(ctx context.Context, o Owner) error {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	c.owners = append(c.owners, o)
+	c.mu.Lock()
+	cfg := c.cfg
+	c.mu.Unlock()
+	if cfg == nil {
+		return nil
+	}
+	return o.Reload(ctx, cfg)
+}
+
+// Close closes the owners (a VRRP master resigns, so a backup takes the
+// VIPs at once) and releases the dataplanes without detaching them.
 func (c *Controller) Close() {
-	c.stopVRRP()
+	c.applyMu.Lock()
+	owners := c.owners
+	c.owners = nil
+	c.applyMu.Unlock()
+	for _, o := range owners {
+		o.Close()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for name, dp := range c.dps {

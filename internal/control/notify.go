@@ -24,17 +24,17 @@ func (c *Controller) report(moves []move) {
 			c.log.Info("backend "+m.want.String(), "service", m.svc, "backend", m.addr, "reason", m.reason,
 				"detect_to_decide", e.DetectToDecide, "decide_to_apply", e.DecideToApply)
 			if m.notify.Command != "" {
-				go c.runNotify(m.notify, e)
+				go c.RunNotify(m.notify, e)
 			}
 		}
 	}
 }
 
-// runNotify runs a notify hook with the event in its environment. It
+// RunNotify runs a notify hook with the event in its environment. It
 // returns by the hook's timeout (plus procexec.WaitDelay): the hook's
 // whole process group is killed then, so a hook that forks cannot leave
 // work behind or hold the goroutine on its output pipe.
-func (c *Controller) runNotify(n config.Notify, e recorder.Event) {
+func (c *Controller) RunNotify(n config.Notify, e recorder.Event) {
 	ctx, cancel := context.WithTimeout(context.Background(), n.Timeout)
 	defer cancel()
 	// backend-down -> down, vrrp-master -> master.

@@ -1,7 +1,6 @@
 package control
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -27,7 +26,7 @@ func TestNotifyHook(t *testing.T) {
 		{recorder.Event{Seq: 8, Kind: "vrrp-master", Service: "v4", Reason: "startup"}, "master"},
 	} {
 		out := filepath.Join(t.TempDir(), "event")
-		c.runNotify(config.Notify{Command: "sh", Args: []string{"-c", `env | grep -E '^KEEPBIT_(EVENT|SERVICE|BACKEND|STATE|REASON|SEQ)=' | sort > "$0"`, out}, Timeout: 5 * time.Second}, tc.e)
+		c.RunNotify(config.Notify{Command: "sh", Args: []string{"-c", `env | grep -E '^KEEPBIT_(EVENT|SERVICE|BACKEND|STATE|REASON|SEQ)=' | sort > "$0"`, out}, Timeout: 5 * time.Second}, tc.e)
 		got, err := os.ReadFile(out)
 		if err != nil {
 			t.Fatal(err)
@@ -51,7 +50,7 @@ func TestNotifyHookTimeout(t *testing.T) {
 	done := make(chan time.Duration, 1)
 	start := time.Now()
 	go func() {
-		c.runNotify(config.Notify{Command: cmd, Args: args, Timeout: 100 * time.Millisecond}, recorder.Event{Kind: "backend-down"})
+		c.RunNotify(config.Notify{Command: cmd, Args: args, Timeout: 100 * time.Millisecond}, recorder.Event{Kind: "backend-down"})
 		done <- time.Since(start)
 	}()
 	select {
@@ -59,35 +58,6 @@ func TestNotifyHookTimeout(t *testing.T) {
 		t.Logf("hook with a 100ms timeout returned after %v", took.Round(time.Millisecond))
 	case <-time.After(2 * time.Second):
 		t.Fatal("a hanging hook held the caller for 2s, its timeout is 100ms")
-	}
-	proctest.CheckNoneLeft(t, pids)
-}
-
-// TestTrackCommandTimeout: a track command that hangs fails at its
-// timeout and leaves none of its processes behind.
-func TestTrackCommandTimeout(t *testing.T) {
-	pids := filepath.Join(t.TempDir(), "pids")
-	cmd, args := proctest.Forker(pids)
-	r := &vrrpRun{cmdOK: []bool{true}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		r.runTrackCommand(ctx, r.cmdOK, 0, config.TrackCommand{Command: cmd, Args: args, Interval: time.Hour, Timeout: 100 * time.Millisecond})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		r.mu.Lock()
-		ok := r.cmdOK[0]
-		r.mu.Unlock()
-		if !ok {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the hanging track command was not failed within 2s, its timeout is 100ms")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 	proctest.CheckNoneLeft(t, pids)
 }

@@ -107,6 +107,9 @@ func (c *Controller) settleLocked(s *service, first *backend, detect, decide tim
 			moves = append(moves, move{svc: s.cfg.Name, addr: b.cfg.Address, want: want, err: err})
 			return false
 		}
+		if want == loader.Up || b.state == loader.Up {
+			c.signalChanged()
+		}
 		b.state, b.since = want, ch.Returned
 		moves = append(moves, move{svc: s.cfg.Name, addr: b.cfg.Address, want: want, kind: kind, reason: reason,
 			detect: detect, decide: decide, applied: ch.Returned, notify: s.cfg.Notify})
@@ -154,6 +157,9 @@ func (c *Controller) readBackLocked(s *service) {
 			// takes no traffic, so it is down, for Status and for the
 			// panic threshold and keep-last, which count backends up.
 			if b.state != loader.Down {
+				if b.state == loader.Up {
+					c.signalChanged()
+				}
 				b.state, b.since = loader.Down, time.Now()
 			}
 			continue
@@ -161,6 +167,9 @@ func (c *Controller) readBackLocked(s *service) {
 		if st != b.state {
 			c.log.Warn("dataplane holds another state than the controller thought: corrected", "service", s.cfg.Name, "backend", addr,
 				"thought", b.state, "holds", st)
+			if st == loader.Up || b.state == loader.Up {
+				c.signalChanged()
+			}
 			b.state = st
 		}
 	}

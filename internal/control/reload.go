@@ -141,8 +141,10 @@ func (c *Controller) reloadLocked(ctx context.Context, cfg *config.Config) error
 	}
 
 	warnNeighbourTable(c.log, cfg)
-	if err := c.reloadVRRP(cfg); err != nil {
-		errs = append(errs, err)
+	for _, o := range c.owners { // applyMu is held
+		if err := o.Reload(ctx, cfg); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	if err := c.pruneOverrides(cfg); err != nil {
@@ -212,6 +214,7 @@ func (c *Controller) removeService(s *service) {
 		delete(c.byCheck, b.checkID)
 	}
 	c.mu.Unlock()
+	c.signalChanged()
 	c.rec.Add(recorder.Event{Kind: "service-removed", Service: s.cfg.Name})
 }
 
@@ -331,6 +334,9 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	moves := c.settleLocked(s, nil, time.Time{}, time.Now())
 	c.mu.Unlock()
 	c.report(moves)
+	if !exists {
+		c.signalChanged() // adopted backends may be up already
+	}
 	if applyErr != nil {
 		return fmt.Errorf("service %s: %w", sc.Name, applyErr)
 	}

@@ -16,9 +16,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
 	"github.com/keepbit/keepbit/probe"
+	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
 // Metrics is one registry for one daemon.
@@ -32,8 +34,14 @@ type Metrics struct {
 	vrrpTransitions *prometheus.CounterVec
 }
 
-// New registers Keepbit's metrics for ctl.
-func New(ctl *control.Controller) *Metrics {
+// VRRPStatus is the VRRP owner's status (*ownership.VRRP).
+type VRRPStatus interface {
+	Status() []ownership.VRRPStatus
+}
+
+// New registers Keepbit's metrics for ctl and the VRRP instances of vr
+// (nil: none).
+func New(ctl *control.Controller, vr VRRPStatus) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		probeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -53,7 +61,7 @@ func New(ctl *control.Controller) *Metrics {
 			Name: "keepbit_vrrp_transitions_total", Help: "VRRP state changes by new state."}, []string{"instance", "state"}),
 	}
 	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
-		&dataplaneCollector{src: ctlSource{ctl}}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		&dataplaneCollector{src: ctlSource{ctl}, vrrp: vr}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctl.ProbeObserver = m.observeProbe
 	return m
 }
@@ -142,7 +150,6 @@ var (
 // ctlSource), or a fake in tests.
 type source interface {
 	Generation() int
-	VIPs() []control.VIPStatus
 	Status() []control.ServiceStatus
 	// Counters returns the counter reader of the service's dataplane; one
 	// reader is shared by every service on that dataplane.
@@ -166,7 +173,8 @@ func (s ctlSource) Counters(service string) (counterReader, loader.ServiceKey, b
 
 // dataplaneCollector reads the dataplane and the controller at scrape time.
 type dataplaneCollector struct {
-	src source
+	src  source
+	vrrp VRRPStatus
 }
 
 func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -181,8 +189,12 @@ func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
 // services).
 func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(c.src.Generation()))
-	for _, v := range c.src.VIPs() {
-		st := map[string]float64{"initialize": 0, "backup": 1, "master": 2, "fault": 3}[v.State]
+	var instances []ownership.VRRPStatus
+	if c.vrrp != nil {
+		instances = c.vrrp.Status()
+	}
+	for _, v := range instances {
+		st := map[vrrp.State]float64{vrrp.Initialize: 0, vrrp.Backup: 1, vrrp.Master: 2, vrrp.Fault: 3}[v.State]
 		ch <- prometheus.MustNewConstMetric(descVRRP, prometheus.GaugeValue, st, v.Name)
 		ch <- prometheus.MustNewConstMetric(descVRRPPrio, prometheus.GaugeValue, float64(v.Priority), v.Name)
 	}

@@ -35,10 +35,7 @@ type fakeSource struct {
 	key    map[string]loader.ServiceKey
 }
 
-func (f *fakeSource) Generation() int { return 3 }
-func (f *fakeSource) VIPs() []control.VIPStatus {
-	return []control.VIPStatus{{Name: "vi", State: "master", Priority: 100}}
-}
+func (f *fakeSource) Generation() int                 { return 3 }
 func (f *fakeSource) Status() []control.ServiceStatus { return f.status }
 func (f *fakeSource) Counters(service string) (counterReader, loader.ServiceKey, bool) {
 	dp, ok := f.dp[service]
@@ -194,7 +191,7 @@ func TestScrapeSkipsServiceNotInDataplane(t *testing.T) {
 
 // TestFollow: flight-recorder events become counters and phase histograms.
 func TestFollow(t *testing.T) {
-	m := New(&control.Controller{})
+	m := New(&control.Controller{}, nil)
 	rec := recorder.New(64)
 	t0 := time.Now()
 	for _, e := range []recorder.Event{

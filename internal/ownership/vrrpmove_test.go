@@ -1,9 +1,7 @@
-package control
+package ownership
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"testing"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/privtest"
-	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/vip"
 	"github.com/keepbit/keepbit/vip/vrrp"
 )
@@ -75,10 +72,10 @@ func TestReloadMovesVIPBetweenInstances(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(256), base: ctx, vrrp: map[string]*vrrpRun{}}
-	t.Cleanup(c.stopVRRP)
+	c := testOwner(ctx, 256, map[string]*vrrpRun{})
+	t.Cleanup(c.Close)
 	for _, s := range steps {
-		if err := c.reloadVRRP(&config.Config{VRRP: s.vrrp}); err != nil {
+		if err := c.Reload(ctx, &config.Config{VRRP: s.vrrp}); err != nil {
 			t.Fatalf("%s: reload: %v", s.name, err)
 		}
 		// Every instance is alone on the link: master within a few
@@ -123,7 +120,7 @@ func TestReloadTrackCommandsConsistent(t *testing.T) {
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	defer r.cancel()
 	r.startTracks(one.Track.Commands)
-	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(64), base: ctx, vrrp: map[string]*vrrpRun{"v": r}}
+	c := testOwner(ctx, 64, map[string]*vrrpRun{"v": r})
 	stop := make(chan struct{})
 	mismatches := make(chan int, 1)
 	go func() {

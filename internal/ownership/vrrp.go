@@ -1,19 +1,16 @@
-package control
+package ownership
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
-	"sort"
-	"strings"
 	"sync"
 	"time"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/recorder"
@@ -21,7 +18,50 @@ import (
 	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
-// vrrpInstance is what control uses of a running *vrrp.Instance (tests
+// VRRP runs the node's VRRP instances (vip/vrrp) as the config says and
+// moves their priority with what they track: their interface, other
+// interfaces, the dataplane, services (through Health) and track commands.
+type VRRP struct {
+	log    *slog.Logger
+	rec    *recorder.Recorder
+	health Health
+	notify Notifier
+	base   context.Context // lifetime of the instances
+
+	// poll is how often tracking looks at what sends no signal (whether
+	// the forwarder is attached and alive); link changes and service
+	// health wake it at once.
+	poll time.Duration
+	kick chan struct{} // a reload or a track command's result changed
+
+	mu    sync.Mutex
+	runs  map[string]*vrrpRun
+	order []string // instance names in config order, for Status
+}
+
+// DefaultPoll is how often tracking re-reads what has no change signal.
+const DefaultPoll = 500 * time.Millisecond
+
+// NewVRRP returns a VRRP owner with no instances; Reload starts them.
+// Instances live as long as ctx (or until Close): a graceful stop of
+// keepbitd resigns them. Run does the tracking.
+func NewVRRP(ctx context.Context, log *slog.Logger, rec *recorder.Recorder, health Health, notify Notifier) *VRRP {
+	return &VRRP{log: log, rec: rec, health: health, notify: notify, base: ctx, poll: DefaultPoll,
+		kick: make(chan struct{}, 1), runs: map[string]*vrrpRun{}}
+}
+
+// Close resigns every instance (priority 0, so a backup takes the VIPs at
+// once) and releases its VIPs.
+func (o *VRRP) Close() {
+	for name, r := range o.vrrpRuns() {
+		r.stop()
+		o.mu.Lock()
+		delete(o.runs, name)
+		o.mu.Unlock()
+	}
+}
+
+// vrrpInstance is what the owner uses of a running *vrrp.Instance (tests
 // put a fake in its place).
 type vrrpInstance interface {
 	State() (vrrp.State, uint8, netip.Addr)
@@ -48,6 +88,7 @@ type vrrpRun struct {
 	}
 	cmdOK      []bool             // last result of each track command
 	stopTracks context.CancelFunc // ends the track command loops
+	kick       chan struct{}      // wakes tracking (the owner's)
 }
 
 // restartReason says why an instance configured as old must be replaced
@@ -81,7 +122,7 @@ func instanceConfig(v config.VRRP) vrrp.InstanceConfig {
 	}
 }
 
-// reloadVRRP starts, updates or stops instances to match cfg. A changed
+// Reload starts, updates or stops instances to match cfg. A changed
 // instance is updated in place (a master stays master) unless the change
 // needs a new one (restartReason). Instances live as long as base: a
 // graceful stop of keepbitd resigns them.
@@ -93,22 +134,23 @@ func instanceConfig(v config.VRRP) vrrp.InstanceConfig {
 // VIP until its next state change. So stops go first, then updates, and
 // an updated instance that gained a VIP which another one gave up in this
 // reload is updated once more, which makes a master take its VIPs again.
-func (c *Controller) reloadVRRP(cfg *config.Config) error {
-	c.mu.Lock()
-	base := c.base
-	c.mu.Unlock()
+func (o *VRRP) Reload(_ context.Context, cfg *config.Config) error {
+	base := o.base
+	// Instance lifetimes are o.base's, never a reload request's: an
+	// update waits at most its own 5 s.
+	defer o.wake() // tracking re-applies its verdicts to what changed
 	want := map[string]config.VRRP{}
 	for _, v := range cfg.VRRP {
 		want[v.Name] = v
 	}
 	dropped := map[netip.Addr]bool{} // VIPs some instance gave up
 	stop := func(name string, r *vrrpRun, cur config.VRRP, why string) {
-		c.log.Info("vrrp instance stops", "instance", name, "reason", why)
+		o.log.Info("vrrp instance stops", "instance", name, "reason", why)
 		r.stop()
-		c.mu.Lock()
-		delete(c.vrrp, name)
-		c.mu.Unlock()
-		c.rec.Add(recorder.Event{Kind: "vrrp-stopped", Reason: name + ": " + why})
+		o.mu.Lock()
+		delete(o.runs, name)
+		o.mu.Unlock()
+		o.rec.Add(recorder.Event{Kind: "vrrp-stopped", Reason: name + ": " + why})
 		for _, a := range cur.VIPs {
 			dropped[a] = true
 		}
@@ -120,7 +162,7 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 		v    config.VRRP
 	}
 	var inPlace, updated []change
-	for name, r := range c.vrrpRuns() {
+	for name, r := range o.vrrpRuns() {
 		r.mu.Lock()
 		cur := r.cfg
 		r.mu.Unlock()
@@ -136,11 +178,11 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 		}
 	}
 	for _, ch := range inPlace {
-		if err := c.updateVRRP(ch.r, ch.v); err != nil {
+		if err := o.updateVRRP(ch.r, ch.v); err != nil {
 			stop(ch.name, ch.r, ch.cur, err.Error())
 			continue
 		}
-		c.rec.Add(recorder.Event{Kind: "vrrp-updated", Reason: ch.name})
+		o.rec.Add(recorder.Event{Kind: "vrrp-updated", Reason: ch.name})
 		updated = append(updated, ch)
 		for _, a := range ch.cur.VIPs {
 			if !slices.Contains(ch.v.VIPs, a) {
@@ -154,27 +196,34 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 		}
 		ctx, cancel := context.WithTimeout(ch.r.ctx, 5*time.Second)
 		if err := ch.r.inst.Update(ctx, instanceConfig(ch.v)); err != nil {
-			c.log.Error("vrrp: retake moved vips", "instance", ch.name, "error", err)
+			o.log.Error("vrrp: retake moved vips", "instance", ch.name, "error", err)
 		}
 		cancel()
 	}
 	var errs []error
 	for _, v := range cfg.VRRP {
-		c.mu.Lock()
-		_, running := c.vrrp[v.Name]
-		c.mu.Unlock()
+		o.mu.Lock()
+		_, running := o.runs[v.Name]
+		o.mu.Unlock()
 		if running {
 			continue
 		}
-		r, err := c.startVRRP(base, v)
+		r, err := o.startVRRP(base, v)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		c.mu.Lock()
-		c.vrrp[v.Name] = r
-		c.mu.Unlock()
+		o.mu.Lock()
+		o.runs[v.Name] = r
+		o.mu.Unlock()
 	}
+	order := make([]string, 0, len(cfg.VRRP))
+	for _, v := range cfg.VRRP {
+		order = append(order, v.Name)
+	}
+	o.mu.Lock()
+	o.order = order
+	o.mu.Unlock()
 	return errors.Join(errs...)
 }
 
@@ -182,7 +231,7 @@ func (c *Controller) reloadVRRP(cfg *config.Config) error {
 // its part first (an error leaves everything as it was), then tracking
 // and notify follow v; tracking re-applies its verdict at its next pass,
 // computed from v's priority and tracked objects.
-func (c *Controller) updateVRRP(r *vrrpRun, v config.VRRP) error {
+func (o *VRRP) updateVRRP(r *vrrpRun, v config.VRRP) error {
 	ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
 	defer cancel()
 	if err := r.inst.Update(ctx, instanceConfig(v)); err != nil {
@@ -206,24 +255,24 @@ func (c *Controller) updateVRRP(r *vrrpRun, v config.VRRP) error {
 	return nil
 }
 
-func (c *Controller) vrrpRuns() map[string]*vrrpRun {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return maps.Clone(c.vrrp)
+func (o *VRRP) vrrpRuns() map[string]*vrrpRun {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return maps.Clone(o.runs)
 }
 
-func (c *Controller) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, error) {
-	r := &vrrpRun{cfg: v, done: make(chan struct{})}
+func (o *VRRP) startVRRP(base context.Context, v config.VRRP) (*vrrpRun, error) {
+	r := &vrrpRun{cfg: v, done: make(chan struct{}), kick: o.kick}
 	// A VIP that an earlier keepbitd (killed before it could resign) left
 	// on the interface must not keep answering ARP: the election decides.
 	if v.Priority != vrrp.OwnerPriority {
 		if _, removed, err := vip.Reconcile(v.Interface, v.VIPs, nil); err != nil {
 			return nil, fmt.Errorf("instance %s: %w", v.Name, err)
 		} else if len(removed) > 0 {
-			c.log.Warn("removed stale VIPs left by an earlier run", "instance", v.Name, "vips", removed)
+			o.log.Warn("removed stale VIPs left by an earlier run", "instance", v.Name, "vips", removed)
 		}
 	}
-	inst, err := vrrp.NewInstance(instanceConfig(v), c.log, func(e vrrp.Event) { c.onVRRP(r, e) })
+	inst, err := vrrp.NewInstance(instanceConfig(v), o.log, func(e vrrp.Event) { o.onVRRP(r, e) })
 	if err != nil {
 		return nil, err
 	}
@@ -278,8 +327,12 @@ func (r *vrrpRun) runTrackCommand(ctx context.Context, ok []bool, i int, tc conf
 	for {
 		err := trackCommandOnce(ctx, tc)
 		r.mu.Lock()
+		changed := ok[i] != (err == nil)
 		ok[i] = err == nil
 		r.mu.Unlock()
+		if changed {
+			wake(r.kick) // the verdict may move now, not at the next poll
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -288,215 +341,44 @@ func (r *vrrpRun) runTrackCommand(ctx context.Context, ok []bool, i int, tc conf
 	}
 }
 
-func (c *Controller) onVRRP(r *vrrpRun, e vrrp.Event) {
+func (o *VRRP) onVRRP(r *vrrpRun, e vrrp.Event) {
 	r.mu.Lock()
 	r.last = e
 	notify := r.cfg.Notify
 	r.mu.Unlock()
-	ev := c.rec.Add(recorder.Event{Kind: "vrrp-" + e.To.String(), Service: e.Instance, Reason: e.Reason,
+	ev := o.rec.Add(recorder.Event{Kind: "vrrp-" + e.To.String(), Service: e.Instance, Reason: e.Reason,
 		Detect: e.Detect, Decide: e.Decide, Announce: e.Announce})
-	c.log.Info("vrrp "+e.To.String(), "instance", e.Instance, "from", e.From.String(), "reason", e.Reason,
+	o.log.Info("vrrp "+e.To.String(), "instance", e.Instance, "from", e.From.String(), "reason", e.Reason,
 		"detect_to_decide", e.Decide.Sub(e.Detect), "detect_to_announce", ev.DetectToAnnounce)
 	if notify.Command != "" {
-		go c.runNotify(notify, ev)
+		go o.notify.RunNotify(notify, ev)
 	}
 }
 
-// trackLoop re-evaluates every instance's tracked objects every 100 ms.
-func (c *Controller) trackLoop(ctx context.Context) {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			c.track()
-		}
-	}
-}
-
-type verdictOf struct {
-	fault   bool
-	reasons []string
-	penalty int
-}
-
-func (v *verdictOf) add(weight int, what string) {
-	if weight == 0 {
-		v.fault = true
-	} else {
-		v.penalty += weight
-	}
-	v.reasons = append(v.reasons, what)
-}
-
-func linkUp(name string) bool {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return false
-	}
-	a := l.Attrs()
-	return a.Flags&1 != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
-}
-
-func xdpAttached(name string) bool {
-	l, err := netlink.LinkByName(name)
-	if err != nil {
-		return false
-	}
-	x := l.Attrs().Xdp
-	return x != nil && x.Attached
-}
-
-// world is what tracking looks at, so that the decision can be tested
-// without interfaces.
-type world struct {
-	linkUp      func(string) bool
-	xdpAttached func(string) bool
-	serviceUp   map[string]bool // some backend up
-	commandOK   func(instance string, i int) bool
-}
-
-type trackVerdict struct {
-	fault  bool
-	prio   uint8
-	reason string
-}
-
-// decide computes each instance's verdict. Its own interface down is a
-// fault; tracked objects subtract their weight (0 = fault). Members of a
-// sync group share one verdict (a fault of one faults all, penalties add
-// up), so they move together. The owner's priority 255 never changes.
-func decide(cfgs map[string]config.VRRP, w world) map[string]trackVerdict {
-	verdicts := map[string]*verdictOf{}
-	for name, cfg := range cfgs {
-		v := &verdictOf{}
-		if !w.linkUp(cfg.Interface) {
-			v.add(0, "interface "+cfg.Interface+" down")
-		}
-		if d := cfg.Track.Dataplane; d != nil && !w.xdpAttached(cfg.Interface) {
-			v.add(d.Weight, "dataplane not attached on "+cfg.Interface)
-		}
-		for _, it := range cfg.Track.Interfaces {
-			if !w.linkUp(it.Name) {
-				v.add(it.Weight, "tracked interface "+it.Name+" down")
-			}
-		}
-		for _, it := range cfg.Track.Services {
-			if !w.serviceUp[it.Name] {
-				v.add(it.Weight, "all backends of service "+it.Name+" down")
-			}
-		}
-		for i, tc := range cfg.Track.Commands {
-			if !w.commandOK(name, i) {
-				v.add(tc.Weight, "track command "+tc.Command+" failed")
-			}
-		}
-		verdicts[name] = v
-	}
-	groups := map[string]*verdictOf{}
-	names := make([]string, 0, len(cfgs))
-	for name := range cfgs {
-		names = append(names, name)
-	}
-	sort.Strings(names) // stable reasons
-	for _, name := range names {
-		if g := cfgs[name].SyncGroup; g != "" {
-			if groups[g] == nil {
-				groups[g] = &verdictOf{}
-			}
-			gv, v := groups[g], verdicts[name]
-			gv.fault = gv.fault || v.fault
-			gv.penalty += v.penalty
-			for _, why := range v.reasons {
-				gv.reasons = append(gv.reasons, name+": "+why)
-			}
-		}
-	}
-	out := map[string]trackVerdict{}
-	for name, cfg := range cfgs {
-		v := verdicts[name]
-		if g := cfg.SyncGroup; g != "" {
-			v = groups[g]
-		}
-		prio := uint8(max(1, min(254, int(cfg.Priority)-v.penalty)))
-		if cfg.Priority == vrrp.OwnerPriority {
-			prio = vrrp.OwnerPriority
-		}
-		out[name] = trackVerdict{fault: v.fault, prio: prio, reason: strings.Join(v.reasons, "; ")}
-	}
-	return out
-}
-
-// track applies decide's verdicts to the running instances, when changed.
-func (c *Controller) track() {
-	runs := c.vrrpRuns()
-	w := world{linkUp: linkUp, xdpAttached: xdpAttached, serviceUp: map[string]bool{},
-		commandOK: func(name string, i int) bool {
-			r := runs[name]
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			// A reload may have changed the commands since cfgs was read.
-			return i >= len(r.cmdOK) || r.cmdOK[i]
-		}}
-	for _, s := range c.Status() {
-		for _, b := range s.Backends {
-			w.serviceUp[s.Name] = w.serviceUp[s.Name] || b.State == "up"
-		}
-	}
-	cfgs := map[string]config.VRRP{}
-	for name, r := range runs {
-		r.mu.Lock()
-		cfgs[name] = r.cfg
-		r.mu.Unlock()
-	}
-	for name, v := range decide(cfgs, w) {
-		r := runs[name]
-		r.mu.Lock()
-		same := r.applied.set && r.applied.fault == v.fault && r.applied.prio == v.prio
-		if !same {
-			r.applied.set, r.applied.fault, r.applied.reason, r.applied.prio = true, v.fault, v.reason, v.prio
-		}
-		r.mu.Unlock()
-		if !same {
-			if v.reason != "" {
-				c.log.Info("vrrp tracking", "instance", name, "fault", v.fault, "priority", v.prio, "reason", v.reason)
-			}
-			r.inst.Track(v.fault, v.reason, v.prio)
-		}
-	}
-}
-
-// VIPStatus is one VRRP instance as keepbitctl vip shows it.
-type VIPStatus struct {
-	Name         string    `json:"name"`
-	VRID         uint8     `json:"vrid"`
-	Interface    string    `json:"interface"`
-	VIPs         []string  `json:"vips"`
-	State        string    `json:"state"`
-	Priority     uint8     `json:"priority"`
-	BasePriority uint8     `json:"base_priority"`
-	Master       string    `json:"master,omitempty"`
-	Since        time.Time `json:"since,omitzero"`
-	Reason       string    `json:"reason,omitempty"`
-	Tracking     string    `json:"tracking,omitempty"`
+// VRRPStatus is one VRRP instance as keepbitctl vip shows it.
+type VRRPStatus struct {
+	Name         string
+	VRID         uint8
+	Interface    string
+	VIPs         []netip.Addr
+	State        vrrp.State
+	Priority     uint8 // in force, after tracking
+	BasePriority uint8 // configured
+	Master       netip.Addr
+	Since        time.Time // of the last transition
+	Reason       string    // of the last transition
+	Tracking     string    // why tracking lowered the priority or faulted it
 	// Received advertisements by what happened to them.
-	Received vrrp.Counters `json:"received"`
+	Received vrrp.Counters
 }
 
-// VIPs lists the VRRP instances in config order.
-func (c *Controller) VIPs() []VIPStatus {
-	runs := c.vrrpRuns()
-	c.mu.Lock()
-	var order []string
-	if c.cfg != nil {
-		for _, v := range c.cfg.VRRP {
-			order = append(order, v.Name)
-		}
-	}
-	c.mu.Unlock()
-	var out []VIPStatus
+// Status lists the VRRP instances in config order.
+func (o *VRRP) Status() []VRRPStatus {
+	runs := o.vrrpRuns()
+	o.mu.Lock()
+	order := o.order
+	o.mu.Unlock()
+	var out []VRRPStatus
 	for _, name := range order {
 		r := runs[name]
 		if r == nil {
@@ -505,29 +387,11 @@ func (c *Controller) VIPs() []VIPStatus {
 		st, prio, master := r.inst.State()
 		r.mu.Lock()
 		rc := r.cfg
+		vs := VRRPStatus{Name: name, VRID: rc.VRID, Interface: rc.Interface, VIPs: slices.Clone(rc.VIPs), State: st, Priority: prio,
+			BasePriority: rc.Priority, Master: master, Since: r.last.Decide, Reason: r.last.Reason, Tracking: r.applied.reason}
 		r.mu.Unlock()
-		vs := VIPStatus{Name: name, VRID: rc.VRID, Interface: rc.Interface, State: st.String(), Priority: prio, BasePriority: rc.Priority,
-			Received: r.inst.Counters()}
-		for _, a := range rc.VIPs {
-			vs.VIPs = append(vs.VIPs, a.String())
-		}
-		if master.IsValid() {
-			vs.Master = master.String()
-		}
-		r.mu.Lock()
-		vs.Since, vs.Reason, vs.Tracking = r.last.Decide, r.last.Reason, r.applied.reason
-		r.mu.Unlock()
+		vs.Received = r.inst.Counters()
 		out = append(out, vs)
 	}
 	return out
-}
-
-// stopVRRP resigns every instance (priority 0) and releases its VIPs.
-func (c *Controller) stopVRRP() {
-	for name, r := range c.vrrpRuns() {
-		r.stop()
-		c.mu.Lock()
-		delete(c.vrrp, name)
-		c.mu.Unlock()
-	}
 }

@@ -1,9 +1,8 @@
-package control
+package ownership
 
 import (
 	"context"
-	"io"
-	"log/slog"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -19,7 +18,6 @@ import (
 
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/privtest"
-	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/vip"
 	"github.com/keepbit/keepbit/vip/vrrp"
 )
@@ -42,7 +40,7 @@ func TestTrackingDecision(t *testing.T) {
 		{"own interface down is a fault", map[string]config.VRRP{"v": inst(150, "", config.Track{})}, []string{"eth0"}, false, nil, nil,
 			map[string]trackVerdict{"v": {fault: true, prio: 150, reason: "interface eth0 down"}}},
 		{"dataplane weight 0: fault", map[string]config.VRRP{"v": inst(150, "", config.Track{Dataplane: &config.TrackItem{}})}, nil, true, nil, nil,
-			map[string]trackVerdict{"v": {fault: true, prio: 150, reason: "dataplane not attached on eth0"}}},
+			map[string]trackVerdict{"v": {fault: true, prio: 150, reason: "dataplane on eth0 down: not attached"}}},
 		{"penalties add up", map[string]config.VRRP{"v": inst(150, "", config.Track{
 			Interfaces: []config.TrackItem{{Name: "eth1", Weight: 20}},
 			Services:   []config.TrackItem{{Name: "web", Weight: 30}}})}, []string{"eth1"}, false, []string{"web"}, nil,
@@ -75,16 +73,18 @@ func TestTrackingDecision(t *testing.T) {
 				down[l] = true
 			}
 			w := world{
-				linkUp:      func(n string) bool { return !down[n] },
-				xdpAttached: func(string) bool { return !c.noXDP },
-				serviceUp:   map[string]bool{"web": true, "dns": true},
+				linkUp: func(n string) bool { return !down[n] },
+				dataplaneUp: func(string) error {
+					if c.noXDP {
+						return errors.New("not attached")
+					}
+					return nil
+				},
+				serviceUp: func(name string) bool { return !slices.Contains(c.svcDown, name) },
 				commandOK: func(name string, i int) bool {
 					f, ok := c.cmdFails[name]
 					return !ok || f != i
 				},
-			}
-			for _, s := range c.svcDown {
-				w.serviceUp[s] = false
 			}
 			got := decide(c.cfgs, w)
 			for name, want := range c.want {
@@ -141,11 +141,16 @@ type fakeInstance struct {
 	mu      sync.Mutex
 	updates []vrrp.InstanceConfig
 	err     error
+	tracked []trackVerdict // Track calls
 }
 
 func (f *fakeInstance) State() (vrrp.State, uint8, netip.Addr) { return vrrp.Master, 150, netip.Addr{} }
 func (f *fakeInstance) Counters() vrrp.Counters                { return vrrp.Counters{} }
-func (f *fakeInstance) Track(bool, string, uint8)              {}
+func (f *fakeInstance) Track(fault bool, reason string, prio uint8) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.tracked = append(f.tracked, trackVerdict{fault: fault, prio: prio, reason: reason})
+}
 func (f *fakeInstance) Update(_ context.Context, cfg vrrp.InstanceConfig) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -187,10 +192,10 @@ func TestReloadVRRPInPlace(t *testing.T) {
 			r.ctx, r.cancel = context.WithCancel(ctx)
 			go func() { <-r.ctx.Done(); close(r.done) }()
 			r.startTracks(old.Track.Commands)
-			c0 := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(64), base: ctx, vrrp: map[string]*vrrpRun{"v": r}}
+			c0 := testOwner(ctx, 64, map[string]*vrrpRun{"v": r})
 			next := vrrpConf(c.mod)
-			err := c0.reloadVRRP(&config.Config{VRRP: []config.VRRP{next}})
-			kept := c0.vrrp["v"] == r && r.ctx.Err() == nil
+			err := c0.Reload(ctx, &config.Config{VRRP: []config.VRRP{next}})
+			kept := c0.runs["v"] == r && r.ctx.Err() == nil
 			if kept != c.wantKept {
 				t.Fatalf("instance kept: %v, want %v (reload error %v)", kept, c.wantKept, err)
 			}
@@ -259,9 +264,9 @@ func TestReloadNotifyKeepsMaster(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(256), base: ctx, vrrp: map[string]*vrrpRun{}}
-	t.Cleanup(c.stopVRRP)
-	if err := c.reloadVRRP(conf("hook-a")); err != nil {
+	c := testOwner(ctx, 256, map[string]*vrrpRun{})
+	t.Cleanup(c.Close)
+	if err := c.Reload(ctx, conf("hook-a")); err != nil {
 		t.Fatal(err)
 	}
 	r := c.vrrpRuns()["v"]
@@ -300,7 +305,7 @@ func TestReloadNotifyKeepsMaster(t *testing.T) {
 		}
 	}()
 
-	if err := c.reloadVRRP(conf("hook-b")); err != nil {
+	if err := c.Reload(ctx, conf("hook-b")); err != nil {
 		t.Fatalf("reload: %v", err)
 	}
 	for range 20 {
