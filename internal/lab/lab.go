@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -64,60 +63,44 @@ func (l *Lab) Host(name, iface string, cidrs ...string) (*Host, error) {
 		return nil, err
 	}
 	l.cleanup = append(l.cleanup, func() { ns.Close() })
-	if err := InNS(ns, func() error {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0)
-	}); err != nil {
-		return nil, err
+	if _, err := DADOff(ns); err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
+	}
+	port := "p-" + name
+	if len(port) > 15 {
+		return nil, fmt.Errorf("host name %q: too long for an interface name", name)
+	}
+	v, err := NewVeth(VethEnd{NS: l.sw, Name: port}, VethEnd{NS: ns, Name: iface, Addrs: cidrs})
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
 	}
 	hs, err := netlink.NewHandleAt(l.sw)
 	if err != nil {
 		return nil, err
 	}
 	defer hs.Delete()
-	port, peer := "p-"+name, "e-"+name
-	if len(port) > 15 {
-		return nil, fmt.Errorf("host name %q: too long for an interface name", name)
+	p, err := hs.LinkByName(port)
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
 	}
-	if err := hs.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: peer}); err != nil {
-		return nil, fmt.Errorf("host %s: veth: %w", name, err)
+	br, err := hs.LinkByName("br0")
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
 	}
-	p, _ := hs.LinkByName(port)
-	e, _ := hs.LinkByName(peer)
-	br, _ := hs.LinkByName("br0")
-	if err := errors.Join(hs.LinkSetNsFd(e, int(ns)), hs.LinkSetMaster(p, br), hs.LinkSetUp(p)); err != nil {
+	if err := hs.LinkSetMaster(p, br); err != nil {
 		return nil, fmt.Errorf("host %s: attach to the bridge: %w", name, err)
 	}
 	// A host may run XDP that sends frames back out (XDP_TX); veth hands
 	// those to its peer only when the peer runs XDP too.
-	detach, err := AttachPass(l.sw, p.Attrs().Index)
+	detach, err := AttachPass(l.sw, v.A.Index)
 	if err != nil {
 		return nil, err
 	}
 	l.cleanup = append(l.cleanup, detach)
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, err
+	if err := SetUp(ns, "lo"); err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
 	}
-	defer h.Delete()
-	e, _ = h.LinkByName(peer)
-	if err := h.LinkSetName(e, iface); err != nil {
-		return nil, fmt.Errorf("host %s: rename: %w", name, err)
-	}
-	e, _ = h.LinkByName(iface)
-	for _, c := range cidrs {
-		a, err := netlink.ParseAddr(c)
-		if err != nil {
-			return nil, fmt.Errorf("host %s: %w", name, err)
-		}
-		if err := h.AddrAdd(e, a); err != nil {
-			return nil, fmt.Errorf("host %s: address %s: %w", name, c, err)
-		}
-	}
-	lo, _ := h.LinkByName("lo")
-	if err := errors.Join(h.LinkSetUp(e), h.LinkSetUp(lo)); err != nil {
-		return nil, fmt.Errorf("host %s: up: %w", name, err)
-	}
-	host := &Host{Name: name, NS: ns, Iface: iface, MAC: e.Attrs().HardwareAddr}
+	host := &Host{Name: name, NS: ns, Iface: iface, MAC: v.B.MAC}
 	l.hosts = append(l.hosts, host)
 	return host, nil
 }
@@ -127,14 +110,8 @@ func (h *Host) Do(fn func() error) error { return InNS(h.NS, fn) }
 
 // Sysctl writes /proc/sys settings (keys relative to /proc/sys) in the host.
 func (h *Host) Sysctl(kv map[string]string) error {
-	return h.Do(func() error {
-		for k, v := range kv {
-			if err := os.WriteFile("/proc/sys/"+k, []byte(v), 0); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	_, err := Sysctl(h.NS, kv)
+	return err
 }
 
 // Handle is a netlink handle inside the host; Delete it after use.

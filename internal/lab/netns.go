@@ -50,8 +50,12 @@ func NewNS() (netns.NsHandle, error) {
 }
 
 // InNS runs fn on a thread inside ns. Sockets fn opens stay in ns, and
-// processes it starts run there.
+// processes it starts run there. With netns.None() fn runs here, in the
+// caller's namespace, so helpers take "this namespace" the same way.
 func InNS(ns netns.NsHandle, fn func() error) error {
+	if ns == netns.None() {
+		return fn()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
