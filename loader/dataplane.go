@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -293,29 +292,19 @@ func (d *Dataplane) load(ctx context.Context) error {
 	return d.create(ctx, spec, linkPin)
 }
 
-func pinnableMaps(spec *ebpf.CollectionSpec) []string {
-	var names []string
-	for name := range spec.Maps {
-		if !strings.HasPrefix(name, ".") {
-			names = append(names, name)
-		}
-	}
-	return names
-}
-
 func (d *Dataplane) create(ctx context.Context, spec *ebpf.CollectionSpec, linkPin string) (err error) {
-	if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+	maps, err := d.loadCollection(spec, nil)
+	if err != nil {
 		return fmt.Errorf("load BPF objects: %w", err)
 	}
-	coll := d.mapsByName()
 	defer func() {
 		if err != nil {
 			d.objs.Close()
 			_ = os.RemoveAll(d.pinDir)
 		}
 	}()
-	for _, name := range pinnableMaps(spec) {
-		if err := coll[name].Pin(filepath.Join(d.pinDir, name)); err != nil {
+	for _, name := range pinnedMapNames(spec) {
+		if err := maps[name].Pin(filepath.Join(d.pinDir, name)); err != nil {
 			return fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
@@ -333,40 +322,51 @@ func (d *Dataplane) create(ctx context.Context, spec *ebpf.CollectionSpec, linkP
 	return nil
 }
 
+// adopt takes over the state pinned under d.pinDir: maps that fit this
+// version are used as they are, maps an earlier version did not have are
+// created (and pinned once the new program runs), maps in an earlier
+// layout with a known migration are copied into this layout; anything
+// else is refused.
 func (d *Dataplane) adopt(ctx context.Context, spec *ebpf.CollectionSpec, linkPin string) error {
-	repl := map[string]*ebpf.Map{}
-	closeAll := func() {
-		for _, m := range repl {
-			m.Close()
-		}
-	}
-	for _, name := range pinnableMaps(spec) {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(d.pinDir, name), nil)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("adopt pinned map %s (detach to start afresh): %w", name, err)
-		}
-		repl[name] = m
-	}
-	err := spec.LoadAndAssign(&d.objs, &ebpf.CollectionOptions{MapReplacements: repl})
-	closeAll() // LoadAndAssign holds its own references
+	pinned, err := openPinned(spec, d.pinDir)
 	if err != nil {
+		return err
+	}
+	maps, err := d.loadCollection(spec, &ebpf.CollectionOptions{MapReplacements: pinned.replacements()})
+	if err != nil {
+		pinned.close()
 		return fmt.Errorf("pinned maps do not fit this version (detach to start afresh): %w", err)
 	}
 	l, err := link.LoadPinnedLink(linkPin, nil)
 	if err != nil {
+		pinned.close()
 		d.objs.Close()
 		return fmt.Errorf("adopt pinned XDP link: %w", err)
+	}
+	// The settings first: a map this version created starts empty, and the
+	// new program must not see a zero hash seed.
+	if err := d.writeSettings(); err != nil {
+		pinned.close()
+		l.Close()
+		d.objs.Close()
+		return err
 	}
 	// Swap the program under the running link: no packet is lost, unlike
 	// a detach and re-attach.
 	if err := d.kernelWrite("link_update", func() error { return l.Update(d.objs.KeepbitXdp) }); err != nil {
+		pinned.close()
 		l.Close()
 		d.objs.Close()
 		return fmt.Errorf("upgrade XDP program through its link: %w", err)
 	}
 	d.xdp = l
 	d.mode = "adopted"
+	err = pinned.finish(d.pinDir, maps)
+	pinned.close() // the program and d.objs hold their own references
+	if err != nil {
+		d.Close()
+		return fmt.Errorf("adopt pinned state: %w", err)
+	}
 	if info, err := l.Info(); err == nil {
 		if xi := info.XDP(); xi != nil && xi.Ifindex != uint32(d.ifindex) {
 			d.log.Warn("pinned link is attached to another ifindex", "pinned", xi.Ifindex, "want", d.ifindex)
@@ -377,8 +377,9 @@ func (d *Dataplane) adopt(ctx context.Context, spec *ebpf.CollectionSpec, linkPi
 		d.Close()
 		return fmt.Errorf("read back pinned state: %w", err)
 	}
-	d.log.Info("dataplane adopted", "services", len(d.services), "backends", len(d.members))
-	return d.writeSettings()
+	d.log.Info("dataplane adopted", "services", len(d.services), "backends", len(d.members),
+		"created", pinned.missing, "migrated", len(pinned.migrated))
+	return nil
 }
 
 func (d *Dataplane) afterLoad() error {
@@ -430,27 +431,6 @@ func (d *Dataplane) Mode() string { return d.mode }
 
 // Adopted reports whether Open took over pinned state.
 func (d *Dataplane) Adopted() bool { return d.adopted }
-
-func (d *Dataplane) mapsByName() map[string]*ebpf.Map {
-	m := d.objs.keepbitMaps
-	return map[string]*ebpf.Map{
-		keepbitMapBackendState:  m.BackendState,
-		keepbitMapBackendStats:  m.BackendStats,
-		keepbitMapBackends:      m.Backends,
-		keepbitMapFlows:         m.Flows,
-		keepbitMapFrags:         m.Frags,
-		keepbitMapReasonStats:   m.ReasonStats,
-		keepbitMapServiceActive: m.ServiceActive,
-		keepbitMapServiceStats:  m.ServiceStats,
-		keepbitMapServices:      m.Services,
-		keepbitMapSettings:      m.Settings,
-		keepbitMapTables:        m.Tables,
-		keepbitMapTxPorts:       m.TxPorts,
-		keepbitMapVips:          m.Vips,
-		keepbitMapVipFilter:     m.VipFilter,
-		keepbitMapFlowCache:     m.FlowCache,
-	}
-}
 
 // Close releases this process's handles. Pinned state stays, and with it
 // the attached program keeps forwarding with the last written state.
