@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -21,47 +22,25 @@ func pair(t *testing.T) (netns.NsHandle, *netlink.Handle, net.HardwareAddr) {
 }
 
 // pairOn: name here (with 10.66.0.1/24 if v4, else only its IPv6
-// link-local address), its peer "eth0" in a client namespace.
+// link-local address), its peer "eth0" in a client namespace. Our end keeps
+// duplicate address detection on, so that a tentative VIP shows Add failed
+// to skip it; pairOn waits until its link-local address (the source of our
+// neighbour advertisements) is usable.
 func pairOn(t *testing.T, name string, v4 bool) (netns.NsHandle, *netlink.Handle, net.HardwareAddr) {
 	privtest.Require(t)
 	client := privtest.NewNS(t)
-	for _, ns := range []netns.NsHandle{netns.None(), client} {
-		f := func() error { return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0) }
-		if ns == netns.None() {
-			if err := f(); err != nil {
-				t.Fatal(err)
-			}
-		} else if err := privtest.InNS(ns, f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
-	if err := netlink.LinkAdd(v); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = netlink.LinkDel(v) })
-	p, _ := netlink.LinkByName(name + "p")
-	_ = netlink.LinkSetNsFd(p, int(client))
-	l, _ := netlink.LinkByName(name)
+	here := lab.VethEnd{NS: netns.None(), Name: name}
 	if v4 {
-		a, _ := netlink.ParseAddr("10.66.0.1/24")
-		_ = netlink.AddrAdd(l, a)
+		here.Addrs = []string{"10.66.0.1/24"}
 	}
-	_ = netlink.LinkSetUp(l)
-	h, err := netlink.NewHandleAt(client)
+	v := privtest.Veth(t, here, lab.VethEnd{NS: client, Name: "eth0", Addrs: []string{"10.66.0.2/24", "2001:db8:66::2/64"}, NoDAD: true})
+	privtest.WaitNonTentative(t, netns.None(), name)
+	h, err := lab.Handle(client)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(h.Delete)
-	cp, _ := h.LinkByName(name + "p")
-	_ = h.LinkSetName(cp, "eth0")
-	ca, _ := netlink.ParseAddr("10.66.0.2/24")
-	_ = h.AddrAdd(cp, ca)
-	ca6, _ := netlink.ParseAddr("2001:db8:66::2/64")
-	_ = h.AddrAdd(cp, ca6)
-	_ = h.LinkSetUp(cp)
-	time.Sleep(100 * time.Millisecond)
-	return client, h, l.Attrs().HardwareAddr
+	return client, h, v.A.MAC
 }
 
 func TestAddRemoveReconcile(t *testing.T) {
