@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
+	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -22,55 +24,14 @@ func TestMain(m *testing.M) { os.Exit(privtest.Main(m)) }
 func TestResolve(t *testing.T) {
 	privtest.Require(t)
 	peerNS := privtest.NewNS(t)
-	// No duplicate address detection: link-local addresses usable at once.
-	noDAD := func() error {
-		return os.WriteFile("/proc/sys/net/ipv6/conf/default/accept_dad", []byte("0"), 0)
-	}
-	if err := noDAD(); err != nil {
-		t.Fatal(err)
-	}
-	if err := privtest.InNS(peerNS, noDAD); err != nil {
-		t.Fatal(err)
-	}
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "kbn0"}, PeerName: "kbn0p"}
-	if err := netlink.LinkAdd(v); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = netlink.LinkDel(v) })
-	peer, _ := netlink.LinkByName("kbn0p")
-	if err := netlink.LinkSetNsFd(peer, int(peerNS)); err != nil {
-		t.Fatal(err)
-	}
-	up := func(h *netlink.Handle, name string, addrs ...string) net.HardwareAddr {
-		l, err := h.LinkByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, a := range addrs {
-			ad, _ := netlink.ParseAddr(a)
-			ad.Flags = 0x80 // IFA_F_NODAD: no duplicate address detection wait
-			if err := h.AddrAdd(l, ad); err != nil {
-				t.Fatalf("%s on %s: %v", a, name, err)
-			}
-		}
-		if err := h.LinkSetUp(l); err != nil {
-			t.Fatal(err)
-		}
-		return l.Attrs().HardwareAddr
-	}
-	local := &netlink.Handle{}
-	up(local, "kbn0", "10.88.0.1/24", "2001:db8:88::1/64")
-	hp, err := netlink.NewHandleAt(peerNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hp.Delete()
-	peerMAC := up(hp, "kbn0p", "10.88.0.2/24", "2001:db8:88::2/64")
-	time.Sleep(200 * time.Millisecond) // carrier up on both ends
+	// No duplicate address detection: addresses usable at once.
+	v := privtest.Veth(t,
+		lab.VethEnd{NS: netns.None(), Name: "kbn0", Addrs: []string{"10.88.0.1/24", "2001:db8:88::1/64"}, NoDAD: true},
+		lab.VethEnd{NS: peerNS, Name: "kbn0p", Addrs: []string{"10.88.0.2/24", "2001:db8:88::2/64"}, NoDAD: true})
+	peerMAC := v.B.MAC
 
-	l, _ := netlink.LinkByName("kbn0")
 	static := net.HardwareAddr{0x02, 0, 0, 0, 0x88, 0x09}
-	if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: l.Attrs().Index, IP: net.ParseIP("10.88.0.9"), HardwareAddr: static, State: netlink.NUD_PERMANENT}); err != nil {
+	if err := netlink.NeighAdd(&netlink.Neigh{LinkIndex: v.A.Index, IP: net.ParseIP("10.88.0.9"), HardwareAddr: static, State: netlink.NUD_PERMANENT}); err != nil {
 		t.Fatal(err)
 	}
 
