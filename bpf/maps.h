@@ -12,18 +12,25 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 
-#define MAX_SERVICES 4096
-#define MAX_BACKENDS 65536 /* backend IDs; ID 0 means "no backend" */
-#define MAX_FLOWS 262144   /* default; the loader may resize */
-#define MAX_FRAGS 16384
-#define MAX_PORTS 64
-#define MAX_GROUPS 8
-#define FLOW_CACHE_SIZE 8192   /* per CPU, power of two */
-#define FLOW_CACHE_FLUSH 64    /* packets between refreshes of the flow table */
-/* ...or at most this long (bpf_ktime_get_coarse_ns): a slow flow's last_seen
- * lags by at most this much, so drain -wait and the LRU see it live. */
-#define FLOW_CACHE_FLUSH_NS 250000000ULL
-#define VIP_FILTER_WORDS 1024  /* 65536-bit prefilter of VIP addresses */
+/* Limits and layout constants are enums, not macros, so that they reach
+ * BTF and bpf2go emits them for the loader (keepbit_abi below);
+ * loader/abi_test.go checks the loader's constants against them. */
+enum limits {
+	MAX_SERVICES = 4096,
+	MAX_BACKENDS = 65536, /* backend IDs; ID 0 means "no backend" */
+	MAX_FLOWS = 262144,   /* default; the loader may resize */
+	MAX_FRAGS = 16384,
+	MAX_PORTS = 64,
+	MAX_GROUPS = 8,
+	MAX_MEMBERS = 1024,       /* per service */
+	FLOW_CACHE_SIZE = 8192,   /* per CPU, power of two */
+	FLOW_CACHE_FLUSH = 64,    /* packets between refreshes of the flow table */
+	/* ...or at most this long (bpf_ktime_get_coarse_ns): a slow flow's
+	 * last_seen lags by at most this much, so drain -wait and the LRU see
+	 * it live. */
+	FLOW_CACHE_FLUSH_NS = 250000000,
+	VIP_FILTER_WORDS = 1024, /* 65536-bit prefilter of VIP addresses */
+};
 
 /* Layout of one service table buffer (an inner u32 array):
  *   [TBL_SIZE]        Maglev table size M (0 = service has no backend)
@@ -34,13 +41,14 @@
  *   [TBL_HDR, TBL_HDR+M)        Maglev slots: backend IDs
  *   [TBL_HDR+M, TBL_HDR+M+n)    members: backend IDs, most preferred group first
  */
-#define TBL_SIZE 0
-#define TBL_MEMBERS 1
-#define TBL_GROUPS 2
-#define TBL_GENERATION 3
-#define TBL_GROUP_END 4
-#define TBL_HDR 16
-#define MAX_MEMBERS 1024 /* per service */
+enum table_layout {
+	TBL_SIZE = 0,
+	TBL_MEMBERS = 1,
+	TBL_GROUPS = 2,
+	TBL_GENERATION = 3,
+	TBL_GROUP_END = 4,
+	TBL_HDR = 16,
+};
 
 enum backend_state_value {
 	BACKEND_DOWN = 0, /* also what a never-written ID reads as */
@@ -56,11 +64,13 @@ enum backend_state_value {
  * down -> up flap would otherwise restore the word a per-CPU flow cache
  * entry was filled with, and revive it). Bit 7 is never set by the loader:
  * STATE_INVALID marks a flow cache entry that matches no state word. */
-#define STATE_MASK 0x3u
-#define STATE_INFO_SLOT 0x4u
-#define STATE_INVALID 0x80ull
-#define STATE_INC_SHIFT 8
-#define STATE_SEQ_SHIFT 32
+enum state_word {
+	STATE_MASK = 0x3,
+	STATE_INFO_SLOT = 0x4,
+	STATE_INVALID = 0x80,
+	STATE_INC_SHIFT = 8,
+	STATE_SEQ_SHIFT = 32,
+};
 
 enum service_flags {
 	SERVICE_F_PASS_NO_BACKEND = 1, /* no usable backend: XDP_PASS instead of drop */
@@ -97,6 +107,18 @@ enum reason {
 
 /* Keeps enum reason in BTF so bpf2go emits it for the Go side. */
 const volatile enum reason reason_count = REASON_MAX;
+
+/* Keeps the other enums in BTF for bpf2go (see enum limits). */
+struct keepbit_abi {
+	enum limits limits;
+	enum table_layout table_layout;
+	enum state_word state_word;
+	enum backend_state_value backend_state;
+	enum service_flags service_flags;
+	enum vip_flags vip_flags;
+	enum backend_flags backend_flags;
+};
+const volatile struct keepbit_abi keepbit_abi = {.limits = MAX_SERVICES};
 
 struct service_key {
 	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */

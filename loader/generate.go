@@ -2,5 +2,5 @@ package loader
 
 // The BPF objects are generated from ../bpf and committed, so building and
 // testing need no clang. `make generate` runs this with the pinned clang.
-//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc ${BPF_CLANG} -strip ${BPF_STRIP} -cflags ${BPF_CFLAGS} -target bpfel -type service_key -type service_value -type vip_key -type vip_value -type flow_cache_entry -type backend_info -type flow_key -type flow_value -type counter -type settings_value keepbit ../bpf/keepbit_xdp.c
+//go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc ${BPF_CLANG} -strip ${BPF_STRIP} -cflags ${BPF_CFLAGS} -target bpfel -type service_key -type service_value -type vip_key -type vip_value -type flow_cache_entry -type backend_info -type flow_key -type flow_value -type counter -type settings_value -type limits -type table_layout -type state_word -type backend_state_value -type service_flags -type vip_flags -type backend_flags keepbit ../bpf/keepbit_xdp.c
 //go:generate go run github.com/cilium/ebpf/cmd/bpf2go -cc ${BPF_CLANG} -strip ${BPF_STRIP} -cflags ${BPF_CFLAGS} -target bpfel baseline ../bpf/baseline_xdp.c

@@ -13,6 +13,12 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type keepbitBackendFlags uint32
+
+const (
+	keepbitBackendFlagsBACKEND_F_IPV6 keepbitBackendFlags = 1
+)
+
 type keepbitBackendInfo struct {
 	_         structs.HostLayout
 	DstMac    [6]uint8
@@ -25,6 +31,14 @@ type keepbitBackendInfo struct {
 	ServiceId uint32
 	Addr      [16]uint8
 }
+
+type keepbitBackendStateValue uint32
+
+const (
+	keepbitBackendStateValueBACKEND_DOWN     keepbitBackendStateValue = 0
+	keepbitBackendStateValueBACKEND_UP       keepbitBackendStateValue = 1
+	keepbitBackendStateValueBACKEND_DRAINING keepbitBackendStateValue = 2
+)
 
 type keepbitCounter struct {
 	_       structs.HostLayout
@@ -82,6 +96,33 @@ type keepbitFragValue struct {
 	Pad   uint32
 }
 
+type keepbitKeepbitAbi struct {
+	_            structs.HostLayout
+	Limits       uint32
+	TableLayout  uint32
+	StateWord    uint32
+	BackendState uint32
+	ServiceFlags uint32
+	VipFlags     uint32
+	BackendFlags uint32
+}
+
+type keepbitLimits uint32
+
+const (
+	keepbitLimitsMAX_SERVICES        keepbitLimits = 4096
+	keepbitLimitsMAX_BACKENDS        keepbitLimits = 65536
+	keepbitLimitsMAX_FLOWS           keepbitLimits = 262144
+	keepbitLimitsMAX_FRAGS           keepbitLimits = 16384
+	keepbitLimitsMAX_PORTS           keepbitLimits = 64
+	keepbitLimitsMAX_GROUPS          keepbitLimits = 8
+	keepbitLimitsMAX_MEMBERS         keepbitLimits = 1024
+	keepbitLimitsFLOW_CACHE_SIZE     keepbitLimits = 8192
+	keepbitLimitsFLOW_CACHE_FLUSH    keepbitLimits = 64
+	keepbitLimitsFLOW_CACHE_FLUSH_NS keepbitLimits = 250000000
+	keepbitLimitsVIP_FILTER_WORDS    keepbitLimits = 1024
+)
+
 type keepbitReason uint32
 
 const (
@@ -103,6 +144,12 @@ const (
 	keepbitReasonREASON_MAX                 keepbitReason = 15
 )
 
+type keepbitServiceFlags uint32
+
+const (
+	keepbitServiceFlagsSERVICE_F_PASS_NO_BACKEND keepbitServiceFlags = 1
+)
+
 type keepbitServiceKey struct {
 	_     structs.HostLayout
 	Addr  [16]uint8
@@ -122,6 +169,34 @@ type keepbitSettingsValue struct {
 	HashSeed uint32
 	Flags    uint32
 }
+
+type keepbitStateWord uint32
+
+const (
+	keepbitStateWordSTATE_MASK      keepbitStateWord = 3
+	keepbitStateWordSTATE_INFO_SLOT keepbitStateWord = 4
+	keepbitStateWordSTATE_INVALID   keepbitStateWord = 128
+	keepbitStateWordSTATE_INC_SHIFT keepbitStateWord = 8
+	keepbitStateWordSTATE_SEQ_SHIFT keepbitStateWord = 32
+)
+
+type keepbitTableLayout uint32
+
+const (
+	keepbitTableLayoutTBL_SIZE       keepbitTableLayout = 0
+	keepbitTableLayoutTBL_MEMBERS    keepbitTableLayout = 1
+	keepbitTableLayoutTBL_GROUPS     keepbitTableLayout = 2
+	keepbitTableLayoutTBL_GENERATION keepbitTableLayout = 3
+	keepbitTableLayoutTBL_GROUP_END  keepbitTableLayout = 4
+	keepbitTableLayoutTBL_HDR        keepbitTableLayout = 16
+)
+
+type keepbitVipFlags uint32
+
+const (
+	keepbitVipFlagsVIP_F_PORTS    keepbitVipFlags = 1
+	keepbitVipFlagsVIP_F_CATCHALL keepbitVipFlags = 2
+)
 
 type keepbitVipKey struct {
 	_     structs.HostLayout
@@ -156,6 +231,7 @@ const (
 	keepbitMapVipFilter     = "vip_filter"
 	keepbitMapVips          = "vips"
 	keepbitProgKeepbitXdp   = "keepbit_xdp"
+	keepbitVarKeepbitAbi    = "keepbit_abi"
 	keepbitVarReasonCount   = "reason_count"
 )
 
@@ -229,6 +305,7 @@ type keepbitMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type keepbitVariableSpecs struct {
+	KeepbitAbi  *ebpf.VariableSpec `ebpf:"keepbit_abi"`
 	ReasonCount *ebpf.VariableSpec `ebpf:"reason_count"`
 }
 
@@ -293,6 +370,7 @@ func (m *keepbitMaps) Close() error {
 //
 // It can be passed to loadKeepbitObjects or ebpf.CollectionSpec.LoadAndAssign.
 type keepbitVariables struct {
+	KeepbitAbi  *ebpf.Variable `ebpf:"keepbit_abi"`
 	ReasonCount *ebpf.Variable `ebpf:"reason_count"`
 }
 
