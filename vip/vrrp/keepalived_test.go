@@ -13,8 +13,10 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/net/ipv4"
 
+	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -29,26 +31,13 @@ func TestKeepalivedInterop(t *testing.T) {
 		t.Fatal("keepalived not installed: `make test` installs it (apt-get install keepalived)")
 	}
 	kns := privtest.NewNS(t)
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "kbv0"}, PeerName: "kbv0p"}
-	if err := netlink.LinkAdd(v); err != nil {
+	privtest.Veth(t, lab.VethEnd{NS: netns.None(), Name: "kbv0", Addrs: []string{"10.60.0.1/24"}},
+		lab.VethEnd{NS: kns, Name: "eth0", Addrs: []string{"10.60.0.2/24"}})
+	h, err := lab.Handle(kns)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = netlink.LinkDel(v) })
-	peer, _ := netlink.LinkByName("kbv0p")
-	if err := netlink.LinkSetNsFd(peer, int(kns)); err != nil {
-		t.Fatal(err)
-	}
-	local, _ := netlink.LinkByName("kbv0")
-	a, _ := netlink.ParseAddr("10.60.0.1/24")
-	_ = netlink.AddrAdd(local, a)
-	_ = netlink.LinkSetUp(local)
-	h, _ := netlink.NewHandleAt(kns)
 	defer h.Delete()
-	p, _ := h.LinkByName("kbv0p")
-	_ = h.LinkSetName(p, "eth0")
-	pa, _ := netlink.ParseAddr("10.60.0.2/24")
-	_ = h.AddrAdd(p, pa)
-	_ = h.LinkSetUp(p)
 
 	dir := t.TempDir()
 	state := filepath.Join(dir, "state")
