@@ -153,6 +153,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 	if cfg.Metrics.Listen != "off" {
 		m := metrics.New(ctl, vr)
+		ctl.ProbeObserver = m.ObserveProbe
 		go m.Follow(ctx, rec)
 		go func() {
 			if err := m.Serve(ctx, cfg.Metrics.Listen); err != nil {

@@ -3,7 +3,6 @@
 package api
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"time"
 
@@ -25,9 +23,23 @@ import (
 	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
+// Controller is what the API asks of the controller (*control.Controller):
+// never the dataplane itself.
+type Controller interface {
+	Generation() int
+	Interfaces() []string
+	Status() []control.ServiceStatus
+	// Counters reads every dataplane's counters once.
+	Counters() control.Counters
+	// Flows returns the limit flows with the most packets, most first.
+	Flows(limit int) ([]loader.Flow, error)
+	SetAdmin(service string, addr netip.Addr, a control.Admin) error
+	Live(service string, addr netip.Addr, idle time.Duration) (flows int, packets uint64, err error)
+}
+
 // Daemon is what the API needs from keepbitd.
 type Daemon struct {
-	Control *control.Controller
+	Control Controller
 	// VRRP is the status of the VRRP instances (nil: none run).
 	VRRP   VRRPStatus
 	Events *recorder.Recorder
@@ -52,11 +64,46 @@ type Counter struct {
 	Bytes   uint64 `json:"bytes"`
 }
 
+// Backend is one backend in GET /v1/services: the controller's status
+// printed (states as words).
+type Backend struct {
+	Address string    `json:"address"`
+	MAC     string    `json:"mac"`
+	Weight  uint32    `json:"weight"`
+	Group   uint8     `json:"group"`
+	Health  string    `json:"health"` // unknown, up, down
+	State   string    `json:"state"`  // down, up, draining
+	Admin   string    `json:"admin,omitempty"`
+	Reason  string    `json:"reason"`
+	Since   time.Time `json:"since"`
+}
+
+// ServiceStatus is a service and its backends in GET /v1/services.
+type ServiceStatus struct {
+	Name      string    `json:"name"`
+	Key       string    `json:"key"`
+	Interface string    `json:"interface"`
+	Backends  []Backend `json:"backends"`
+}
+
 // Service is GET /v1/services: status plus dataplane counters.
 type Service struct {
-	control.ServiceStatus
+	ServiceStatus
 	Counters Counter            `json:"counters"`
 	Backends map[string]Counter `json:"backend_counters"`
+}
+
+func serviceStatus(ss control.ServiceStatus) ServiceStatus {
+	out := ServiceStatus{Name: ss.Name, Key: ss.Key.String(), Interface: ss.Interface}
+	for _, b := range ss.Backends {
+		mac := ""
+		if b.MAC != nil {
+			mac = b.MAC.String()
+		}
+		out.Backends = append(out.Backends, Backend{Address: b.Address.String(), MAC: mac, Weight: b.Weight, Group: b.Group,
+			Health: b.Health.String(), State: b.State.String(), Admin: string(b.Admin), Reason: b.Reason, Since: b.Since})
+	}
+	return out
 }
 
 // Flow is GET /v1/flows.
@@ -118,44 +165,15 @@ type Live struct {
 	Packets uint64 `json:"packets"`
 }
 
-// controller is what the handlers need from the controller; ctlAdapter
-// gives it *control.Controller, tests a fake.
-type controller interface {
-	Generation() int
-	Interfaces() []string
-	Status() []control.ServiceStatus
-	SetAdmin(service string, addr netip.Addr, a control.Admin) error
-	Live(service string, addr netip.Addr, idle time.Duration) (int, uint64, error)
-	// dataplane returns the service's dataplane, the same value for every
-	// service on it.
-	dataplane(service string) (dataplane, loader.ServiceKey, bool)
-}
-
-// dataplane is the part of *loader.Dataplane the handlers read.
-type dataplane interface {
-	Stats() (loader.Stats, error)
-	Flows(limit int) ([]loader.Flow, error)
-}
-
-type ctlAdapter struct{ *control.Controller }
-
-func (c ctlAdapter) dataplane(service string) (dataplane, loader.ServiceKey, bool) {
-	dp, key, ok := c.Dataplane(service)
-	if !ok || dp == nil {
-		return nil, key, false
-	}
-	return dp, key, true
-}
-
 // server answers the routes for a Daemon through ctl.
 type server struct {
 	d   *Daemon
-	ctl controller
+	ctl Controller
 }
 
 // Handler returns the API's routes.
 func (d *Daemon) Handler() http.Handler {
-	return (&server{d: d, ctl: ctlAdapter{d.Control}}).routes()
+	return (&server{d: d, ctl: d.Control}).routes()
 }
 
 func (s *server) routes() http.Handler {
@@ -209,29 +227,17 @@ func (s *server) status(w http.ResponseWriter, r *http.Request) {
 		Services: len(s.ctl.Status()), Started: s.d.Started})
 }
 
-// services reads each dataplane's counters once, however many services it
-// has: Stats reads all of them, so a read per service is quadratic.
+// services answers each service's status and counters; the counters of
+// every dataplane are read once for the whole answer.
 func (s *server) services(w http.ResponseWriter, r *http.Request) {
-	type read struct {
-		st  loader.Stats
-		err error
-	}
-	reads := map[dataplane]*read{}
+	counters := s.ctl.Counters()
 	out := []Service{}
 	for _, ss := range s.ctl.Status() {
-		svc := Service{ServiceStatus: ss, Backends: map[string]Counter{}}
-		if dp, key, ok := s.ctl.dataplane(ss.Name); ok {
-			rd := reads[dp]
-			if rd == nil {
-				rd = &read{}
-				rd.st, rd.err = dp.Stats()
-				reads[dp] = rd
-			}
-			if rd.err == nil {
-				svc.Counters = Counter(rd.st.Services[key])
-				for addr, c := range rd.st.Backends[key] {
-					svc.Backends[addr.String()] = Counter(c)
-				}
+		svc := Service{ServiceStatus: serviceStatus(ss), Backends: map[string]Counter{}}
+		if sc, ok := counters.Services[ss.Name]; ok {
+			svc.Counters = Counter(sc.Service)
+			for addr, c := range sc.Backends {
+				svc.Backends[addr.String()] = Counter(c)
 			}
 		}
 		out = append(out, svc)
@@ -283,24 +289,13 @@ func (s *server) flows(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	var all []loader.Flow
-	seen := map[dataplane]bool{}
-	for _, ss := range s.ctl.Status() {
-		dp, _, ok := s.ctl.dataplane(ss.Name)
-		if !ok || seen[dp] {
-			continue
-		}
-		seen[dp] = true
-		fl, err := dp.Flows(limit)
-		if err != nil {
-			fail(w, http.StatusInternalServerError, err)
-			return
-		}
-		all = append(all, fl...)
+	top, err := s.ctl.Flows(limit)
+	if err != nil {
+		fail(w, http.StatusInternalServerError, err)
+		return
 	}
-	slices.SortStableFunc(all, func(a, b loader.Flow) int { return cmp.Compare(b.Packets, a.Packets) })
 	out := []Flow{}
-	for _, f := range all[:min(limit, len(all))] {
+	for _, f := range top {
 		backend := ""
 		if f.Backend.IsValid() {
 			backend = f.Backend.String()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -14,20 +15,12 @@ import (
 	"time"
 
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
+	"github.com/keepbit/keepbit/vip/vrrp"
 )
-
-type fakeDP struct {
-	stats int
-	st    loader.Stats
-	flows []loader.Flow
-}
-
-func (f *fakeDP) Stats() (loader.Stats, error) { f.stats++; return f.st, nil }
-func (f *fakeDP) Flows(limit int) ([]loader.Flow, error) {
-	return f.flows[:min(limit, len(f.flows))], nil
-}
 
 type adminCall struct {
 	service string
@@ -35,12 +28,15 @@ type adminCall struct {
 	admin   control.Admin
 }
 
+// fakeCtl is the controller: services web and api on eth0, db on eth1.
 type fakeCtl struct {
-	status []control.ServiceStatus
-	dp     map[string]*fakeDP
-	key    map[string]loader.ServiceKey
-	admins []adminCall
-	idle   time.Duration
+	status   []control.ServiceStatus
+	counters control.Counters
+	reads    int // Counters calls
+	flows    []loader.Flow
+	flowsErr error
+	admins   []adminCall
+	idle     time.Duration
 }
 
 func (f *fakeCtl) Generation() int                 { return 4 }
@@ -66,12 +62,18 @@ func (f *fakeCtl) Live(s string, a netip.Addr, idle time.Duration) (int, uint64,
 	f.idle = idle
 	return 3, 99, nil
 }
-func (f *fakeCtl) dataplane(s string) (dataplane, loader.ServiceKey, bool) {
-	dp, ok := f.dp[s]
-	if !ok {
-		return nil, loader.ServiceKey{}, false
-	}
-	return dp, f.key[s], true
+func (f *fakeCtl) Counters() control.Counters { f.reads++; return f.counters }
+func (f *fakeCtl) Flows(limit int) ([]loader.Flow, error) {
+	return f.flows[:min(limit, len(f.flows))], f.flowsErr
+}
+
+// fakeVRRP is one instance, master.
+type fakeVRRP struct{}
+
+func (fakeVRRP) Status() []ownership.VRRPStatus {
+	return []ownership.VRRPStatus{{Name: "v4", VRID: 42, Interface: "eth0", VIPs: []netip.Addr{netip.MustParseAddr("198.51.100.1")},
+		State: vrrp.Master, Priority: 100, BasePriority: 150, Tracking: "all backends of service web down",
+		Since: time.Unix(1700000000, 0).UTC(), Reason: "master down", Received: vrrp.Counters{Accepted: 9}}}
 }
 
 func flow(client string, packets uint64) loader.Flow {
@@ -79,31 +81,31 @@ func flow(client string, packets uint64) loader.Flow {
 		Proto: loader.TCP, Backend: netip.MustParseAddr("10.0.0.1"), Packets: packets}
 }
 
-// testServer: services web and api on eth0 (one dataplane), db on eth1.
+// testServer: services web and api on eth0, db on eth1 (no counters: its
+// dataplane does not hold it).
 func testServer(t *testing.T) (*fakeCtl, *Daemon, http.Handler) {
 	t.Helper()
-	eth0 := &fakeDP{flows: []loader.Flow{flow("203.0.113.1:1000", 50), flow("203.0.113.2:1000", 5)}}
-	eth1 := &fakeDP{flows: []loader.Flow{flow("203.0.113.3:1000", 20)}}
-	f := &fakeCtl{dp: map[string]*fakeDP{"web": eth0, "api": eth0, "db": eth1}, key: map[string]loader.ServiceKey{}}
+	f := &fakeCtl{counters: control.Counters{Services: map[string]control.ServiceCounters{}},
+		flows: []loader.Flow{flow("203.0.113.1:1000", 50), flow("203.0.113.3:1000", 20), flow("203.0.113.2:1000", 5)}}
 	for i, name := range []string{"web", "api", "db"} {
 		key := loader.ServiceKey{VIP: netip.AddrFrom4([4]byte{198, 51, 100, byte(i + 1)}), Port: 80, Proto: loader.TCP}
-		f.key[name] = key
 		ifc := "eth0"
 		if name == "db" {
 			ifc = "eth1"
 		}
-		f.status = append(f.status, control.ServiceStatus{Name: name, Key: key.String(), Interface: ifc})
-		dp := f.dp[name]
-		if dp.st.Services == nil {
-			dp.st = loader.Stats{Services: map[loader.ServiceKey]loader.Counter{}, Backends: map[loader.ServiceKey]map[netip.Addr]loader.Counter{}}
+		be := netip.MustParseAddr("10.0.0.1")
+		f.status = append(f.status, control.ServiceStatus{Name: name, Key: key, Interface: ifc, Backends: []control.BackendStatus{
+			{Address: be, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, Weight: 100, Health: probe.Up, State: loader.Draining, Admin: control.Draining,
+				Reason: "draining by operator", Since: time.Unix(1700000000, 0).UTC()}}})
+		if name != "db" {
+			f.counters.Services[name] = control.ServiceCounters{Interface: ifc, Service: loader.Counter{Packets: uint64(100 * (i + 1)), Bytes: 7},
+				Backends: map[netip.Addr]loader.Counter{be: {Packets: uint64(i + 1)}}}
 		}
-		dp.st.Services[key] = loader.Counter{Packets: uint64(100 * (i + 1))}
-		dp.st.Backends[key] = map[netip.Addr]loader.Counter{netip.MustParseAddr("10.0.0.1"): {Packets: uint64(i + 1)}}
 	}
 	rec := recorder.New(16)
 	rec.Add(recorder.Event{Kind: "reload"})
 	rec.Add(recorder.Event{Kind: "backend-down", Service: "web", Backend: "10.0.0.1"})
-	d := &Daemon{Events: rec, Log: slog.New(slog.DiscardHandler), Started: time.Unix(1700000000, 0).UTC(),
+	d := &Daemon{Events: rec, VRRP: fakeVRRP{}, Log: slog.New(slog.DiscardHandler), Started: time.Unix(1700000000, 0).UTC(),
 		Reload: func(ctx context.Context) error { return errors.New("config: services[0].vip: not an address") }}
 	return f, d, (&server{d: d, ctl: f}).routes()
 }
@@ -118,8 +120,12 @@ func TestHandlers(t *testing.T) {
 		want               []string // substrings of the body
 	}{
 		{"GET", "/v1/status", "", 200, []string{`"generation":4`, `"services":3`, `"interfaces":["eth0","eth1"]`}},
-		{"GET", "/v1/services", "", 200, []string{`"name":"web"`, `"counters":{"packets":100,`, `"name":"db"`, `"counters":{"packets":300,`, `"10.0.0.1":{"packets":3,`}},
-		{"GET", "/v1/flows", "", 200, []string{`"packets":50`, `"packets":20`, `"packets":5`}},
+		{"GET", "/v1/services", "", 200, []string{
+			`{"name":"web","key":"198.51.100.1:80/tcp","interface":"eth0","backends":[{"address":"10.0.0.1","mac":"02:00:00:00:00:01","weight":100,"group":0,"health":"up","state":"draining","admin":"draining","reason":"draining by operator","since":"2023-11-14T22:13:20Z"}],"counters":{"packets":100,"bytes":7},"backend_counters":{"10.0.0.1":{"packets":1,"bytes":0}}}`,
+			`"name":"api"`, `"counters":{"packets":200,`, `"10.0.0.1":{"packets":2,`,
+			`{"name":"db","key":"198.51.100.3:80/tcp","interface":"eth1","backends":[{`, `"counters":{"packets":0,"bytes":0},"backend_counters":{}}`}},
+		{"GET", "/v1/vip", "", 200, []string{`[{"name":"v4","vrid":42,"interface":"eth0","vips":["198.51.100.1"],"state":"master","priority":100,"base_priority":150,"since":"2023-11-14T22:13:20Z","reason":"master down","tracking":"all backends of service web down","received":{"Accepted":9,`}},
+		{"GET", "/v1/flows", "", 200, []string{`"packets":50`, `"packets":20`, `"packets":5`, `"proto":"tcp"`, `"backend":"10.0.0.1"`}},
 		{"GET", "/v1/flows?limit=2", "", 200, []string{`[{"client":"203.0.113.1:1000"`, `},{"client":"203.0.113.3:1000"`}},
 		{"GET", "/v1/flows?limit=abc", "", 400, []string{`"error":"limit: \"abc\" is not a positive number"`}},
 		{"GET", "/v1/flows?limit=0", "", 400, []string{`"error":"limit:`}},
@@ -163,16 +169,25 @@ func TestHandlers(t *testing.T) {
 	}
 }
 
-// TestServicesReadsEachDataplaneOnce: GET /v1/services called Stats once
-// per service before the fix, every counter of the dataplane each time.
-func TestServicesReadsEachDataplaneOnce(t *testing.T) {
+// TestServicesReadsCountersOnce: GET /v1/services reads the counters once
+// for all services (the controller reads each dataplane once); before, it
+// read a dataplane's every counter once per service.
+func TestServicesReadsCountersOnce(t *testing.T) {
 	f, _, h := testServer(t)
 	h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/v1/services", nil))
-	if n := f.dp["web"].stats; n != 1 {
-		t.Errorf("eth0 (web, api): Stats read %d times, want 1", n)
+	if f.reads != 1 {
+		t.Errorf("Counters read %d times for 3 services, want 1", f.reads)
 	}
-	if n := f.dp["db"].stats; n != 1 {
-		t.Errorf("eth1 (db): Stats read %d times, want 1", n)
+}
+
+// TestFlowsError: a dataplane that cannot be read is a 500 naming it.
+func TestFlowsError(t *testing.T) {
+	f, _, h := testServer(t)
+	f.flowsErr = errors.New("interface eth1: iterate flows: operation not permitted")
+	rr := httptest.NewRecorder()
+	h.ServeHTTP(rr, httptest.NewRequest("GET", "/v1/flows", nil))
+	if want := `{"error":"interface eth1: iterate flows: operation not permitted"}` + "\n"; rr.Code != 500 || rr.Body.String() != want {
+		t.Errorf("%d %s, want 500 %s", rr.Code, rr.Body, want)
 	}
 }
 

@@ -45,7 +45,7 @@ func TestBackendLeavingDataplaneIsNotUp(t *testing.T) {
 		t.Fatalf("after b's MAC went away the dataplane holds %s, want 10.0.0.1=up alone", statesString(got))
 	}
 	for _, bs := range c.Status()[0].Backends {
-		if bs.Address == b.String() && bs.State == loader.Up.String() {
+		if bs.Address == b && bs.State == loader.Up {
 			t.Errorf("status shows %s up while it is not in the dataplane", b)
 		}
 	}

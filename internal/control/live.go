@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/keepbit/keepbit/loader"
 )
 
 // Live reports, for a backend of a service, how many flow-table entries
@@ -15,8 +17,11 @@ func (c *Controller) Live(service string, addr netip.Addr, idle time.Duration) (
 	addr = addr.Unmap() // as the config keys it
 	c.mu.Lock()
 	s := c.svcs[service]
+	var dp *loader.Dataplane
+	var key loader.ServiceKey
 	known := false
 	if s != nil {
+		dp, key = s.dp, s.key
 		_, known = s.backends[addr]
 	}
 	c.mu.Unlock()
@@ -25,10 +30,6 @@ func (c *Controller) Live(service string, addr netip.Addr, idle time.Duration) (
 	}
 	if !known {
 		return 0, 0, fmt.Errorf("service %q: backend %s: %w", service, addr, ErrNotConfigured)
-	}
-	dp, key, ok := c.Dataplane(service)
-	if !ok {
-		return 0, 0, fmt.Errorf("service %q: %w", service, ErrNotConfigured)
 	}
 	return dp.LiveFlows(key, addr, idle)
 }

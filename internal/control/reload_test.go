@@ -81,7 +81,7 @@ func TestReloadKeepsVerdicts(t *testing.T) {
 		}
 		for _, ss := range c.Status() {
 			for _, bs := range ss.Backends {
-				if a := netip.MustParseAddr(bs.Address); bs.State != got[a].String() {
+				if a := bs.Address; bs.State != got[a] {
 					t.Fatalf("iteration %d: controller thinks %s is %s, the dataplane holds %s", iter, a, bs.State, got[a])
 				}
 			}
@@ -108,7 +108,7 @@ func TestStatusDuringApply(t *testing.T) {
 			}
 			for _, ss := range c.Status() {
 				for _, b := range ss.Backends {
-					_ = b.MAC + b.Address
+					_ = b.MAC.String() + b.Address.String()
 				}
 			}
 		}
@@ -198,7 +198,7 @@ func TestOverridesSurviveRestart(t *testing.T) {
 	}
 	admins := map[string]string{}
 	for _, b := range c.Status()[0].Backends {
-		admins[b.Address] = string(b.Admin)
+		admins[b.Address.String()] = string(b.Admin)
 	}
 	if fmt.Sprint(admins) != "map[10.0.0.1:disabled 10.0.0.2:draining 10.0.0.3: 10.0.0.4:draining]" {
 		t.Fatalf("admin after restart: %v", admins)

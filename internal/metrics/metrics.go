@@ -39,9 +39,19 @@ type VRRPStatus interface {
 	Status() []ownership.VRRPStatus
 }
 
+// Source is what a scrape reads of the controller (*control.Controller):
+// never the dataplane itself.
+type Source interface {
+	Generation() int
+	Status() []control.ServiceStatus
+	// Counters reads every dataplane's counters once.
+	Counters() control.Counters
+}
+
 // New registers Keepbit's metrics for ctl and the VRRP instances of vr
-// (nil: none).
-func New(ctl *control.Controller, vr VRRPStatus) *Metrics {
+// (nil: none). Probe latencies come through ObserveProbe, which the
+// caller hands to the controller (control.Controller.ProbeObserver).
+func New(ctl Source, vr VRRPStatus) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		probeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -61,12 +71,12 @@ func New(ctl *control.Controller, vr VRRPStatus) *Metrics {
 			Name: "keepbit_vrrp_transitions_total", Help: "VRRP state changes by new state."}, []string{"instance", "state"}),
 	}
 	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
-		&dataplaneCollector{src: ctlSource{ctl}, vrrp: vr}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	ctl.ProbeObserver = m.observeProbe
+		&collector{src: ctl, vrrp: vr}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func (m *Metrics) observeProbe(service, backend string, r probe.Result) {
+// ObserveProbe records one probe's latency and failure.
+func (m *Metrics) ObserveProbe(service, backend string, r probe.Result) {
 	m.probeLatency.WithLabelValues(service, backend).Observe(r.Latency.Seconds())
 	if r.Err != nil {
 		m.probeFailed.WithLabelValues(service, backend).Inc()
@@ -112,15 +122,20 @@ func (m *Metrics) Follow(ctx context.Context, rec *recorder.Recorder) {
 	}
 }
 
+// Handler answers GET /metrics.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
 // Serve answers /metrics on addr until ctx ends.
 func (m *Metrics) Serve(ctx context.Context, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()
 		_ = srv.Close()
@@ -146,101 +161,59 @@ var (
 	descVRRPPrio   = prometheus.NewDesc("keepbit_vrrp_priority", "VRRP priority in force (after tracking).", []string{"instance"}, nil)
 )
 
-// source is what the collector reads at scrape time: the controller (see
-// ctlSource), or a fake in tests.
-type source interface {
-	Generation() int
-	Status() []control.ServiceStatus
-	// Counters returns the counter reader of the service's dataplane; one
-	// reader is shared by every service on that dataplane.
-	Counters(service string) (counterReader, loader.ServiceKey, bool)
-}
-
-// counterReader is a dataplane's counters: Stats reads all of them.
-type counterReader interface {
-	Stats() (loader.Stats, error)
-}
-
-type ctlSource struct{ *control.Controller }
-
-func (s ctlSource) Counters(service string) (counterReader, loader.ServiceKey, bool) {
-	dp, key, ok := s.Dataplane(service)
-	if !ok || dp == nil {
-		return nil, key, false
-	}
-	return dp, key, true
-}
-
-// dataplaneCollector reads the dataplane and the controller at scrape time.
-type dataplaneCollector struct {
-	src  source
+// collector reads the controller and the VRRP owner at scrape time.
+type collector struct {
+	src  Source
 	vrrp VRRPStatus
 }
 
-func (c *dataplaneCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descHealth, descSvcPackets, descSvcBytes, descBePackets, descBeBytes, descReasons, descGeneration, descVRRP, descVRRPPrio} {
 		ch <- d
 	}
 }
 
-// Collect reads each dataplane's counters once per scrape, whatever the
-// number of services on it: Stats reads every counter of the dataplane,
-// so reading it per service made a scrape quadratic (about 1.3 s at 200
-// services).
-func (c *dataplaneCollector) Collect(ch chan<- prometheus.Metric) {
+// The numbers the gauges' help texts promise, from the typed states.
+var (
+	vrrpValue    = map[vrrp.State]float64{vrrp.Initialize: 0, vrrp.Backup: 1, vrrp.Master: 2, vrrp.Fault: 3}
+	backendValue = map[loader.State]float64{loader.Down: 0, loader.Up: 1, loader.Draining: 2}
+)
+
+// Collect reads the counters once per scrape (the controller reads each
+// dataplane once, whatever the number of services on it). A service the
+// dataplane does not hold (mid-reload), or whose dataplane could not be
+// read, has no counter series in that scrape: a 0 would read as a reset.
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descGeneration, prometheus.GaugeValue, float64(c.src.Generation()))
-	var instances []ownership.VRRPStatus
 	if c.vrrp != nil {
-		instances = c.vrrp.Status()
+		for _, v := range c.vrrp.Status() {
+			ch <- prometheus.MustNewConstMetric(descVRRP, prometheus.GaugeValue, vrrpValue[v.State], v.Name)
+			ch <- prometheus.MustNewConstMetric(descVRRPPrio, prometheus.GaugeValue, float64(v.Priority), v.Name)
+		}
 	}
-	for _, v := range instances {
-		st := map[vrrp.State]float64{vrrp.Initialize: 0, vrrp.Backup: 1, vrrp.Master: 2, vrrp.Fault: 3}[v.State]
-		ch <- prometheus.MustNewConstMetric(descVRRP, prometheus.GaugeValue, st, v.Name)
-		ch <- prometheus.MustNewConstMetric(descVRRPPrio, prometheus.GaugeValue, float64(v.Priority), v.Name)
+	counters := c.src.Counters()
+	for iface, reasons := range counters.Reasons {
+		for reason, rc := range reasons {
+			ch <- prometheus.MustNewConstMetric(descReasons, prometheus.CounterValue, float64(rc.Packets), iface, reason)
+		}
 	}
-	type read struct {
-		st  loader.Stats
-		err error
-	}
-	reads := map[counterReader]*read{}
 	for _, s := range c.src.Status() {
 		for _, b := range s.Backends {
-			state := map[string]float64{"down": 0, "up": 1, "draining": 2}[b.State]
-			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, state, s.Name, b.Address)
+			addr := b.Address.String()
+			ch <- prometheus.MustNewConstMetric(descState, prometheus.GaugeValue, backendValue[b.State], s.Name, addr)
 			healthy := 0.0
-			if b.Health == "up" {
+			if b.Health == probe.Up {
 				healthy = 1
 			}
-			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, healthy, s.Name, b.Address)
+			ch <- prometheus.MustNewConstMetric(descHealth, prometheus.GaugeValue, healthy, s.Name, addr)
 		}
-		dp, key, ok := c.src.Counters(s.Name)
-		if !ok {
-			continue
-		}
-		r, done := reads[dp]
-		if !done {
-			r = &read{}
-			r.st, r.err = dp.Stats()
-			reads[dp] = r
-			if r.err == nil {
-				for reason, rc := range r.st.Reasons {
-					ch <- prometheus.MustNewConstMetric(descReasons, prometheus.CounterValue, float64(rc.Packets), s.Interface, reason)
-				}
-			}
-		}
-		if r.err != nil {
-			continue // counters of this dataplane are missing from this scrape
-		}
-		// A service the dataplane does not hold yet (or any more), say in
-		// the middle of a reload, is left out of this scrape: a 0 would
-		// read as a counter reset.
-		sc, held := r.st.Services[key]
+		sc, held := counters.Services[s.Name]
 		if !held {
 			continue
 		}
-		ch <- prometheus.MustNewConstMetric(descSvcPackets, prometheus.CounterValue, float64(sc.Packets), s.Name)
-		ch <- prometheus.MustNewConstMetric(descSvcBytes, prometheus.CounterValue, float64(sc.Bytes), s.Name)
-		for addr, bc := range r.st.Backends[key] {
+		ch <- prometheus.MustNewConstMetric(descSvcPackets, prometheus.CounterValue, float64(sc.Service.Packets), s.Name)
+		ch <- prometheus.MustNewConstMetric(descSvcBytes, prometheus.CounterValue, float64(sc.Service.Bytes), s.Name)
+		for addr, bc := range sc.Backends {
 			ch <- prometheus.MustNewConstMetric(descBePackets, prometheus.CounterValue, float64(bc.Packets), s.Name, addr.String())
 			ch <- prometheus.MustNewConstMetric(descBeBytes, prometheus.CounterValue, float64(bc.Bytes), s.Name, addr.String())
 		}

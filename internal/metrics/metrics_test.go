@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,75 +15,72 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
+	"github.com/keepbit/keepbit/vip/vrrp"
 )
 
-// fakeDP is a dataplane's counters: every service's packets are 10 times
-// its index, every backend's packets its service's plus the backend index.
-type fakeDP struct {
-	calls int
-	st    loader.Stats
-	err   error
-}
-
-func (f *fakeDP) Stats() (loader.Stats, error) {
-	f.calls++
-	return f.st, f.err
-}
-
+// fakeSource is the controller: services spread round-robin over
+// interfaces, two backends each; a service's packets are 10 times its
+// index, a backend's its service's plus the backend's index (1, 2).
 type fakeSource struct {
-	status []control.ServiceStatus
-	dp     map[string]*fakeDP // by service name
-	key    map[string]loader.ServiceKey
+	status   []control.ServiceStatus
+	counters control.Counters
+	reads    int // Counters calls
 }
 
 func (f *fakeSource) Generation() int                 { return 3 }
 func (f *fakeSource) Status() []control.ServiceStatus { return f.status }
-func (f *fakeSource) Counters(service string) (counterReader, loader.ServiceKey, bool) {
-	dp, ok := f.dp[service]
-	if !ok {
-		return nil, loader.ServiceKey{}, false
-	}
-	return dp, f.key[service], true
-}
+func (f *fakeSource) Counters() control.Counters      { f.reads++; return f.counters }
 
-// world builds services spread round-robin over the named interfaces, each
-// with two backends, and one fake dataplane per interface.
-func world(services int, ifaces []string, failing map[string]bool) (*fakeSource, map[string]*fakeDP) {
-	src := &fakeSource{dp: map[string]*fakeDP{}, key: map[string]loader.ServiceKey{}}
-	dps := map[string]*fakeDP{}
+// world builds services over ifaces; the counters of a failing interface
+// are missing, as the controller leaves them.
+func world(services int, ifaces []string, failing map[string]bool) *fakeSource {
+	src := &fakeSource{counters: control.Counters{Services: map[string]control.ServiceCounters{},
+		Reasons: map[string]map[string]loader.Counter{}, Failed: map[string]error{}}}
 	for _, ifc := range ifaces {
-		dps[ifc] = &fakeDP{st: loader.Stats{Reasons: map[string]loader.Counter{"pass": {Packets: 7}},
-			Services: map[loader.ServiceKey]loader.Counter{}, Backends: map[loader.ServiceKey]map[netip.Addr]loader.Counter{}}}
 		if failing[ifc] {
-			dps[ifc].err = errors.New("read counters: broken")
+			src.counters.Failed[ifc] = errors.New("read counters: broken")
+			continue
 		}
+		src.counters.Reasons[ifc] = map[string]loader.Counter{"pass": {Packets: 7}}
 	}
 	for i := range services {
 		name := fmt.Sprintf("svc%d", i)
 		ifc := ifaces[i%len(ifaces)]
 		key := loader.ServiceKey{VIP: netip.AddrFrom4([4]byte{198, 51, byte(i / 250), byte(i%250 + 1)}), Port: 80, Proto: loader.TCP}
-		ss := control.ServiceStatus{Name: name, Key: key.String(), Interface: ifc}
+		ss := control.ServiceStatus{Name: name, Key: key, Interface: ifc}
 		bs := map[netip.Addr]loader.Counter{}
 		for j := range 2 {
 			addr := netip.AddrFrom4([4]byte{10, byte(i / 250), byte(i % 250), byte(j + 1)})
-			ss.Backends = append(ss.Backends, control.BackendStatus{Address: addr.String(), State: "up", Health: "up"})
+			ss.Backends = append(ss.Backends, control.BackendStatus{Address: addr, State: loader.Up, Health: probe.Up})
 			bs[addr] = loader.Counter{Packets: uint64(10*i + j + 1)}
 		}
-		dps[ifc].st.Services[key] = loader.Counter{Packets: uint64(10 * i), Bytes: uint64(1000 * i)}
-		dps[ifc].st.Backends[key] = bs
+		if !failing[ifc] {
+			src.counters.Services[name] = control.ServiceCounters{Interface: ifc, Service: loader.Counter{Packets: uint64(10 * i), Bytes: uint64(1000 * i)}, Backends: bs}
+		}
 		src.status = append(src.status, ss)
-		src.dp[name] = dps[ifc]
-		src.key[name] = key
 	}
-	return src, dps
+	return src
 }
 
-func gather(t *testing.T, src source) map[string][]*dto.Metric {
+// fakeVRRP: one instance per state.
+type fakeVRRP struct{}
+
+func (fakeVRRP) Status() []ownership.VRRPStatus {
+	var out []ownership.VRRPStatus
+	for _, st := range []vrrp.State{vrrp.Initialize, vrrp.Backup, vrrp.Master, vrrp.Fault} {
+		out = append(out, ownership.VRRPStatus{Name: st.String(), State: st, Priority: uint8(100 + st)})
+	}
+	return out
+}
+
+func gather(t *testing.T, src Source, vr VRRPStatus) map[string][]*dto.Metric {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(&dataplaneCollector{src: src})
+	reg.MustRegister(&collector{src: src, vrrp: vr})
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -104,10 +104,11 @@ func labelled(ms []*dto.Metric, name, value string) []*dto.Metric {
 	return out
 }
 
-// TestScrapeReadsEachDataplaneOnce: before the fix the collector called
-// Stats once per service, so a scrape of 200 services read every counter
-// of the dataplane 200 times.
-func TestScrapeReadsEachDataplaneOnce(t *testing.T) {
+// TestScrape: series per case, counters read once per scrape, each
+// service's counters its own, states typed into the promised numbers.
+// Before, the collector read a dataplane's counters once per service (200
+// reads of everything per scrape at 200 services).
+func TestScrape(t *testing.T) {
 	cases := []struct {
 		name          string
 		services      int
@@ -122,20 +123,14 @@ func TestScrapeReadsEachDataplaneOnce(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			src, dps := world(c.services, c.ifaces, c.failing)
+			src := world(c.services, c.ifaces, c.failing)
 			const scrapes = 3
 			var got map[string][]*dto.Metric
 			for range scrapes {
-				got = gather(t, src)
+				got = gather(t, src, nil)
 			}
-			for ifc, dp := range dps {
-				want := scrapes
-				if c.services == 0 {
-					want = 0
-				}
-				if dp.calls != want {
-					t.Errorf("%s: Stats read %d times in %d scrapes, want %d", ifc, dp.calls, scrapes, want)
-				}
+			if src.reads != scrapes {
+				t.Errorf("Counters read %d times in %d scrapes, want %d", src.reads, scrapes, scrapes)
 			}
 			if n := len(got["keepbit_service_packets_total"]); n != c.wantSvcSeries {
 				t.Errorf("keepbit_service_packets_total: %d series, want %d", n, c.wantSvcSeries)
@@ -143,9 +138,14 @@ func TestScrapeReadsEachDataplaneOnce(t *testing.T) {
 			if n := len(got["keepbit_backend_state"]); n != 2*c.services {
 				t.Errorf("keepbit_backend_state: %d series, want %d (states need no counters)", n, 2*c.services)
 			}
-			for ifc := range dps {
+			for _, m := range got["keepbit_backend_state"] {
+				if v := m.GetGauge().GetValue(); v != 1 {
+					t.Fatalf("keepbit_backend_state %v = %v, want 1 (up)", m.GetLabel(), v)
+				}
+			}
+			for _, ifc := range c.ifaces {
 				want := 1
-				if c.failing[ifc] || c.services == 0 {
+				if c.failing[ifc] {
 					want = 0
 				}
 				if n := len(labelled(got["keepbit_dataplane_packets_total"], "interface", ifc)); n != want {
@@ -169,15 +169,47 @@ func TestScrapeReadsEachDataplaneOnce(t *testing.T) {
 	}
 }
 
+// TestScrapeStates: every typed state becomes the number the help text
+// gives it.
+func TestScrapeStates(t *testing.T) {
+	src := world(1, []string{"eth0"}, nil)
+	bs := src.status[0].Backends
+	bs[0].State, bs[0].Health = loader.Draining, probe.Down
+	bs[1].State, bs[1].Health = loader.Down, probe.Unknown
+	got := gather(t, src, fakeVRRP{})
+	cases := []struct {
+		metric, label, value string
+		want                 float64
+	}{
+		{"keepbit_backend_state", "backend", "10.0.0.1", 2},
+		{"keepbit_backend_state", "backend", "10.0.0.2", 0},
+		{"keepbit_backend_healthy", "backend", "10.0.0.1", 0},
+		{"keepbit_backend_healthy", "backend", "10.0.0.2", 0},
+		{"keepbit_vrrp_state", "instance", "initialize", 0},
+		{"keepbit_vrrp_state", "instance", "backup", 1},
+		{"keepbit_vrrp_state", "instance", "master", 2},
+		{"keepbit_vrrp_state", "instance", "fault", 3},
+		{"keepbit_vrrp_priority", "instance", "master", 102},
+		{"keepbit_config_generation", "", "", 3},
+	}
+	for _, c := range cases {
+		ms := got[c.metric]
+		if c.label != "" {
+			ms = labelled(ms, c.label, c.value)
+		}
+		if len(ms) != 1 || ms[0].GetGauge().GetValue() != c.want {
+			t.Errorf("%s{%s=%q} = %v, want %v", c.metric, c.label, c.value, ms, c.want)
+		}
+	}
+}
+
 // TestScrapeSkipsServiceNotInDataplane: a configured service the dataplane
 // does not hold (yet, or any more: mid-reload) has no counter series in that
 // scrape; before, it was exported as 0, which Prometheus reads as a reset.
 func TestScrapeSkipsServiceNotInDataplane(t *testing.T) {
-	src, dps := world(3, []string{"eth0"}, nil)
-	gone := src.key["svc1"]
-	delete(dps["eth0"].st.Services, gone)
-	delete(dps["eth0"].st.Backends, gone)
-	got := gather(t, src)
+	src := world(3, []string{"eth0"}, nil)
+	delete(src.counters.Services, "svc1")
+	got := gather(t, src, nil)
 	if ms := labelled(got["keepbit_service_packets_total"], "service", "svc1"); len(ms) != 0 {
 		t.Errorf("keepbit_service_packets_total{service=svc1} = %v, want no series", ms)
 	}
@@ -191,7 +223,7 @@ func TestScrapeSkipsServiceNotInDataplane(t *testing.T) {
 
 // TestFollow: flight-recorder events become counters and phase histograms.
 func TestFollow(t *testing.T) {
-	m := New(&control.Controller{}, nil)
+	m := New(&fakeSource{}, nil)
 	rec := recorder.New(64)
 	t0 := time.Now()
 	for _, e := range []recorder.Event{
@@ -252,4 +284,47 @@ func value(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// TestHandler: what a Prometheus server gets over HTTP.
+func TestHandler(t *testing.T) {
+	src := world(2, []string{"eth0"}, nil)
+	delete(src.counters.Services, "svc1")
+	h := New(src, fakeVRRP{}).Handler()
+	cases := []struct {
+		method, path string
+		code         int
+		want, not    []string // lines of the body
+	}{
+		{"GET", "/metrics", 200, []string{
+			`keepbit_config_generation 3`,
+			`keepbit_backend_state{backend="10.0.0.1",service="svc0"} 1`,
+			`keepbit_backend_healthy{backend="10.0.1.2",service="svc1"} 1`,
+			`keepbit_service_packets_total{service="svc0"} 0`,
+			`keepbit_backend_packets_total{backend="10.0.0.2",service="svc0"} 2`,
+			`keepbit_dataplane_packets_total{interface="eth0",reason="pass"} 7`,
+			`keepbit_vrrp_state{instance="master"} 2`,
+			`keepbit_vrrp_priority{instance="fault"} 103`,
+		}, []string{`keepbit_service_packets_total{service="svc1"} 0`}},
+		{"GET", "/nope", 404, nil, nil},
+		{"POST", "/metrics", 405, nil, nil},
+	}
+	for _, c := range cases {
+		rr := httptest.NewRecorder()
+		h.ServeHTTP(rr, httptest.NewRequest(c.method, c.path, nil))
+		if rr.Code != c.code {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, rr.Code, c.code)
+		}
+		lines := strings.Split(rr.Body.String(), "\n")
+		for _, w := range c.want {
+			if !slices.Contains(lines, w) {
+				t.Errorf("%s %s: no line %s", c.method, c.path, w)
+			}
+		}
+		for _, w := range c.not {
+			if slices.Contains(lines, w) {
+				t.Errorf("%s %s: line %s should not be there", c.method, c.path, w)
+			}
+		}
+	}
 }
