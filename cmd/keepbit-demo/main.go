@@ -5,9 +5,7 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keepbit/keepbit/internal/apiclient"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/recorder"
@@ -130,7 +129,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 
 	evs := make(chan nodeEvent, 256)
 	for _, n := range nodes {
-		go follow(ctx, n, evs)
+		go follow(ctx, n, evs, tl)
 	}
 	state := &demoState{master: map[string]bool{}, up: map[string]map[string]bool{}}
 	printer := func(e nodeEvent) { state.apply(e); tl.say("%s", describe(e)) }
@@ -285,23 +284,24 @@ type nodeEvent struct {
 	recorder.Event
 }
 
-// follow streams a node's flight recorder through its API socket.
-func follow(ctx context.Context, n *nodeProc, out chan<- nodeEvent) {
-	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", n.sock)
-	}}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://keepbitd/v1/events?follow=1", nil)
-	resp, err := c.Do(req)
-	if err != nil {
-		return
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		var e recorder.Event
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
-			out <- nodeEvent{node: n.name, Event: e}
+// follow streams a node's flight recorder through its API socket until
+// ctx ends.
+func follow(ctx context.Context, n *nodeProc, out chan<- nodeEvent, tl *timeline) {
+	got := false
+	err := apiclient.New(n.sock).Events(ctx, 0, true, func(_ []byte, e recorder.Event) error {
+		got = true
+		select {
+		case out <- nodeEvent{node: n.name, Event: e}:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
 		}
+	})
+	// A node stopped at the end of the demo ends its stream; only a
+	// stream that never started is worth saying (the lab then waits in
+	// vain for that node).
+	if err != nil && !got && ctx.Err() == nil {
+		tl.say("%s: no events: %v", n.name, err)
 	}
 }
 

@@ -3,17 +3,12 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -22,7 +17,9 @@ import (
 	"time"
 
 	"github.com/keepbit/keepbit/internal/api"
+	"github.com/keepbit/keepbit/internal/apiclient"
 	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
 )
 
@@ -51,8 +48,9 @@ commands:
   enable SERVICE BACKEND          follow the health checks again
   disable SERVICE BACKEND         take the backend down`
 
+// client is the daemon's API and how answers are printed.
 type client struct {
-	http *http.Client
+	api  *apiclient.Client
 	out  io.Writer
 	json bool
 }
@@ -72,23 +70,20 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		fs.Usage()
 		return errors.New("no command")
 	}
-	c := &client{out: out, json: *format == "json", http: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", *socket)
-		}}}}
+	c := &client{out: out, json: *format == "json", api: apiclient.New(*socket)}
 	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	switch cmd {
 	case "status":
-		var st api.Status
-		if err := c.get(ctx, "/v1/status", &st); err != nil {
+		st, err := c.api.Status(ctx)
+		if err != nil {
 			return err
 		}
 		return c.print(st, func(w *tabwriter.Writer) {
 			fmt.Fprintf(w, "generation\t%d\ninterfaces\t%s\nservices\t%d\nstarted\t%s\n", st.Generation, strings.Join(st.Interfaces, ","), st.Services, st.Started.Format(time.RFC3339))
 		})
 	case "services", "backends":
-		var svcs []api.Service
-		if err := c.get(ctx, "/v1/services", &svcs); err != nil {
+		svcs, err := c.api.Services(ctx)
+		if err != nil {
 			return err
 		}
 		if cmd == "backends" && len(rest) > 0 {
@@ -129,8 +124,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		if _, err := parseAnywhere(ffs, rest); err != nil {
 			return err
 		}
-		var flows []api.Flow
-		if err := c.get(ctx, fmt.Sprintf("/v1/flows?limit=%d", *limit), &flows); err != nil {
+		flows, err := c.api.Flows(ctx, *limit)
+		if err != nil {
 			return err
 		}
 		return c.print(flows, func(w *tabwriter.Writer) {
@@ -140,8 +135,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		})
 	case "vip":
-		var vips []api.VIP
-		if err := c.get(ctx, "/v1/vip", &vips); err != nil {
+		vips, err := c.api.VIPs(ctx)
+		if err != nil {
 			return err
 		}
 		return c.print(vips, func(w *tabwriter.Writer) {
@@ -159,11 +154,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			}
 		})
 	case "reload":
-		var r map[string]int
-		if err := c.post(ctx, "/v1/reload", nil, &r); err != nil {
+		gen, err := c.api.Reload(ctx)
+		if err != nil {
 			return err
 		}
-		return c.print(r, func(w *tabwriter.Writer) { fmt.Fprintf(w, "reloaded: generation %d\n", r["generation"]) })
+		return c.print(map[string]int{"generation": gen}, func(w *tabwriter.Writer) { fmt.Fprintf(w, "reloaded: generation %d\n", gen) })
 	case "check-config":
 		if len(rest) != 1 {
 			return errors.New("check-config: want one FILE")
@@ -187,9 +182,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			return fmt.Errorf("%s: want SERVICE BACKEND", cmd)
 		}
 		svc, be := pos[0], pos[1]
-		path := fmt.Sprintf("/v1/services/%s/backends/%s/%s", url.PathEscape(svc), url.PathEscape(be), cmd)
-		var r map[string]string
-		if err := c.post(ctx, path, nil, &r); err != nil {
+		admin := map[string]control.Admin{"drain": control.Draining, "enable": control.Enabled, "disable": control.Disabled}[cmd]
+		if err := c.api.SetAdmin(ctx, svc, be, admin); err != nil {
 			return err
 		}
 		if cmd != "drain" || !*wait {
@@ -221,13 +215,12 @@ func parseAnywhere(fs *flag.FlagSet, args []string) ([]string, error) {
 // waitDrained polls until the backend has no live flow and its packet
 // counter stood still for a poll, or the timeout passes; it says which.
 func (c *client) waitDrained(ctx context.Context, svc, be string, timeout, idle time.Duration) error {
-	path := fmt.Sprintf("/v1/services/%s/backends/%s/live?idle=%s", url.PathEscape(svc), url.PathEscape(be), idle)
 	deadline := time.Now().Add(timeout)
 	var last api.Live
 	first := true
 	for {
-		var live api.Live
-		if err := c.get(ctx, path, &live); err != nil {
+		live, err := c.api.Live(ctx, svc, be, idle)
+		if err != nil {
 			return err
 		}
 		if !first && live.Flows == 0 && live.Packets == last.Packets {
@@ -247,28 +240,10 @@ func (c *client) waitDrained(ctx context.Context, svc, be string, timeout, idle 
 }
 
 func (c *client) events(ctx context.Context, after uint64, follow bool) error {
-	q := fmt.Sprintf("/v1/events?after=%d", after)
-	if follow {
-		q += "&follow=1"
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://keepbitd"+q, nil)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("keepbitd: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
-	}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
+	return c.api.Events(ctx, after, follow, func(raw []byte, e recorder.Event) error {
 		if c.json {
-			fmt.Fprintln(c.out, sc.Text())
-			continue
-		}
-		var e recorder.Event
-		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-			return fmt.Errorf("event: %w", err)
+			_, err := fmt.Fprintln(c.out, string(raw))
+			return err
 		}
 		line := fmt.Sprintf("%d %s %s", e.Seq, e.Time.Format("15:04:05.000"), e.Kind)
 		for _, kv := range [][2]string{{"service", e.Service}, {"backend", e.Backend}} {
@@ -282,44 +257,9 @@ func (c *client) events(ctx context.Context, after uint64, follow bool) error {
 		if e.Reason != "" {
 			line += " (" + e.Reason + ")"
 		}
-		fmt.Fprintln(c.out, line)
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
-	return sc.Err()
-}
-
-func (c *client) get(ctx context.Context, path string, v any) error {
-	return c.do(ctx, http.MethodGet, path, nil, v)
-}
-
-func (c *client) post(ctx context.Context, path string, body []byte, v any) error {
-	return c.do(ctx, http.MethodPost, path, body, v)
-}
-
-func (c *client) do(ctx context.Context, method, path string, body []byte, v any) error {
-	req, err := http.NewRequestWithContext(ctx, method, "http://keepbitd"+path, bytes.NewReader(body))
-	if err != nil {
+		_, err := fmt.Fprintln(c.out, line)
 		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("keepbitd: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return apiError(resp)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-func apiError(resp *http.Response) error {
-	var e struct{ Error string }
-	if json.NewDecoder(resp.Body).Decode(&e) == nil && e.Error != "" {
-		return errors.New(e.Error)
-	}
-	return fmt.Errorf("keepbitd answered %s", resp.Status)
+	})
 }
 
 func (c *client) print(v any, table func(*tabwriter.Writer)) error {
