@@ -16,6 +16,7 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Flow is one client connection and the backend it is on.
@@ -54,4 +55,63 @@ func compareForWire(a, b Flow) int {
 		return c
 	}
 	return a.Client.Compare(b.Client)
+}
+
+// grouper puts flows of one service and backend together, services in
+// order, in linear time: a sort of every flow by compareForWire cost ~70%
+// of the sender's CPU, while only the (few) groups need ordering.
+type grouper struct {
+	ids    map[groupKey]int // group -> index in keys
+	keys   []groupKey
+	counts []int // per group, then its next position in dst
+	order  []int
+	gid    []int32 // per flow
+}
+
+type groupKey struct {
+	vip     netip.Addr
+	port    uint16
+	proto   uint8
+	backend netip.Addr
+}
+
+func (k groupKey) compare(o groupKey) int {
+	return compareForWire(Flow{VIP: k.vip, Port: k.port, Proto: k.proto, Backend: k.backend},
+		Flow{VIP: o.vip, Port: o.port, Proto: o.proto, Backend: o.backend})
+}
+
+// group returns src's flows in dst (reused), grouped; src is unchanged.
+func (g *grouper) group(dst, src []Flow) []Flow {
+	if g.ids == nil {
+		g.ids = map[groupKey]int{}
+	}
+	clear(g.ids)
+	g.keys, g.counts, g.order, g.gid = g.keys[:0], g.counts[:0], g.order[:0], g.gid[:0]
+	for _, f := range src {
+		k := groupKey{f.VIP, f.Port, f.Proto, f.Backend}
+		id, ok := g.ids[k]
+		if !ok {
+			id = len(g.keys)
+			g.ids[k] = id
+			g.keys = append(g.keys, k)
+			g.counts = append(g.counts, 0)
+			g.order = append(g.order, id)
+		}
+		g.counts[id]++
+		g.gid = append(g.gid, int32(id))
+	}
+	slices.SortFunc(g.order, func(a, b int) int { return g.keys[a].compare(g.keys[b]) })
+	pos := 0
+	for _, id := range g.order {
+		n := g.counts[id]
+		g.counts[id] = pos
+		pos += n
+	}
+	dst = slices.Grow(dst[:0], len(src))[:len(src)]
+	for i, f := range src {
+		id := g.gid[i]
+		dst[g.counts[id]] = f
+		g.counts[id]++
+	}
+	return dst
 }

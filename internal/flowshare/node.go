@@ -444,7 +444,7 @@ func (n *Node) destinations() []netip.AddrPort {
 // sendLoop batches the queue into datagrams to every peer.
 func (n *Node) sendLoop(ctx context.Context) {
 	s := n.newSender()
-	var batch []Flow
+	var batch, grouped []Flow
 	for {
 		select {
 		case <-ctx.Done():
@@ -474,8 +474,8 @@ func (n *Node) sendLoop(ctx context.Context) {
 		n.mu.Lock()
 		batch, n.queue = n.queue, batch[:0]
 		n.mu.Unlock()
-		slices.SortFunc(batch, compareForWire)
-		s.send(ctx, batch, Message{Type: TypeFlows}, n.destinations())
+		grouped = s.group(grouped, batch)
+		s.send(ctx, grouped, Message{Type: TypeFlows}, n.destinations())
 	}
 }
 
@@ -490,6 +490,7 @@ type sender struct {
 	n     *Node
 	codec *Codec
 	buf   []byte
+	grouper
 }
 
 func (n *Node) newSender() *sender {
@@ -689,11 +690,11 @@ func (n *Node) answer(ctx context.Context, to netip.AddrPort, nonce uint64) {
 	s := n.newSender()
 	m := Message{Type: TypeFlows, Flags: FlagSnapshot, Nonce: nonce}
 	dst := []netip.AddrPort{to}
-	var pending []Flow
+	var pending, grouped []Flow
 	var datagrams, flows int
 	flush := func() {
-		slices.SortFunc(pending, compareForWire)
-		d, k := s.send(ctx, pending, m, dst)
+		grouped = s.group(grouped, pending)
+		d, k := s.send(ctx, grouped, m, dst)
 		datagrams += d
 		flows += k
 		pending = pending[:0]

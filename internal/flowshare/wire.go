@@ -392,9 +392,9 @@ func parse(b []byte, m *Message) error {
 	}
 	var prev Flow
 	for i := range count {
-		f, rest, err := parseFlow(body, prev, i > 0)
-		if err != nil {
-			return reject(ReasonOf(err), "flows[%d] of %d: %s", i, count, err.(*RejectError).Detail)
+		f, rest, bad, why := parseFlow(body, prev, i > 0)
+		if bad != 0 {
+			return reject(bad, "flows[%d] of %d: %s", i, count, why)
 		}
 		m.Flows = append(m.Flows, f)
 		prev, body = f, rest
@@ -418,21 +418,23 @@ func takeAddr(b []byte, v6 bool) (netip.Addr, []byte, bool) {
 	return netip.AddrFrom4([4]byte(b[:4])), b[4:], true
 }
 
-func parseFlow(b []byte, prev Flow, havePrev bool) (Flow, []byte, error) {
-	short := reject(ReasonTruncated, "ends inside the flow")
+// parseFlow decodes one flow; on failure it returns a reason and what is
+// wrong (no error value: this runs once per flow received).
+func parseFlow(b []byte, prev Flow, havePrev bool) (Flow, []byte, Reason, string) {
+	const short = "ends inside the flow"
 	if len(b) < 1 {
-		return Flow{}, b, short
+		return Flow{}, b, ReasonTruncated, short
 	}
 	tag := b[0]
 	b = b[1:]
 	switch {
 	case tag&flowReserved != 0:
-		return Flow{}, b, reject(ReasonMalformed, "reserved flag bits in %#x", tag)
+		return Flow{}, b, ReasonMalformed, fmt.Sprintf("reserved flag bits in %#x", tag)
 	case tag&(flowSameService|flowVIP6) == flowSameService|flowVIP6,
 		tag&(flowSameBackend|flowBackend6) == flowSameBackend|flowBackend6:
-		return Flow{}, b, reject(ReasonMalformed, "a repeated field with its family flag in %#x", tag)
+		return Flow{}, b, ReasonMalformed, fmt.Sprintf("a repeated field with its family flag in %#x", tag)
 	case !havePrev && tag&(flowSameService|flowSameBackend) != 0:
-		return Flow{}, b, reject(ReasonMalformed, "the first flow repeats a previous one (%#x)", tag)
+		return Flow{}, b, ReasonMalformed, fmt.Sprintf("the first flow repeats a previous one (%#x)", tag)
 	}
 	var f Flow
 	var ok bool
@@ -440,28 +442,28 @@ func parseFlow(b []byte, prev Flow, havePrev bool) (Flow, []byte, error) {
 		f.VIP, f.Port, f.Proto = prev.VIP, prev.Port, prev.Proto
 	} else {
 		if len(b) < 3 {
-			return Flow{}, b, short
+			return Flow{}, b, ReasonTruncated, short
 		}
 		f.Proto, f.Port = b[0], binary.BigEndian.Uint16(b[1:])
 		if f.VIP, b, ok = takeAddr(b[3:], tag&flowVIP6 != 0); !ok {
-			return Flow{}, b, short
+			return Flow{}, b, ReasonTruncated, short
 		}
 	}
 	if len(b) < 2 {
-		return Flow{}, b, short
+		return Flow{}, b, ReasonTruncated, short
 	}
 	port := binary.BigEndian.Uint16(b)
 	var client netip.Addr
 	if client, b, ok = takeAddr(b[2:], tag&flowClient6 != 0); !ok {
-		return Flow{}, b, short
+		return Flow{}, b, ReasonTruncated, short
 	}
 	f.Client = netip.AddrPortFrom(client, port)
 	if tag&flowSameBackend != 0 {
 		f.Backend = prev.Backend
 	} else if f.Backend, b, ok = takeAddr(b, tag&flowBackend6 != 0); !ok {
-		return Flow{}, b, short
+		return Flow{}, b, ReasonTruncated, short
 	}
-	return f, b, nil
+	return f, b, 0, ""
 }
 
 // reseal sets a datagram's sender, sequence and timestamp and tags it
