@@ -271,8 +271,10 @@ func (l *bgpLab) bgpSection(n *bgpNode) string {
 	return s
 }
 
-// flowSharingSection: the nodes share flows with each other by unicast.
-// The schema is internal/config/flowshare.go's (H6); keep this in step.
+// flowSharingSection: the nodes share flows with each other by unicast,
+// following internal/config/flowshare.go. Long-lived flows are shared
+// after 1s (the least the schema takes): the scenarios wait 1.5s after a
+// change before they fail a node.
 func (l *bgpLab) flowSharingSection(n *bgpNode) string {
 	var peers []string
 	for _, o := range l.nodes {
@@ -280,11 +282,17 @@ func (l *bgpLab) flowSharingSection(n *bgpNode) string {
 			peers = append(peers, o.addr)
 		}
 	}
+	key := filepath.Join(n.dir, "flow-sharing.key")
+	must(l.t, os.WriteFile(key, []byte("keepbit-bgp-lab-shared-flow-key-0123456789"), 0o600), "flow sharing key")
 	return fmt.Sprintf(`flow_sharing:
-  listen: "%s:7946"
+  listen: %s
   peers: [%s]
-  key: "0123456789abcdef0123456789abcdef"
-`, n.addr, strings.Join(peers, ", "))
+  key_file: %s
+  batch_interval: 2ms
+  warmup_timeout: 2s
+  long_lived_after: 1s
+  refresh: 5s
+`, n.addr, strings.Join(peers, ", "), key)
 }
 
 // start starts keepbitd on node i and waits until it has found every
