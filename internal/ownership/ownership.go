@@ -1,6 +1,7 @@
 // Package ownership decides whether this node carries the VIPs: VRRP
-// (one node of a segment holds them, vrrp.go) today, BGP route health
-// injection (every node announces them, bgp.go) beside it. Each mode
+// (one node of a segment holds them, vrrp.go) today; BGP route health
+// injection (every node announces them) goes beside it in bgp.go, with
+// the same Health and the same wiring in keepbitd. Each mode
 // follows the config through Reload(ctx, cfg) and Close, which the
 // controller calls (control.Owner), and learns the health of what it
 // announces through Health, which the controller implements: a mode never

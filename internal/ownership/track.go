@@ -6,9 +6,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/vip/vrrp"
-	"github.com/vishvananda/netlink"
 )
 
 // Run tracks what the instances' priorities depend on until ctx ends:
