@@ -41,6 +41,7 @@ func TestTrackingReactsToChanged(t *testing.T) {
 		{true, trackVerdict{prio: 150}},
 	}
 	for i, s := range steps {
+		start := time.Now()
 		if i > 0 {
 			h.set("web", s.up)
 		}
@@ -53,6 +54,9 @@ func TestTrackingReactsToChanged(t *testing.T) {
 			}
 			f.mu.Unlock()
 			if n == i+1 && last == s.want {
+				if i > 0 {
+					t.Logf("web up %v: priority %d after %v (poll an hour away)", s.up, last.prio, time.Since(start).Round(time.Microsecond))
+				}
 				break
 			}
 			if time.Now().After(deadline) || n > i+1 {
