@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"strconv"
@@ -89,6 +90,8 @@ type NewConns struct {
 	OK        int
 	Failed    map[Cause]int
 	ByBackend map[string]int
+	// Errors holds the first error of each cause, for failure messages.
+	Errors map[Cause]string
 }
 
 type conn struct {
@@ -120,7 +123,7 @@ func Start(ctx context.Context, cfg Config) (*Load, error) {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	l := &Load{cfg: cfg, cancel: cancel, start: time.Now(),
-		news: NewConns{Failed: map[Cause]int{}, ByBackend: map[string]int{}}}
+		news: NewConns{Failed: map[Cause]int{}, ByBackend: map[string]int{}, Errors: map[Cause]string{}}}
 	for i := range cfg.Conns {
 		c, err := l.open(ctx)
 		if err != nil {
@@ -129,7 +132,10 @@ func Start(ctx context.Context, cfg Config) (*Load, error) {
 		}
 		l.conns = append(l.conns, c)
 	}
+	// Gaps count from now: the first connections waited for the others.
+	now := time.Now()
 	for _, c := range l.conns {
+		c.lastEcho = now
 		l.wg.Add(2)
 		go l.send(ctx, c)
 		go l.receive(c)
@@ -323,7 +329,11 @@ func (l *Load) stream(ctx context.Context) {
 			defer l.mu.Unlock()
 			l.news.Attempts++
 			if err != nil {
-				l.news.Failed[classify(err)]++
+				cause := classify(err)
+				l.news.Failed[cause]++
+				if _, ok := l.news.Errors[cause]; !ok {
+					l.news.Errors[cause] = err.Error()
+				}
 				return
 			}
 			l.news.OK++
@@ -377,13 +387,8 @@ func (l *Load) Report() Report {
 		r.Conns = append(r.Conns, st)
 	}
 	l.mu.Lock()
-	r.New = NewConns{Attempts: l.news.Attempts, OK: l.news.OK, Failed: map[Cause]int{}, ByBackend: map[string]int{}}
-	for k, v := range l.news.Failed {
-		r.New.Failed[k] = v
-	}
-	for k, v := range l.news.ByBackend {
-		r.New.ByBackend[k] = v
-	}
+	r.New = NewConns{Attempts: l.news.Attempts, OK: l.news.OK,
+		Failed: maps.Clone(l.news.Failed), ByBackend: maps.Clone(l.news.ByBackend), Errors: maps.Clone(l.news.Errors)}
 	l.mu.Unlock()
 	r.summarize()
 	return r

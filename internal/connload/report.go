@@ -76,6 +76,9 @@ func (r Report) String() string {
 	if r.New.Attempts > 0 {
 		fmt.Fprintf(&b, "; new connections: %d of %d answered%s, by backend %s",
 			r.New.OK, r.New.Attempts, causes(r.New.Failed), counts(r.New.ByBackend))
+		for _, k := range slices.Sorted(maps.Keys(r.New.Errors)) {
+			fmt.Fprintf(&b, "; first %s: %s", k, r.New.Errors[k])
+		}
 	}
 	return b.String()
 }
