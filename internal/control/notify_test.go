@@ -50,14 +50,14 @@ func TestNotifyHookTimeout(t *testing.T) {
 	done := make(chan time.Duration, 1)
 	start := time.Now()
 	go func() {
-		c.RunNotify(config.Notify{Command: cmd, Args: args, Timeout: 100 * time.Millisecond}, recorder.Event{Kind: "backend-down"})
+		c.RunNotify(config.Notify{Command: cmd, Args: args, Timeout: 500 * time.Millisecond}, recorder.Event{Kind: "backend-down"})
 		done <- time.Since(start)
 	}()
 	select {
 	case took := <-done:
-		t.Logf("hook with a 100ms timeout returned after %v", took.Round(time.Millisecond))
-	case <-time.After(2 * time.Second):
-		t.Fatal("a hanging hook held the caller for 2s, its timeout is 100ms")
+		t.Logf("hook with a 500ms timeout returned after %v", took.Round(time.Millisecond))
+	case <-time.After(5 * time.Second): // it hangs 30 s if not killed
+		t.Fatal("a hanging hook held the caller for 5s, its timeout is 500ms")
 	}
 	proctest.CheckNoneLeft(t, pids)
 }

@@ -83,10 +83,13 @@ func TestTrackCommandTimeout(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		r.runTrackCommand(ctx, r.cmdOK, 0, config.TrackCommand{Command: cmd, Args: args, Interval: time.Hour, Timeout: 100 * time.Millisecond})
+		r.runTrackCommand(ctx, r.cmdOK, 0, config.TrackCommand{Command: cmd, Args: args, Interval: time.Hour, Timeout: 500 * time.Millisecond})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	deadline := time.Now().Add(2 * time.Second)
+	// The timeout leaves the shell time to fork its child even on a busy
+	// machine (the pid check wants both); the command hangs 30 s if not
+	// killed.
+	deadline := time.Now().Add(5 * time.Second)
 	for {
 		r.mu.Lock()
 		ok := r.cmdOK[0]
@@ -95,7 +98,7 @@ func TestTrackCommandTimeout(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the hanging track command was not failed within 2s, its timeout is 100ms")
+			t.Fatal("the hanging track command was not failed within 5s, its timeout is 500ms")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
