@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,6 +67,13 @@ type Dataplane struct {
 	mode    string
 	adopted bool
 	running bool // the background loops were started
+	progID  ebpf.ProgramID
+	// nl asks the kernel about the interface in the network namespace
+	// Open ran in, whichever thread asks (CheckAlive).
+	nl *netlink.Handle
+
+	aliveMu   sync.Mutex
+	lastAlive *aliveSample // CheckAlive's previous sample
 
 	// applyMu serializes structural changes (services, tables); it may be
 	// held across RCU waits. mu guards the index and is only held for map
@@ -247,7 +255,11 @@ func Open(ctx context.Context, opts Options) (*Dataplane, error) {
 		graceKick: make(chan struct{}, 1),
 		graceExit: make(chan struct{}),
 	}
+	if d.nl, err = netlink.NewHandle(); err != nil {
+		return nil, fmt.Errorf("netlink: %w", err)
+	}
 	if err := d.load(ctx); err != nil {
+		d.nl.Close()
 		return nil, err
 	}
 	d.running = true
@@ -275,7 +287,7 @@ func (d *Dataplane) load(ctx context.Context) error {
 	d.inner = spec.Maps[keepbitMapTables].InnerMap.Copy()
 
 	if d.opts.NoAttach {
-		if err := spec.LoadAndAssign(&d.objs, nil); err != nil {
+		if _, err := d.loadCollection(spec, nil); err != nil {
 			return fmt.Errorf("load BPF objects: %w", err)
 		}
 		return d.afterLoad()
@@ -455,6 +467,10 @@ func (d *Dataplane) Close() error {
 		d.xdp = nil
 	}
 	errs = append(errs, d.objs.Close())
+	if d.nl != nil {
+		d.nl.Close()
+		d.nl = nil
+	}
 	return errors.Join(errs...)
 }
 

@@ -56,6 +56,12 @@ func (d *Dataplane) loadCollection(spec *ebpf.CollectionSpec, opts *ebpf.Collect
 	if err != nil {
 		return nil, fmt.Errorf("assign BPF objects: %w", err)
 	}
+	info, err := d.objs.KeepbitXdp.Info()
+	if err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("read program info: %w", err)
+	}
+	d.progID, _ = info.ID()
 	return maps, nil
 }
 
