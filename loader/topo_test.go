@@ -13,6 +13,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	nslab "github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -32,10 +33,6 @@ const (
 	echoPort = 7
 )
 
-func newNS(t testing.TB) netns.NsHandle { return privtest.NewNS(t) }
-
-func inNS(ns netns.NsHandle, fn func() error) error { return privtest.InNS(ns, fn) }
-
 func must(t testing.TB, err error, what string) {
 	t.Helper()
 	if err != nil {
@@ -43,99 +40,43 @@ func must(t testing.TB, err error, what string) {
 	}
 }
 
-func addr(t testing.TB, h *netlink.Handle, name, cidr string) netlink.Link {
-	t.Helper()
-	l, err := h.LinkByName(name)
-	must(t, err, "find "+name)
-	a, err := netlink.ParseAddr(cidr)
-	must(t, err, "parse "+cidr)
-	must(t, h.AddrAdd(l, a), "address "+cidr+" on "+name)
-	must(t, h.LinkSetUp(l), "up "+name)
-	return l
-}
-
 func newTopo(t testing.TB) *topo {
 	t.Helper()
-	tp := &topo{client: newNS(t), backend: newNS(t), lbc: "kblbc", lbb: "kblbb", vip: netip.MustParseAddr(topoVIP)}
-	for _, p := range []struct {
-		lb, peer string
-		ns       netns.NsHandle
-	}{{tp.lbc, "eth0", tp.client}, {tp.lbb, "eth0", tp.backend}} {
-		v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.lb}, PeerName: p.lb + "peer"}
-		must(t, netlink.LinkAdd(v), "add veth "+p.lb)
-		t.Cleanup(func() { _ = netlink.LinkDel(v) })
-		peer, err := netlink.LinkByName(p.lb + "peer")
-		must(t, err, "find peer")
-		must(t, netlink.LinkSetNsFd(peer, int(p.ns)), "move peer")
-		h, err := netlink.NewHandleAt(p.ns)
-		must(t, err, "netlink handle")
-		defer h.Delete()
-		peer, err = h.LinkByName(p.lb + "peer")
-		must(t, err, "find moved peer")
-		must(t, h.LinkSetName(peer, p.peer), "rename peer")
-		lo, err := h.LinkByName("lo")
-		must(t, err, "lo")
-		must(t, h.LinkSetUp(lo), "lo up")
-	}
-	root := netlink.Handle{}
-	addr(t, &root, tp.lbc, "10.99.1.1/24")
-	addr(t, &root, tp.lbb, "10.99.2.1/24")
-	must(t, os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0), "ip_forward")
+	tp := &topo{client: privtest.NewNS(t), backend: privtest.NewNS(t), lbc: "kblbc", lbb: "kblbb", vip: netip.MustParseAddr(topoVIP)}
+	here := netns.None()
+	privtest.Veth(t, nslab.VethEnd{NS: here, Name: tp.lbc, Addrs: []string{"10.99.1.1/24"}},
+		nslab.VethEnd{NS: tp.client, Name: "eth0", Addrs: []string{"10.99.1.2/24"}})
+	vb := privtest.Veth(t, nslab.VethEnd{NS: here, Name: tp.lbb, Addrs: []string{"10.99.2.1/24"}},
+		nslab.VethEnd{NS: tp.backend, Name: "eth0", Addrs: []string{"10.99.2.2/24"}})
+	privtest.SetUp(t, tp.client, "lo")
+	privtest.SetUp(t, tp.backend, "lo")
+	privtest.Sysctl(t, here, map[string]string{"net/ipv4/ip_forward": "1"})
 
-	hc, err := netlink.NewHandleAt(tp.client)
-	must(t, err, "client handle")
-	defer hc.Delete()
-	ceth := addr(t, hc, "eth0", "10.99.1.2/24")
 	// veth hands checksums to the peer as "to be done" (CHECKSUM_PARTIAL);
 	// a frame that XDP redirects loses that note and arrives with half a
 	// checksum. A real NIC fills it in; here the client must.
-	must(t, inNS(tp.client, func() error { return privtest.TxChecksumOff("eth0") }), "client tx checksum off")
-	must(t, hc.RouteAdd(&netlink.Route{LinkIndex: ceth.Attrs().Index, Dst: netlink.NewIPNet(net.ParseIP(topoVIP)), Gw: net.ParseIP("10.99.1.1")}), "client route to VIP")
+	must(t, privtest.InNS(tp.client, func() error { return privtest.TxChecksumOff("eth0") }), "client tx checksum off")
+	privtest.AddRoute(t, tp.client, topoVIP, "10.99.1.1")
 
-	hb, err := netlink.NewHandleAt(tp.backend)
-	must(t, err, "backend handle")
-	defer hb.Delete()
-	beth := addr(t, hb, "eth0", "10.99.2.2/24")
-	addr(t, hb, "lo", topoVIP+"/32")
-	must(t, hb.RouteAdd(&netlink.Route{LinkIndex: beth.Attrs().Index, Gw: net.ParseIP("10.99.2.1")}), "backend default route")
-	tp.backendMAC = beth.Attrs().HardwareAddr
-
-	privtest.AttachPass(t, tp.backend, beth.Attrs().Index)
+	privtest.AddAddrs(t, tp.backend, "lo", topoVIP+"/32")
+	privtest.AddRoute(t, tp.backend, "default", "10.99.2.1")
+	tp.backendMAC = vb.B.MAC
+	privtest.AttachPass(t, tp.backend, vb.B.Index)
 
 	// UDP echo on the VIP, in the backend namespace.
-	var conn *net.UDPConn
-	must(t, inNS(tp.backend, func() error {
-		var err error
-		conn, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(topoVIP), Port: echoPort})
-		return err
-	}), "backend echo listener")
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := conn.ReadFromUDP(buf)
-			if err != nil {
-				return
-			}
-			_, _ = conn.WriteToUDP(append([]byte("echo "), buf[:n]...), from)
-		}
-	}()
+	privtest.ServeUDP(t, tp.backend, "udp4", net.JoinHostPort(topoVIP, fmt.Sprint(echoPort)), nslab.EchoPrefix("echo "))
 	return tp
 }
 
 // echoer is a UDP socket in the client namespace.
 type echoer struct {
-	conn *net.UDPConn
+	conn net.Conn
 }
 
 func (tp *topo) newEchoer(t testing.TB) *echoer {
 	t.Helper()
-	var c *net.UDPConn
-	must(t, inNS(tp.client, func() error {
-		var err error
-		c, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.ParseIP(topoVIP), Port: echoPort})
-		return err
-	}), "client socket")
+	c, err := nslab.DialContext(tp.client, time.Second)(context.Background(), "udp4", net.JoinHostPort(topoVIP, fmt.Sprint(echoPort)))
+	must(t, err, "client socket")
 	t.Cleanup(func() { c.Close() })
 	return &echoer{conn: c}
 }
