@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/keepbit/keepbit/internal/lab"
 )
 
 // listenerEnv turns the test binary into a process of TCP listeners that
@@ -24,21 +27,12 @@ func listenerMain() int {
 	n, _ := strconv.Atoi(os.Getenv(listenerEnv))
 	var addrs []string
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := lab.ServeAcceptClose(netns.None(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
 		addrs = append(addrs, ln.Addr().String())
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
 	}
 	fmt.Println(strings.Join(addrs, " "))
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n') // until the benchmark closes stdin

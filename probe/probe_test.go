@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
+	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -40,21 +43,7 @@ type servers struct {
 
 func startServers(t *testing.T) *servers {
 	s := &servers{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	s.tcpOpen = addrPort(t, ln.Addr().String())
+	s.tcpOpen = privtest.ServeAcceptClose(t, netns.None(), "tcp", "127.0.0.1:0").AddrPort()
 	closed, _ := net.Listen("tcp", "127.0.0.1:0")
 	s.tcpClosed = addrPort(t, closed.Addr().String())
 	closed.Close()
@@ -79,30 +68,8 @@ func startServers(t *testing.T) *servers {
 		t.Fatal(err)
 	}
 
-	for _, echo := range []bool{true, false} {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { pc.Close() })
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				if echo {
-					_, _ = pc.WriteTo(append([]byte("pong:"), buf[:n]...), from)
-				}
-			}
-		}()
-		if echo {
-			s.udpEcho = addrPort(t, pc.LocalAddr().String())
-		} else {
-			s.udpMute = addrPort(t, pc.LocalAddr().String())
-		}
-	}
+	s.udpEcho = privtest.ServeUDP(t, netns.None(), "udp", "127.0.0.1:0", lab.EchoPrefix("pong:")).AddrPort()
+	s.udpMute = privtest.ServeUDP(t, netns.None(), "udp", "127.0.0.1:0", nil).AddrPort()
 	return s
 }
 

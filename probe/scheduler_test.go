@@ -4,13 +4,17 @@ import (
 	"container/heap"
 	"context"
 	"errors"
-	"net"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/keepbit/keepbit/internal/lab"
+	"github.com/keepbit/keepbit/internal/privtest"
 )
 
 // TestRiseFall feeds result sequences to a check and expects the state
@@ -96,25 +100,12 @@ func TestValidate(t *testing.T) {
 type toggler struct {
 	t    *testing.T
 	addr string
-	ln   net.Listener
+	ln   *lab.AcceptClose
 }
 
 func (g *toggler) up() {
-	ln, err := net.Listen("tcp", g.addr)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	g.ln = ln
-	g.addr = ln.Addr().String()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	g.ln = privtest.ServeAcceptClose(g.t, netns.None(), "tcp", g.addr)
+	g.addr = g.ln.Addr().String()
 }
 
 func (g *toggler) down() { g.ln.Close() }
