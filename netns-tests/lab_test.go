@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -51,7 +49,7 @@ type backendNS struct {
 	ns   netns.NsHandle
 	addr string
 	mu   sync.Mutex
-	srv  map[int]*http.Server
+	srv  map[int]*nslab.HTTPServer
 }
 
 func must(t testing.TB, err error, what string) {
@@ -61,50 +59,28 @@ func must(t testing.TB, err error, what string) {
 	}
 }
 
-func veth(t *testing.T, lbName string, ns netns.NsHandle, lbAddr, peerAddr string) netlink.Link {
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: lbName}, PeerName: lbName + "p"}
-	must(t, netlink.LinkAdd(v), "add veth "+lbName)
-	t.Cleanup(func() { _ = netlink.LinkDel(v) })
-	peer, err := netlink.LinkByName(lbName + "p")
-	must(t, err, "find peer")
-	must(t, netlink.LinkSetNsFd(peer, int(ns)), "move peer")
-	lb, err := netlink.LinkByName(lbName)
-	must(t, err, "find "+lbName)
-	a, _ := netlink.ParseAddr(lbAddr)
-	must(t, netlink.AddrAdd(lb, a), "address "+lbAddr)
-	must(t, netlink.LinkSetUp(lb), "up "+lbName)
-	h, err := netlink.NewHandleAt(ns)
-	must(t, err, "handle")
-	defer h.Delete()
-	p, err := h.LinkByName(lbName + "p")
-	must(t, err, "find moved peer")
-	pa, _ := netlink.ParseAddr(peerAddr)
-	must(t, h.AddrAdd(p, pa), "peer address")
-	must(t, h.LinkSetUp(p), "peer up")
-	lo, _ := h.LinkByName("lo")
-	must(t, h.LinkSetUp(lo), "lo up")
-	return p
+// veth joins this namespace (lbName, lbAddr) to ns (lbName+"p", peerAddr)
+// and brings ns's lo up.
+func veth(t *testing.T, lbName string, ns netns.NsHandle, lbAddr, peerAddr string) nslab.Link {
+	v := privtest.Veth(t, nslab.VethEnd{NS: netns.None(), Name: lbName, Addrs: []string{lbAddr}},
+		nslab.VethEnd{NS: ns, Name: lbName + "p", Addrs: []string{peerAddr}})
+	privtest.SetUp(t, ns, "lo")
+	return v.B
 }
 
 func newLab(t *testing.T) *lab {
 	privtest.Require(t)
 	l := &lab{t: t, client: privtest.NewNS(t), dir: t.TempDir()}
-	must(t, os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0), "ip_forward")
-	cp := veth(t, "kbc", l.client, "10.70.0.1/24", "10.70.0.2/24")
-	hc, _ := netlink.NewHandleAt(l.client)
-	defer hc.Delete()
-	must(t, hc.RouteAdd(&netlink.Route{LinkIndex: cp.Attrs().Index, Dst: netlink.NewIPNet(net.ParseIP(vip)), Gw: net.ParseIP("10.70.0.1")}), "client route")
+	privtest.Sysctl(t, netns.None(), map[string]string{"net/ipv4/ip_forward": "1"})
+	veth(t, "kbc", l.client, "10.70.0.1/24", "10.70.0.2/24")
+	privtest.AddRoute(t, l.client, vip, "10.70.0.1")
 	must(t, privtest.InNS(l.client, func() error { return privtest.TxChecksumOff("kbcp") }), "client checksum offload off")
 	for i := 1; i <= 2; i++ {
-		b := &backendNS{name: fmt.Sprintf("b%d", i), ns: privtest.NewNS(t), addr: fmt.Sprintf("10.71.%d.2", i), srv: map[int]*http.Server{}}
+		b := &backendNS{name: fmt.Sprintf("b%d", i), ns: privtest.NewNS(t), addr: fmt.Sprintf("10.71.%d.2", i), srv: map[int]*nslab.HTTPServer{}}
 		p := veth(t, fmt.Sprintf("kb%d", i), b.ns, fmt.Sprintf("10.71.%d.1/24", i), b.addr+"/24")
-		h, _ := netlink.NewHandleAt(b.ns)
-		lo, _ := h.LinkByName("lo")
-		va, _ := netlink.ParseAddr(vip + "/32")
-		must(t, h.AddrAdd(lo, va), "VIP on backend lo")
-		must(t, h.RouteAdd(&netlink.Route{LinkIndex: p.Attrs().Index, Gw: net.ParseIP(fmt.Sprintf("10.71.%d.1", i))}), "backend default route")
-		h.Delete()
-		privtest.AttachPass(t, b.ns, p.Attrs().Index)
+		privtest.AddAddrs(t, b.ns, "lo", vip+"/32")
+		privtest.AddRoute(t, b.ns, "default", fmt.Sprintf("10.71.%d.1", i))
+		privtest.AttachPass(t, b.ns, p.Index)
 		l.backends = append(l.backends, b)
 		b.serve(t, 80)
 	}
@@ -114,20 +90,10 @@ func newLab(t *testing.T) *lab {
 // serve starts an HTTP server on every address of the backend, port port,
 // answering with the backend's name.
 func (b *backendNS) serve(t testing.TB, port int) {
-	var ln net.Listener
-	must(t, privtest.InNS(b.ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", fmt.Sprintf(":%d", port))
-		return err
-	}), "backend listen")
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%s:%d", b.name, port)
-	})}
-	go func() { _ = srv.Serve(ln) }()
+	srv := privtest.ServeHTTP(t, b.ns, "tcp4", fmt.Sprintf(":%d", port), nslab.Identify(fmt.Sprintf("%s:%d", b.name, port)))
 	b.mu.Lock()
 	b.srv[port] = srv
 	b.mu.Unlock()
-	t.Cleanup(func() { srv.Close() })
 }
 
 // stop kills the backend's server on port: new connections are refused.
@@ -262,12 +228,7 @@ func runDaemon(tb testing.TB, cfgPath, dir string) *daemon {
 
 // runDaemonIn starts keepbitd inside ns (netns.None(): this namespace).
 func runDaemonIn(tb testing.TB, ns netns.NsHandle, cfgPath, dir string) *daemon {
-	inNS := func(f func() error) error {
-		if ns == netns.None() {
-			return f()
-		}
-		return privtest.InNS(ns, f)
-	}
+	inNS := func(f func() error) error { return privtest.InNS(ns, f) }
 	d := &daemon{cmd: exec.Command(keepbitd(tb), "--config", cfgPath), done: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
 	must(tb, err, "stderr pipe")

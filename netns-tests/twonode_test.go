@@ -50,9 +50,7 @@ type node struct {
 
 func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 	privtest.Require(t)
-	bridge, err := nslab.New()
-	must(t, err, "lab")
-	t.Cleanup(bridge.Close)
+	bridge := privtest.Bridge(t)
 	l := &twoNode{t: t, root: t, lab: bridge, nodes: map[string]*node{}, dir: t.TempDir()}
 	client, err := bridge.Host("client", "eth0", "10.68.0.2/24")
 	must(t, err, "client")
@@ -65,13 +63,8 @@ func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 		h, err := bridge.Host(name, "eth0", fmt.Sprintf("10.68.0.%d/24", 21+i))
 		must(t, err, name)
 		must(t, h.Sysctl(map[string]string{"net/ipv4/conf/all/arp_ignore": "1", "net/ipv4/conf/all/arp_announce": "2"}), "backend sysctl")
-		nh, err := h.Handle()
-		must(t, err, "backend handle")
-		lo, _ := nh.LinkByName("lo")
-		va, _ := netlink.ParseAddr(vip2 + "/32")
-		must(t, nh.AddrAdd(lo, va), "VIP on backend lo")
-		nh.Delete()
-		b := &backendNS{name: name, ns: h.NS, srv: map[int]*http.Server{}}
+		privtest.AddAddrs(t, h.NS, "lo", vip2+"/32")
+		b := &backendNS{name: name, ns: h.NS, srv: map[int]*nslab.HTTPServer{}}
 		b.serve(t, 80)
 	}
 	for i, name := range []string{"a", "b"} {
