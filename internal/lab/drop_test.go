@@ -2,7 +2,6 @@ package lab_test
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -19,28 +18,6 @@ func reach(ns netns.NsHandle, addr string) error {
 		c.Close()
 	}
 	return err
-}
-
-func listenIn(t *testing.T, ns netns.NsHandle, addr string) {
-	t.Helper()
-	var ln net.Listener
-	if err := lab.InNS(ns, func() error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
 }
 
 // TestDropPort: a dropped bridge port cuts the host off both ways while its
@@ -60,8 +37,8 @@ func TestDropPort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	listenIn(t, y.NS, "10.99.4.2:7002")
-	listenIn(t, x.NS, "10.99.4.1:7002")
+	privtest.ServeAcceptClose(t, y.NS, "tcp", "10.99.4.2:7002")
+	privtest.ServeAcceptClose(t, x.NS, "tcp", "10.99.4.1:7002")
 	if err := reach(x.NS, "10.99.4.2:7002"); err != nil {
 		t.Fatalf("before the drop: %v", err)
 	}
