@@ -203,6 +203,12 @@ func (p *stallProbe) run(cpu int, done <-chan struct{}) {
 	}
 }
 
+func (p *stallProbe) all() []stall {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.stalls)
+}
+
 // excuse returns a stall of at least min that ended within 50 ms of at.
 func (p *stallProbe) excuse(at time.Time, min time.Duration) (stall, bool) {
 	p.mu.Lock()
@@ -229,7 +235,7 @@ func (n *node) falseDowns(t *testing.T, from int, probe *stallProbe, min time.Du
 		}
 		st, ok := probe.excuse(e.At, min)
 		if !ok {
-			t.Errorf("%s: false down %+v with no stall of %v or more around it (stalls seen: %+v)", n.name, e, min, probe.stalls)
+			t.Errorf("%s: false down %+v with no stall of %v or more around it (stalls seen: %+v)", n.name, e, min, probe.all())
 			continue
 		}
 		excused++
@@ -296,7 +302,7 @@ func TestSessionsComeUp(t *testing.T) {
 			waitState(t, sb, Up, 2*time.Second)
 			stA := sa.Status().Counters
 			t.Logf("%v at 10 ms x 3: %d packets in, %d out (%.0f/s each way); downs excused by process stalls: %d; stalls of 10 ms+: %d",
-				c.stayFor, stA.PacketsIn-inA, stA.PacketsOut-outA, float64(stA.PacketsOut-outA)/c.stayFor.Seconds(), excused, len(probe.stalls))
+				c.stayFor, stA.PacketsIn-inA, stA.PacketsOut-outA, float64(stA.PacketsOut-outA)/c.stayFor.Seconds(), excused, len(probe.all()))
 			// Expected ~ one packet per 8.75 ms on average (jitter).
 			if sent := stA.PacketsOut - outA; sent < uint64(c.stayFor/(20*time.Millisecond)) || sent > uint64(c.stayFor/(7*time.Millisecond)) {
 				t.Errorf("sent %d packets in %v at 10 ms", sent, c.stayFor)

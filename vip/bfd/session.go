@@ -149,12 +149,19 @@ func (s *Session) run() {
 		case <-s.stop:
 			return
 		case r := <-s.rx:
-			s.mu.Lock()
-			s.counters.PacketsIn++
-			acts := s.m.Receive(r.at, r.p)
-			s.mu.Unlock()
-			s.do(acts, r.at)
+			s.receive(r)
 		case <-timer.C:
+			// Packets the reader already holds arrived before this tick
+			// is handled: after a stall that delayed both, they must
+			// count before the detection timer is judged.
+			for drained := false; !drained; {
+				select {
+				case r := <-s.rx:
+					s.receive(r)
+				default:
+					drained = true
+				}
+			}
 			now := time.Now()
 			s.mu.Lock()
 			acts := s.m.Tick(now)
@@ -164,6 +171,14 @@ func (s *Session) run() {
 			fn()
 		}
 	}
+}
+
+func (s *Session) receive(r received) {
+	s.mu.Lock()
+	s.counters.PacketsIn++
+	acts := s.m.Receive(r.at, r.p)
+	s.mu.Unlock()
+	s.do(acts, r.at)
 }
 
 // do sends the machine's packets and reports its transitions; at is when
