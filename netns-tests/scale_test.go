@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
+	nslab "github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/privtest"
 )
 
@@ -32,58 +34,25 @@ func BenchmarkDaemonScale(b *testing.B) {
 func benchScale(b *testing.B, services, perService int) {
 	dir := b.TempDir()
 	peer := privtest.NewNS(b)
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "kbs0"}, PeerName: "kbs0p"}
-	if err := netlink.LinkAdd(v); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = netlink.LinkDel(v) })
-	p, _ := netlink.LinkByName("kbs0p")
-	if err := netlink.LinkSetNsFd(p, int(peer)); err != nil {
-		b.Fatal(err)
-	}
+	v := privtest.Veth(b, nslab.VethEnd{NS: netns.None(), Name: "kbs0", Addrs: []string{"10.81.0.1/24"}},
+		nslab.VethEnd{NS: peer, Name: "kbs0p", Addrs: []string{"10.81.0.2/24"}})
+	privtest.SetUp(b, peer, "lo")
 	// The backends' /16 is routed through the peer (10.81.0.2): 16,000
 	// on-link backends would need 16,000 neighbour entries, beyond the
 	// host-wide default gc_thresh3 of 1024 that a test must not change.
-	l, _ := netlink.LinkByName("kbs0")
-	a, _ := netlink.ParseAddr("10.81.0.1/24")
-	_ = netlink.AddrAdd(l, a)
-	_ = netlink.LinkSetUp(l)
-	_, subnet, _ := net.ParseCIDR("10.80.0.0/16")
-	if err := netlink.RouteAdd(&netlink.Route{Dst: subnet, Gw: net.ParseIP("10.81.0.2")}); err != nil {
-		b.Fatalf("route to backends: %v", err)
+	privtest.AddRoute(b, netns.None(), "10.80.0.0/16", "10.81.0.2")
+	h, err := nslab.Handle(peer)
+	if err != nil {
+		b.Fatal(err)
 	}
-	h, _ := netlink.NewHandleAt(peer)
-	pl, _ := h.LinkByName("kbs0p")
-	_ = h.LinkSetUp(pl)
 	lo, _ := h.LinkByName("lo")
-	_ = h.LinkSetUp(lo)
-	pa, _ := netlink.ParseAddr("10.81.0.2/24")
-	if err := h.AddrAdd(pl, pa); err != nil {
-		b.Fatalf("peer address: %v", err)
-	}
+	_, subnet, _ := net.ParseCIDR("10.80.0.0/16")
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: subnet, Type: syscall.RTN_LOCAL, Table: syscall.RT_TABLE_LOCAL, Scope: netlink.SCOPE_HOST}); err != nil {
 		b.Fatalf("AnyIP route: %v", err)
 	}
-	peerMAC := pl.Attrs().HardwareAddr.String()
 	h.Delete()
-	var ln net.Listener
-	if err := privtest.InNS(peer, func() error {
-		var err error
-		ln, err = net.Listen("tcp4", ":80")
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	peerMAC := v.B.MAC.String()
+	privtest.ServeAcceptClose(b, peer, "tcp4", ":80")
 
 	write := func(weight int) string {
 		var sb strings.Builder
