@@ -41,6 +41,9 @@ commands:
   events [-follow] [-after N]     flight recorder events
   flows [-limit N]                top flows by packets
   vip                             VRRP instances: state, priority, master, last transition
+  bgp                             BGP sessions (state, uptime, BFD) and VIP routes (announced or why not)
+  drain-node [-hold D]            withdraw every route; the sessions close after D (default bgp.drain_hold, 0 keeps them)
+  undrain                         announce the routes again as their health allows
   reload                          re-read the daemon's config file
   check-config FILE               validate a config file locally
   drain SERVICE BACKEND [-wait] [-timeout D] [-idle D]
@@ -153,6 +156,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 				fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.VRID, v.Interface, strings.Join(v.VIPs, ","), v.State, prio, v.Master, since, v.Reason)
 			}
 		})
+	case "bgp", "drain-node", "undrain":
+		return c.bgp(ctx, cmd, rest)
 	case "reload":
 		gen, err := c.api.Reload(ctx)
 		if err != nil {

@@ -110,18 +110,30 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer ctl.Close()
-	// VIP ownership: VRRP today; a BGP owner (ownership.BGP) takes the
-	// same Health and the same three lines beside it.
+	// VIP ownership: VRRP (one node of a segment holds a VIP) and BGP
+	// (every node announces it), both asking the controller's Health.
 	vr := ownership.NewVRRP(ctx, log, rec, ctl, ctl)
 	if err := ctl.Own(ctx, vr); err != nil {
 		return err
 	}
 	go vr.Run(ctx)
+	bg := ownership.NewBGP(log, rec, ctl)
+	if err := ctl.Own(ctx, bg); err != nil {
+		return err
+	}
+	go bg.Run(ctx)
 
 	reload := func(ctx context.Context) error {
 		next, err := load()
 		if err != nil {
 			// The running config keeps serving.
+			log.Error("reload refused", "error", err)
+			rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
+			return err
+		}
+		// What the BGP speaker is made of is fixed at start: refused
+		// before anything is applied.
+		if err := bg.CheckReload(next); err != nil {
 			log.Error("reload refused", "error", err)
 			rec.Add(recorder.Event{Kind: "reload-failed", Reason: err.Error()})
 			return err
@@ -153,6 +165,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 	if cfg.Metrics.Listen != "off" {
 		m := metrics.New(ctl, vr)
+		m.WatchBGP(bg)
 		ctl.ProbeObserver = m.ObserveProbe
 		go m.Follow(ctx, rec)
 		go func() {
@@ -161,7 +174,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	srv := &api.Daemon{Control: ctl, VRRP: vr, Events: rec, Reload: reload, Started: time.Now(), Log: log}
+	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, Events: rec, Reload: reload, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
 			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)
@@ -170,6 +183,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("keepbitd running", "config", *configPath, "interfaces", ctl.Interfaces())
 	err = ctl.Run(ctx)
 	log.Info("keepbitd stopping; the dataplane keeps forwarding")
+	// BGP leaves before the process does: with withdraw_on_stop the routes
+	// go first and the sessions stay for drain_hold, so the flows routers
+	// send until they have processed the withdrawal are still forwarded
+	// (the XDP program is never detached by a stop).
+	bg.Stop(context.Background())
 	return err
 }
 

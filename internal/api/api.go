@@ -41,7 +41,9 @@ type Controller interface {
 type Daemon struct {
 	Control Controller
 	// VRRP is the status of the VRRP instances (nil: none run).
-	VRRP   VRRPStatus
+	VRRP VRRPStatus
+	// BGP is the BGP owner (nil: none; see bgp.go).
+	BGP    BGPOwner
 	Events *recorder.Recorder
 	// Reload re-reads the config file and applies it; a bad file changes
 	// nothing and its error is returned.
@@ -187,6 +189,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/check-config", s.checkConfig)
 	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", s.admin)
 	mux.HandleFunc("GET /v1/services/{service}/backends/{addr}/live", s.live)
+	s.bgpRoutes(mux)
 	return mux
 }
 

@@ -679,15 +679,22 @@ type DrainInfo struct {
 	CloseAt   time.Time // when the sessions close (zero: they stay)
 }
 
+// ErrNotConfigured: the config has no bgp section.
+var ErrNotConfigured = errors.New("bgp is not configured (no bgp section)")
+
 // Drain withdraws every route (drain-node) and keeps the sessions, and so
 // the routers' view of this node, for hold, while the dataplane keeps
 // forwarding what the routers still send here; then it closes the
-// sessions (hold 0: never). Undrain undoes it.
+// sessions. hold 0 keeps them; a negative hold is bgp.drain_hold.
+// Undrain undoes it.
 func (o *BGP) Drain(ctx context.Context, why string, hold time.Duration) (DrainInfo, error) {
 	o.mu.Lock()
 	if o.spk == nil {
 		o.mu.Unlock()
-		return DrainInfo{}, errors.New("bgp is not configured")
+		return DrainInfo{}, ErrNotConfigured
+	}
+	if hold < 0 {
+		hold = o.cfg.DrainHold
 	}
 	announced := 0
 	for _, s := range o.sent {
@@ -740,7 +747,7 @@ func (o *BGP) Undrain(ctx context.Context) error {
 	d, spk, cfg := o.drain, o.spk, o.cfg
 	if spk == nil {
 		o.mu.Unlock()
-		return errors.New("bgp is not configured")
+		return ErrNotConfigured
 	}
 	if d == nil {
 		o.mu.Unlock()
@@ -763,19 +770,23 @@ func (o *BGP) Undrain(ctx context.Context) error {
 	return err
 }
 
-// Stop ends BGP for a keepbitd stop. withdraw (bgp.withdraw_on_stop):
-// every route is withdrawn, forwarding goes on for hold while the
-// sessions stay, then they close; else they close at once (the routers
-// drop this node's routes themselves). The dataplane is never touched.
-func (o *BGP) Stop(ctx context.Context, withdraw bool, hold time.Duration) {
+// Stop ends BGP for a keepbitd stop. With bgp.withdraw_on_stop every
+// route is withdrawn, forwarding goes on for drain_hold while the sessions
+// stay, then they close; without, they close at once (the routers drop
+// this node's routes themselves). The dataplane is never touched. ctx may
+// cut the hold short.
+func (o *BGP) Stop(ctx context.Context) {
 	o.mu.Lock()
-	running := o.spk != nil
+	running, cfg := o.spk != nil, o.cfg
 	o.mu.Unlock()
-	if !running {
+	if !running || cfg == nil {
 		return
 	}
-	if withdraw {
-		if _, err := o.Drain(ctx, "keepbitd stopping", 0); err != nil {
+	if hold := cfg.DrainHold; cfg.WithdrawOnStop {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_, err := o.Drain(wctx, "keepbitd stopping", 0)
+		cancel()
+		if err != nil {
 			o.log.Error("bgp: withdraw on stop", "error", err)
 		}
 		o.log.Info("keepbitd stopping: routes withdrawn, forwarding for drain_hold before closing the sessions", "drain_hold", hold)
