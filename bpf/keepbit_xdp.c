@@ -62,7 +62,7 @@ int keepbit_xdp(struct xdp_md *ctx)
 	struct choice ch = {};
 	struct flow_key fkey = {};
 	struct packet p = {};
-	int icmp_error = 0, action;
+	int icmp_error = 0, may_share, action;
 	__u8 macs[12] __attribute__((aligned(4)));
 
 	if (parse_l2(data, data_end, &p, &reason) < 0)
@@ -116,8 +116,12 @@ int keepbit_xdp(struct xdp_md *ctx)
 	if (p.frag == FRAG_FIRST)
 		track_fragment(&p);
 
+	/* A TCP SYN opens a new connection: Maglev decides, whatever another
+	 * node may have shared about the same 5-tuple. */
+	may_share = icmp_error || fkey.proto == IPPROTO_UDP ||
+		    (fkey.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_FLAG_SYN));
 	count(&service_stats, sv.id, len);
-	if (choose_backend(&fkey, sv.id, len, !icmp_error, &ch) < 0)
+	if (choose_backend(&fkey, sv.id, len, !icmp_error, may_share, &ch) < 0)
 		goto no_backend;
 	info_idx = ch.backend * 2 + ((ch.state & STATE_INFO_SLOT) ? 1 : 0);
 	bi = bpf_map_lookup_elem(&backends, &info_idx);

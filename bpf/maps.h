@@ -105,20 +105,32 @@ enum reason {
 	REASON_MAX,
 };
 
+/* Why a flow is reported to the other nodes (flow_reports). */
+enum flow_report_reason {
+	FLOW_REPORT_MOVED = 1,      /* backend differs from the live Maglev table's slot */
+	FLOW_REPORT_LONG_LIVED = 2, /* older than share_settings.long_lived_ns */
+};
+
+/* Flow sharing counters (share_stats, per CPU). */
+enum share_stat {
+	SHARE_REPORTED = 0,   /* reports written to flow_reports */
+	SHARE_REPORT_DROPPED, /* ring buffer full: not reported, forwarded anyway */
+	SHARE_HIT,            /* local flow miss answered by shared_flows */
+	SHARE_STALE,          /* shared entry's backend not usable or ID reused: Maglev */
+	SHARE_STAT_MAX,
+};
+
+enum share_flags {
+	SHARE_F_ENABLED = 1, /* report flows and consult shared_flows */
+};
+
+enum share_limits {
+	FLOW_REPORTS_BYTES = 1 << 20, /* ring buffer: 16384 reports of 64 bytes */
+};
+
 /* Keeps enum reason in BTF so bpf2go emits it for the Go side. */
 const volatile enum reason reason_count = REASON_MAX;
 
-/* Keeps the other enums in BTF for bpf2go (see enum limits). */
-struct keepbit_abi {
-	enum limits limits;
-	enum table_layout table_layout;
-	enum state_word state_word;
-	enum backend_state_value backend_state;
-	enum service_flags service_flags;
-	enum vip_flags vip_flags;
-	enum backend_flags backend_flags;
-};
-const volatile struct keepbit_abi keepbit_abi = {.limits = MAX_SERVICES};
 
 struct service_key {
 	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
@@ -172,6 +184,31 @@ struct flow_value {
 	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns() */
 	__u64 packets;      /* approximate: plain adds from every CPU */
 	__u64 bytes;
+	__u64 first_seen_ns; /* when this node learned the flow */
+	__u64 reported_ns;   /* last flow report; 0: never, or the backend changed since */
+};
+
+/* What the program tells the loader about a flow worth sharing. */
+struct flow_report {
+	struct flow_key key;
+	__u32 backend;
+	__u32 incarnation;
+	__u32 service;
+	__u32 reason; /* enum flow_report_reason */
+};
+
+/* A flow another node forwards, written by the loader: the backend ID and
+ * incarnation on this node of the backend the other node named. */
+struct shared_flow_value {
+	__u32 backend;
+	__u32 incarnation;
+};
+
+struct share_settings_value {
+	__u32 flags; /* enum share_flags */
+	__u32 pad;
+	__u64 long_lived_ns; /* report flows older than this... */
+	__u64 refresh_ns;    /* ...and any flow at most once per this */
 };
 
 /* A per-CPU direct-mapped cache of flow table entries: an established
@@ -302,6 +339,35 @@ struct {
 	__type(value, struct flow_value);
 } flows SEC(".maps");
 
+/* Flows other nodes reported, consulted on a local miss before Maglev so
+ * that a connection ECMP moves here keeps its backend. A map of its own:
+ * what others say never overwrites what this node learned. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FLOWS);
+	__type(key, struct flow_key);
+	__type(value, struct shared_flow_value);
+} shared_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, FLOW_REPORTS_BYTES);
+} flow_reports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct share_settings_value);
+} share_settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SHARE_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} share_stats SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, MAX_FRAGS);
@@ -343,6 +409,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counter);
 } backend_stats SEC(".maps");
+
+/* Keeps the other enums and records in BTF for bpf2go (see enum limits). */
+struct keepbit_abi {
+	enum limits limits;
+	enum table_layout table_layout;
+	enum state_word state_word;
+	enum backend_state_value backend_state;
+	enum service_flags service_flags;
+	enum vip_flags vip_flags;
+	enum backend_flags backend_flags;
+	enum flow_report_reason flow_report_reason;
+	enum share_stat share_stat;
+	enum share_flags share_flags;
+	enum share_limits share_limits;
+	struct flow_report flow_report; /* only reserved in the ring buffer otherwise */
+};
+const volatile struct keepbit_abi keepbit_abi = {.limits = MAX_SERVICES};
 
 static __always_inline void count(void *map, __u32 idx, __u64 bytes)
 {

@@ -23,6 +23,8 @@
 #define MAX_L3_OFFSET 600
 #define MAX_L4_OFFSET 1100
 
+#define TCP_FLAG_SYN 0x02
+
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 
@@ -73,6 +75,8 @@ struct packet {
 	__u16 tci;       /* first tag's TCI (PCP kept on retag) */
 	__u8 frag;       /* enum frag_kind */
 	__u8 icmp_type;  /* ICMP and ICMPv6: the message type */
+	__u8 tcp_flags;  /* TCP: flags byte (FIN 0x01, SYN 0x02, ...); 0 for a later fragment */
+	__u8 pad[3];
 	__u32 frag_id;
 	struct flow_key key;
 };
@@ -297,10 +301,14 @@ static __always_inline int parse_ports(void *data, void *data_end, struct packet
 			*reason = REASON_PASS_MALFORMED_L4;
 			return -1;
 		}
-		if (p->key.proto == IPPROTO_TCP &&
-		    data + off + sizeof(struct tcphdr) > data_end) {
-			*reason = REASON_PASS_MALFORMED_L4;
-			return -1;
+		if (p->key.proto == IPPROTO_TCP) {
+			struct tcphdr *th = data + off;
+
+			if ((void *)(th + 1) > data_end) {
+				*reason = REASON_PASS_MALFORMED_L4;
+				return -1;
+			}
+			p->tcp_flags = ((__u8 *)th)[13];
 		}
 		p->key.sport = uh->source;
 		p->key.dport = uh->dest;

@@ -18,6 +18,8 @@ struct choice {
 	__u64 state; /* backend_state word */
 };
 
+#include "share.h" /* uses struct choice */
+
 /* lookup_service finds the service of a packet: the prefilter, then the
  * VIP's entry, then (only when the VIP has port services) the exact port. */
 static __always_inline int lookup_service(struct flow_key *key, struct service_value *out)
@@ -216,6 +218,7 @@ static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 
 			.last_seen_ns = now,
 			.packets = e->pending_packets,
 			.bytes = e->pending_bytes,
+			.first_seen_ns = now, /* the flow's age is lost with the entry */
 		};
 
 		if (bpf_map_update_elem(&flows, &e->key, &nv, BPF_NOEXIST) == 0) {
@@ -236,6 +239,7 @@ static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 
 	e->pending_packets = 0;
 	e->pending_bytes = 0;
 	e->last_flush_ns = now;
+	share_report(e, fv, now);
 	return 0;
 }
 
@@ -260,10 +264,12 @@ static __always_inline void flow_cache_fill(struct flow_key *key, __u32 svc_id, 
 	e->last_flush_ns = bpf_ktime_get_coarse_ns();
 }
 
-/* choose_backend consults the flow table, then the Maglev buffer, and
- * records the choice in the flow table when learn is set. */
+/* choose_backend consults the flow table, then (may_share: not a TCP SYN,
+ * which starts a new connection) the flows other nodes shared, then the
+ * Maglev buffer, and records the choice in the flow table when learn is
+ * set. */
 static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __u64 len, int learn,
-					  struct choice *out)
+					  int may_share, struct choice *out)
 {
 	struct flow_value *fv = bpf_map_lookup_elem(&flows, key);
 	struct settings_value *cfg;
@@ -287,11 +293,15 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 		}
 	}
 
-	cfg = bpf_map_lookup_elem(&settings, &zero);
-	if (cfg)
-		seed = cfg->hash_seed;
-	if (choose_new(svc_id, flow_hash(key, seed), out) < 0)
-		return -1;
+	/* Shared flows only on a miss: an entry this node learned, even a
+	 * stale one, means the flow was here and is re-picked here. */
+	if (fv || !may_share || share_lookup(key, out) < 0) {
+		cfg = bpf_map_lookup_elem(&settings, &zero);
+		if (cfg)
+			seed = cfg->hash_seed;
+		if (choose_new(svc_id, flow_hash(key, seed), out) < 0)
+			return -1;
+	}
 	if (!learn)
 		return 0;
 
@@ -303,6 +313,7 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 		fv->last_seen_ns = now;
 		fv->packets++;
 		fv->bytes += len;
+		fv->reported_ns = 0; /* a new backend is news for the other nodes */
 	} else {
 		struct flow_value nv = {
 			.backend = out->backend,
@@ -310,6 +321,7 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 			.last_seen_ns = now,
 			.packets = 1,
 			.bytes = len,
+			.first_seen_ns = now,
 		};
 		bpf_map_update_elem(&flows, key, &nv, BPF_ANY);
 	}

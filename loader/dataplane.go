@@ -51,7 +51,10 @@ type Options struct {
 	// FlowTableSize is the flow table's capacity; 0 keeps the default.
 	// It is fixed when the maps are first created.
 	FlowTableSize uint32
-	Logger        *slog.Logger
+	// FlowSharing configures the flow reports and the shared flow lookup
+	// (SetFlowSharing changes it later).
+	FlowSharing FlowSharing
+	Logger      *slog.Logger
 }
 
 // Dataplane is the forwarder on one interface.
@@ -74,6 +77,8 @@ type Dataplane struct {
 
 	aliveMu   sync.Mutex
 	lastAlive *aliveSample // CheckAlive's previous sample
+
+	reportReader atomic.Bool // ReadFlowReports is running (one reader per ring buffer)
 
 	// applyMu serializes structural changes (services, tables); it may be
 	// held across RCU waits. mu guards the index and is only held for map
@@ -208,7 +213,7 @@ func (d *Dataplane) graceLoop() {
 // stable name of what is written: backend_state, backends, backend_stats,
 // service_stats, table_write, service_active, tables_install,
 // tables_delete, services, vips, vip_filter, tx_ports, settings,
-// link_update.
+// share_settings, shared_flows, link_update.
 func (d *Dataplane) kernelWrite(op string, write func() error) error {
 	if d.beforeWrite != nil {
 		if err := d.beforeWrite(op); err != nil {
@@ -259,7 +264,9 @@ func Open(ctx context.Context, opts Options) (*Dataplane, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	if err := d.load(ctx); err != nil {
-		d.nl.Close()
+		if d.nl != nil { // a failed adoption may have closed it already
+			d.nl.Close()
+		}
 		return nil, err
 	}
 	d.running = true
@@ -283,6 +290,7 @@ func (d *Dataplane) load(ctx context.Context) error {
 	}
 	if d.opts.FlowTableSize > 0 {
 		spec.Maps[keepbitMapFlows].MaxEntries = d.opts.FlowTableSize
+		spec.Maps[keepbitMapSharedFlows].MaxEntries = d.opts.FlowTableSize
 	}
 	d.inner = spec.Maps[keepbitMapTables].InnerMap.Copy()
 
@@ -404,7 +412,7 @@ func (d *Dataplane) writeSettings() error {
 	if err := d.kernelWrite("settings", func() error { return d.objs.Settings.Put(uint32(0), &s) }); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
-	return nil
+	return d.SetFlowSharing(d.opts.FlowSharing)
 }
 
 func (d *Dataplane) attach() error {

@@ -71,6 +71,22 @@ type keepbitFlowKey struct {
 	Pad   [3]uint8
 }
 
+type keepbitFlowReport struct {
+	_           structs.HostLayout
+	Key         keepbitFlowKey
+	Backend     uint32
+	Incarnation uint32
+	Service     uint32
+	Reason      uint32
+}
+
+type keepbitFlowReportReason uint32
+
+const (
+	keepbitFlowReportReasonFLOW_REPORT_MOVED      keepbitFlowReportReason = 1
+	keepbitFlowReportReasonFLOW_REPORT_LONG_LIVED keepbitFlowReportReason = 2
+)
+
 type keepbitFlowValue struct {
 	_           structs.HostLayout
 	Backend     uint32
@@ -78,6 +94,8 @@ type keepbitFlowValue struct {
 	LastSeenNs  uint64
 	Packets     uint64
 	Bytes       uint64
+	FirstSeenNs uint64
+	ReportedNs  uint64
 }
 
 type keepbitFragKey struct {
@@ -97,14 +115,34 @@ type keepbitFragValue struct {
 }
 
 type keepbitKeepbitAbi struct {
-	_            structs.HostLayout
-	Limits       uint32
-	TableLayout  uint32
-	StateWord    uint32
-	BackendState uint32
-	ServiceFlags uint32
-	VipFlags     uint32
-	BackendFlags uint32
+	_                structs.HostLayout
+	Limits           uint32
+	TableLayout      uint32
+	StateWord        uint32
+	BackendState     uint32
+	ServiceFlags     uint32
+	VipFlags         uint32
+	BackendFlags     uint32
+	FlowReportReason uint32
+	ShareStat        uint32
+	ShareFlags       uint32
+	ShareLimits      uint32
+	FlowReport       struct {
+		_   structs.HostLayout
+		Key struct {
+			_     structs.HostLayout
+			Src   [16]uint8
+			Dst   [16]uint8
+			Sport uint16
+			Dport uint16
+			Proto uint8
+			Pad   [3]uint8
+		}
+		Backend     uint32
+		Incarnation uint32
+		Service     uint32
+		Reason      uint32
+	}
 }
 
 type keepbitLimits uint32
@@ -170,6 +208,42 @@ type keepbitSettingsValue struct {
 	Flags    uint32
 }
 
+type keepbitShareFlags uint32
+
+const (
+	keepbitShareFlagsSHARE_F_ENABLED keepbitShareFlags = 1
+)
+
+type keepbitShareLimits uint32
+
+const (
+	keepbitShareLimitsFLOW_REPORTS_BYTES keepbitShareLimits = 1048576
+)
+
+type keepbitShareSettingsValue struct {
+	_           structs.HostLayout
+	Flags       uint32
+	Pad         uint32
+	LongLivedNs uint64
+	RefreshNs   uint64
+}
+
+type keepbitShareStat uint32
+
+const (
+	keepbitShareStatSHARE_REPORTED       keepbitShareStat = 0
+	keepbitShareStatSHARE_REPORT_DROPPED keepbitShareStat = 1
+	keepbitShareStatSHARE_HIT            keepbitShareStat = 2
+	keepbitShareStatSHARE_STALE          keepbitShareStat = 3
+	keepbitShareStatSHARE_STAT_MAX       keepbitShareStat = 4
+)
+
+type keepbitSharedFlowValue struct {
+	_           structs.HostLayout
+	Backend     uint32
+	Incarnation uint32
+}
+
 type keepbitStateWord uint32
 
 const (
@@ -219,6 +293,7 @@ const (
 	keepbitMapBackendStats  = "backend_stats"
 	keepbitMapBackends      = "backends"
 	keepbitMapFlowCache     = "flow_cache"
+	keepbitMapFlowReports   = "flow_reports"
 	keepbitMapFlows         = "flows"
 	keepbitMapFrags         = "frags"
 	keepbitMapReasonStats   = "reason_stats"
@@ -226,6 +301,9 @@ const (
 	keepbitMapServiceStats  = "service_stats"
 	keepbitMapServices      = "services"
 	keepbitMapSettings      = "settings"
+	keepbitMapShareSettings = "share_settings"
+	keepbitMapShareStats    = "share_stats"
+	keepbitMapSharedFlows   = "shared_flows"
 	keepbitMapTables        = "tables"
 	keepbitMapTxPorts       = "tx_ports"
 	keepbitMapVipFilter     = "vip_filter"
@@ -288,6 +366,7 @@ type keepbitMapSpecs struct {
 	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends      *ebpf.MapSpec `ebpf:"backends"`
 	FlowCache     *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowReports   *ebpf.MapSpec `ebpf:"flow_reports"`
 	Flows         *ebpf.MapSpec `ebpf:"flows"`
 	Frags         *ebpf.MapSpec `ebpf:"frags"`
 	ReasonStats   *ebpf.MapSpec `ebpf:"reason_stats"`
@@ -295,6 +374,9 @@ type keepbitMapSpecs struct {
 	ServiceStats  *ebpf.MapSpec `ebpf:"service_stats"`
 	Services      *ebpf.MapSpec `ebpf:"services"`
 	Settings      *ebpf.MapSpec `ebpf:"settings"`
+	ShareSettings *ebpf.MapSpec `ebpf:"share_settings"`
+	ShareStats    *ebpf.MapSpec `ebpf:"share_stats"`
+	SharedFlows   *ebpf.MapSpec `ebpf:"shared_flows"`
 	Tables        *ebpf.MapSpec `ebpf:"tables"`
 	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
 	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
@@ -333,6 +415,7 @@ type keepbitMaps struct {
 	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
 	Backends      *ebpf.Map `ebpf:"backends"`
 	FlowCache     *ebpf.Map `ebpf:"flow_cache"`
+	FlowReports   *ebpf.Map `ebpf:"flow_reports"`
 	Flows         *ebpf.Map `ebpf:"flows"`
 	Frags         *ebpf.Map `ebpf:"frags"`
 	ReasonStats   *ebpf.Map `ebpf:"reason_stats"`
@@ -340,6 +423,9 @@ type keepbitMaps struct {
 	ServiceStats  *ebpf.Map `ebpf:"service_stats"`
 	Services      *ebpf.Map `ebpf:"services"`
 	Settings      *ebpf.Map `ebpf:"settings"`
+	ShareSettings *ebpf.Map `ebpf:"share_settings"`
+	ShareStats    *ebpf.Map `ebpf:"share_stats"`
+	SharedFlows   *ebpf.Map `ebpf:"shared_flows"`
 	Tables        *ebpf.Map `ebpf:"tables"`
 	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
 	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
@@ -352,6 +438,7 @@ func (m *keepbitMaps) Close() error {
 		m.BackendStats,
 		m.Backends,
 		m.FlowCache,
+		m.FlowReports,
 		m.Flows,
 		m.Frags,
 		m.ReasonStats,
@@ -359,6 +446,9 @@ func (m *keepbitMaps) Close() error {
 		m.ServiceStats,
 		m.Services,
 		m.Settings,
+		m.ShareSettings,
+		m.ShareStats,
+		m.SharedFlows,
 		m.Tables,
 		m.TxPorts,
 		m.VipFilter,

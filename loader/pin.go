@@ -177,7 +177,8 @@ func (p *pinnedState) finish(dir string, loaded map[string]*ebpf.Map) error {
 		}
 		// Pin beside the old pin, then rename over it: the path names the
 		// old map or the new one at every moment, never nothing.
-		tmp := filepath.Join(dir, "."+mm.name+".new")
+		// (bpffs refuses names with a dot.)
+		tmp := filepath.Join(dir, mm.name+"_migrated")
 		_ = os.Remove(tmp)
 		if err := mm.cur.Pin(tmp); err != nil {
 			return fmt.Errorf("pin migrated map %s: %w", mm.name, err)
