@@ -130,7 +130,7 @@ type bfdPeer struct {
 	state   bfd.State
 	diag    bfd.Diag
 	since   time.Time
-	changes uint64
+	changes uint64 // also tells a settle timer whether BFD moved since
 }
 
 type sentRoute struct {
@@ -499,14 +499,41 @@ func (o *BGP) onBFD(e bfd.Event) {
 		ev.Reason += ": bgp session held down"
 		o.log.Warn("bfd down: bgp session held down", "peer", e.Peer, "diag", e.Diag.String(), "remote_state", e.RemoteState.String())
 	case e.To == bfd.Up && spk != nil:
-		ev.Decide = time.Now()
-		spk.PeerUp(e.Peer)
-		ev.Apply = time.Now()
+		// The session is let up once BFD has stayed up for bfdUpSettle:
+		// a BFD session that flaps must not flap BGP with it, and GoBGP
+		// drops an enable that arrives while its disable is still queued
+		// (Down -> Init -> Up takes microseconds when the neighbour
+		// answers at once), which would leave the session down for good.
+		ev.Reason += fmt.Sprintf(": bgp session allowed up after %v", bfdUpSettle)
+		var gen uint64
+		if bp != nil {
+			o.mu.Lock()
+			gen = bp.changes
+			o.mu.Unlock()
+		}
+		time.AfterFunc(bfdUpSettle, func() { o.bfdUpSettled(e.Peer, spk, gen) })
 		o.log.Info("bfd up", "peer", e.Peer)
 	default:
 		o.log.Info("bfd state", "peer", e.Peer, "from", e.From.String(), "to", e.To.String(), "diag", e.Diag.String())
 	}
 	o.rec.Add(ev)
+}
+
+// bfdUpSettle is how long BFD must stay up before the BGP session it held
+// down may come back (GoBGP dials 5-10 s later anyway).
+const bfdUpSettle = 200 * time.Millisecond
+
+// bfdUpSettled lets the BGP session to peer up if its BFD session has not
+// changed since it came up (gen), on the same speaker.
+func (o *BGP) bfdUpSettled(peer netip.Addr, spk Speaker, gen uint64) {
+	o.mu.Lock()
+	bp := o.bfds[peer]
+	ok := bp != nil && bp.state == bfd.Up && bp.changes == gen && o.spk == spk
+	o.mu.Unlock()
+	if ok {
+		spk.PeerUp(peer)
+		o.log.Info("bfd up for a while: bgp session allowed up", "peer", peer)
+	}
 }
 
 // onSession records a BGP session's state change.
