@@ -41,7 +41,7 @@ func TestBGPDaemon(t *testing.T) {
 		t.Cleanup(func() { _ = undo() })
 		undrop = append(undrop, undo)
 	}
-	took = l.waitNexthops(5*time.Second)
+	took = l.waitNexthops(5 * time.Second)
 	t.Logf("all backends down: route gone at the router %v after the backends were cut off (checks: 100ms x fall 3)", took.Round(time.Millisecond))
 	st = l.bgpStatus(0)
 	if len(st.Routes) != 1 || st.Routes[0].Announced || st.Routes[0].Reason != "no usable backend" {
