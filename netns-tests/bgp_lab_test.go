@@ -156,6 +156,9 @@ func newBGPLab(t testing.TB, o bgpLabOpts) *bgpLab {
 		n := &bgpNode{name: name, addr: addr, host: h, dir: filepath.Join(l.dir, name)}
 		must(t, os.MkdirAll(n.dir, 0o700), "node dir")
 		l.nodes = append(l.nodes, n)
+	}
+	// After every node exists: flow sharing lists the other nodes.
+	for _, n := range l.nodes {
 		l.writeNodeConfig(n)
 	}
 	l.startBIRD()
