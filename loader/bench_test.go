@@ -84,6 +84,25 @@ func BenchmarkPacket(b *testing.B) {
 			b.ReportMetric(float64(kb)/float64(bl), "x-baseline")
 		})
 	}
+	// Flow sharing on: every flush (64 packets) also asks whether the
+	// flow is worth reporting (the table's slot, its age).
+	b.Run("established_sharing", func(b *testing.B) {
+		if err := l.dp.SetFlowSharing(FlowSharing{Enabled: true, LongLived: time.Hour}); err != nil {
+			b.Fatal(err)
+		}
+		defer func() { _ = l.dp.SetFlowSharing(FlowSharing{}) }()
+		in := p4("198.51.100.50")
+		var kb, bl time.Duration
+		n := 0
+		for b.Loop() {
+			bl += runOnce(b, base, in, benchRepeat)
+			kb += runOnce(b, l.dp.objs.KeepbitXdp, in, benchRepeat)
+			n++
+		}
+		b.ReportMetric(float64(kb.Nanoseconds())/float64(n), "ns/pkt")
+		b.ReportMetric(float64(bl.Nanoseconds())/float64(n), "baseline-ns/pkt")
+		b.ReportMetric(float64(kb)/float64(bl), "x-baseline")
+	})
 	// A new flow misses the flow table, so every run needs a packet not
 	// seen before: one run per packet, baseline timed the same way.
 	b.Run("new_flow", func(b *testing.B) {
