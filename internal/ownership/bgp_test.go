@@ -151,7 +151,7 @@ func (f *fakeBFD) Remove(_ context.Context, c bfd.SessionConfig) error {
 }
 
 func (f *fakeBFD) Sessions() []bfd.SessionStatus { return nil }
-func (f *fakeBFD) Close(context.Context) error  { return nil }
+func (f *fakeBFD) Close(context.Context) error   { return nil }
 
 func (f *fakeBFD) took() []string {
 	f.mu.Lock()
