@@ -23,11 +23,12 @@ import (
 // connection is reset in any scenario; with it off, the test shows the
 // resets it prevents.
 
-// skipUntilBGPWired marks the scenarios that need keepbitd to speak BGP.
-// Remove it once vip/bgp, vip/bfd and flow sharing are integrated.
-func skipUntilBGPWired(t testing.TB) {
+// skipUntilFlowSharingWired marks the scenarios whose pass condition
+// needs flow sharing in keepbitd (flows moved between nodes after a
+// backend change). Remove it once flow sharing is integrated.
+func skipUntilFlowSharingWired(t testing.TB) {
 	t.Helper()
-	t.Skip("bgp not wired into keepbitd yet")
+	t.Skip("flow sharing not wired into keepbitd yet")
 }
 
 var (
@@ -72,7 +73,9 @@ func (l *bgpLab) others(name string) []string {
 // BFD sessions when the lab has BFD).
 func (l *bgpLab) waitEstablished(names ...string) {
 	l.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	// GoBGP dials 5-10s after keepbitd starts and after every session
+	// loss (its connect retry floor), and BFD comes up at 1s intervals.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, name := range names {
 		must(l.t, l.bird.WaitProtocol(ctx, name, "Established"), "session with "+name)
@@ -121,7 +124,6 @@ func noResets(t testing.TB, what string, r connload.Report, strict bool) {
 // and connections carry on through the other nodes; when it comes back the
 // flows that return to it carry on too.
 func TestBGPNodeFailure(t *testing.T) {
-	skipUntilBGPWired(t)
 	for _, timers := range []struct {
 		name string
 		bfd  *bfdTimers
@@ -181,7 +183,6 @@ func TestBGPNodeFailure(t *testing.T) {
 // while it keeps forwarding for drain_hold, and a SIGTERM (withdraw_on_stop)
 // does the same before keepbitd exits: no connection notices.
 func TestBGPNodeDrained(t *testing.T) {
-	skipUntilBGPWired(t)
 	l := newBGPRunning(t, bgpLabOpts{bfd: bfd100ms, flowSharing: true})
 	ld := l.load(300, 50, bgpStall)
 	time.Sleep(time.Second)
@@ -220,7 +221,6 @@ func TestBGPNodeDrained(t *testing.T) {
 // them where they were; after a backend change only the shared flows (its
 // warm-up, before it announces) keep them there.
 func TestBGPNodeAdded(t *testing.T) {
-	skipUntilBGPWired(t)
 	for _, tc := range []struct {
 		name          string
 		backendChange bool
@@ -231,6 +231,9 @@ func TestBGPNodeAdded(t *testing.T) {
 		{"backend added before, flow sharing off", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.backendChange && tc.flowSharing {
+				skipUntilFlowSharingWired(t)
+			}
 			l := newBGPRunning(t, bgpLabOpts{spare: 1, extra: 1, bfd: bfd100ms, flowSharing: tc.flowSharing})
 			ld := l.load(300, 50, bgpStall)
 			time.Sleep(time.Second)
@@ -263,9 +266,11 @@ func TestBGPNodeAdded(t *testing.T) {
 // backends for some of them. Flow sharing keeps every one; without it some
 // are reset, and the test reports how many.
 func TestBGPBackendAddedNodeLost(t *testing.T) {
-	skipUntilBGPWired(t)
 	for _, sharing := range []bool{true, false} {
 		t.Run(fmt.Sprintf("flow sharing %v", sharing), func(t *testing.T) {
+			if sharing {
+				skipUntilFlowSharingWired(t)
+			}
 			l := newBGPRunning(t, bgpLabOpts{extra: 1, bfd: bfd100ms, flowSharing: sharing})
 			ld := l.load(300, 50, bgpStall)
 			time.Sleep(time.Second)
@@ -295,7 +300,7 @@ func TestBGPBackendAddedNodeLost(t *testing.T) {
 // (it adopts its pinned dataplane): its routes go (no graceful restart) and
 // come back after its warm-up, and no flow is moved to another backend.
 func TestBGPKeepbitdRestarted(t *testing.T) {
-	skipUntilBGPWired(t)
+	skipUntilFlowSharingWired(t) // moved flows need the shared state after the backend change
 	l := newBGPRunning(t, bgpLabOpts{extra: 1, bfd: bfd100ms, flowSharing: true})
 	ld := l.load(300, 50, bgpStall)
 	time.Sleep(time.Second)
@@ -316,7 +321,6 @@ func TestBGPKeepbitdRestarted(t *testing.T) {
 // stay) and started again; the nodes' sessions (and BFD) go down and come
 // back, and no connection breaks.
 func TestBGPRouterRestarted(t *testing.T) {
-	skipUntilBGPWired(t)
 	l := newBGPRunning(t, bgpLabOpts{bfd: bfd100ms, flowSharing: true})
 	ld := l.load(300, 50, 10*time.Second)
 	time.Sleep(time.Second)
@@ -340,7 +344,6 @@ func TestBGPRouterRestarted(t *testing.T) {
 // intervals). Run:
 // go test -run '^$' -bench BGPFreezeGap -benchtime 1x ./netns-tests/
 func BenchmarkBGPFreezeGap(b *testing.B) {
-	skipUntilBGPWired(b)
 	l := newBGPRunning(b, bgpLabOpts{bfd: bfd10ms, flowSharing: true})
 	ld := l.load(300, 100, bgpStall)
 	time.Sleep(time.Second)
