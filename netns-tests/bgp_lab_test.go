@@ -165,8 +165,8 @@ func newBGPLab(t testing.TB, o bgpLabOpts) *bgpLab {
 	return l
 }
 
-// birdConfig is the router's config: one passive BGP session per node
-// (keepbitd dials), ECMP into the kernel, BFD when asked.
+// birdConfig is the router's config: one BGP session per node (the
+// router dials), ECMP into the kernel, BFD when asked.
 func (l *bgpLab) birdConfig() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `router id %s;
@@ -189,7 +189,11 @@ protocol kernel kern {
 	hold := int(l.opts.hold.Seconds())
 	fmt.Fprintf(&b, `template bgp keepbit {
 	local %s as %d;
-	passive on;
+	# The router dials the nodes (they listen, passive): GoBGP waits 5-10s
+	# before each dial of its own, after start and after every session
+	# loss, which made a router restart or a BFD flap a long outage.
+	connect delay time 1;
+	connect retry time 1;
 	hold time %d;
 	keepalive time %d;
 	error wait time 1, 5;
@@ -252,19 +256,22 @@ services:
 	must(l.t, os.WriteFile(n.cfg, []byte(b.String()), 0o600), "node config")
 }
 
-// bgpSection follows internal/config/bgp.go: the node dials the router
-// (listen_port -1, the default), announces the service VIP, withdraws at
-// once on failure and re-announces after 200ms of health.
+// bgpSection follows internal/config/bgp.go: the node listens and lets
+// the router dial (passive: GoBGP's own dials come 5-10s late), announces
+// the service VIP, withdraws at once on failure and re-announces after
+// 200ms of health.
 func (l *bgpLab) bgpSection(n *bgpNode) string {
 	hold := l.opts.hold
 	s := fmt.Sprintf(`bgp:
   asn: %d
   router_id: %s
+  listen_port: 179
   announce_after: 200ms
   drain_hold: 2s
   peers:
     - address: %s
       asn: %d
+      passive: true
       hold_time: %s
       keepalive: %s
 `, bgpNodeAS, n.addr, bgpRouter, bgpRouterAS, hold, max(time.Second, (hold/3).Truncate(time.Second)))
