@@ -306,14 +306,42 @@ func (l *bgpLab) flowSharingSection(n *bgpNode) string {
 }
 
 // start starts keepbitd on node i and waits until it has found every
-// backend of its config up.
+// backend of its config up. It asks keepbitctl, not the log: a restarted
+// keepbitd adopts a dataplane whose backends are up already, and writes
+// (and logs) nothing for them.
 func (l *bgpLab) start(i int) *daemon {
 	n := l.nodes[i]
 	n.d = runDaemonIn(l.t, n.host.NS, n.cfg, n.dir)
-	for _, be := range l.backends[:l.inConfig] {
-		n.d.waitLog(l.t, 0, 10*time.Second, map[string]string{"msg": "backend up", "backend": be.addr})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		js, err := l.ctl(i, "-o", "json", "services")
+		up := map[string]bool{}
+		var svcs []struct {
+			Backends []struct{ Address, State, Health string }
+		}
+		if err == nil && json.Unmarshal([]byte(js), &svcs) == nil {
+			for _, s := range svcs {
+				for _, b := range s.Backends {
+					up[b.Address] = b.State == "up" && b.Health == "up"
+				}
+			}
+		}
+		all := true
+		for _, be := range l.backends[:l.inConfig] {
+			all = all && up[be.addr]
+		}
+		if all {
+			return n.d
+		}
+		select {
+		case <-n.d.done:
+			l.t.Fatalf("keepbitd on %s exited; log:\n%s", n.name, n.d.dump())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("keepbitd on %s: backends not all up within 10s: %s; log:\n%s", n.name, js, n.d.dump())
+		}
 	}
-	return n.d
 }
 
 // startAll starts keepbitd on the first opts.nodes nodes.

@@ -221,14 +221,16 @@ func TestBGPNodeDrained(t *testing.T) {
 // them where they were; after a backend change only the shared flows (its
 // warm-up, before it announces) keep them there.
 func TestBGPNodeAdded(t *testing.T) {
+	// No commas in the names: t.TempDir puts them in paths that the
+	// configs write in YAML flow style.
 	for _, tc := range []struct {
 		name          string
 		backendChange bool
 		flowSharing   bool
 	}{
 		{"same backends", false, false},
-		{"backend added before, flow sharing on", true, true},
-		{"backend added before, flow sharing off", true, false},
+		{"backend added before with flow sharing on", true, true},
+		{"backend added before with flow sharing off", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.backendChange && tc.flowSharing {
