@@ -23,14 +23,6 @@ import (
 // connection is reset in any scenario; with it off, the test shows the
 // resets it prevents.
 
-// skipUntilFlowSharingWired marks the scenarios whose pass condition
-// needs flow sharing in keepbitd (flows moved between nodes after a
-// backend change). Remove it once flow sharing is integrated.
-func skipUntilFlowSharingWired(t testing.TB) {
-	t.Helper()
-	t.Skip("flow sharing not wired into keepbitd yet")
-}
-
 var (
 	bfd10ms  = &bfdTimers{interval: 10 * time.Millisecond, mult: 3}
 	bfd100ms = &bfdTimers{interval: 100 * time.Millisecond, mult: 3}
@@ -233,9 +225,6 @@ func TestBGPNodeAdded(t *testing.T) {
 		{"backend added before with flow sharing off", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.backendChange && tc.flowSharing {
-				skipUntilFlowSharingWired(t)
-			}
 			l := newBGPRunning(t, bgpLabOpts{spare: 1, extra: 1, bfd: bfd100ms, flowSharing: tc.flowSharing})
 			ld := l.load(300, 50, bgpStall)
 			time.Sleep(time.Second)
@@ -270,9 +259,6 @@ func TestBGPNodeAdded(t *testing.T) {
 func TestBGPBackendAddedNodeLost(t *testing.T) {
 	for _, sharing := range []bool{true, false} {
 		t.Run(fmt.Sprintf("flow sharing %v", sharing), func(t *testing.T) {
-			if sharing {
-				skipUntilFlowSharingWired(t)
-			}
 			l := newBGPRunning(t, bgpLabOpts{extra: 1, bfd: bfd100ms, flowSharing: sharing})
 			ld := l.load(300, 50, bgpStall)
 			time.Sleep(time.Second)
@@ -302,7 +288,6 @@ func TestBGPBackendAddedNodeLost(t *testing.T) {
 // (it adopts its pinned dataplane): its routes go (no graceful restart) and
 // come back after its warm-up, and no flow is moved to another backend.
 func TestBGPKeepbitdRestarted(t *testing.T) {
-	skipUntilFlowSharingWired(t) // moved flows need the shared state after the backend change
 	l := newBGPRunning(t, bgpLabOpts{extra: 1, bfd: bfd100ms, flowSharing: true})
 	ld := l.load(300, 50, bgpStall)
 	time.Sleep(time.Second)

@@ -33,6 +33,10 @@ func main() {
 	}
 }
 
+// settleMax bounds how long a starting node waits for its backends' first
+// check verdicts before announcing anyway.
+const settleMax = 10 * time.Second
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("keepbitd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -117,7 +121,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	go vr.Run(ctx)
+	// Flow sharing before BGP: a node learns the other nodes' flows
+	// before its routes draw any of them here.
+	share := ownership.NewFlowShare(ctx, log, rec, ctl)
+	share.SetReady(func(ctx context.Context) bool { return ctl.WaitSettled(ctx, settleMax) })
+	if err := ctl.Own(ctx, share); err != nil {
+		return err
+	}
 	bg := ownership.NewBGP(log, rec, ctl)
+	// A node draws traffic only once it forwards like its peers: the other
+	// nodes' flows learned, and every backend's first check verdict in (a
+	// node announcing with backends still "waiting for checks" has another
+	// table than its peers and resets the flows ECMP brings it).
+	warm := make(chan struct{})
+	go func() {
+		defer close(warm)
+		select {
+		case <-share.Warm():
+		case <-ctx.Done():
+			return
+		}
+		if !ctl.WaitSettled(ctx, settleMax) {
+			log.Warn("announcing before every backend has a check verdict", "waited", settleMax)
+		}
+	}()
+	bg.SetWarmUp(warm)
 	if err := ctl.Own(ctx, bg); err != nil {
 		return err
 	}

@@ -1,12 +1,15 @@
 package control
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
 )
 
 // The controller is the Health of VIP ownership (ownership.Health): the
@@ -74,4 +77,43 @@ func (c *Controller) signalChanged() {
 		close(c.changed)
 		c.changed = nil
 	}
+}
+
+// Settled reports whether every backend has had enough check results for
+// a verdict (none is still "waiting for checks"). Until then a node's
+// dataplane may hold fewer backends up than its peers do, so its table
+// (and its use of shared flows, which need the backend up) can differ
+// from theirs: a node should not draw traffic before (see WaitSettled).
+func (c *Controller) Settled() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, s := range c.svcs {
+		for _, b := range s.backends {
+			// A backend without a MAC yet is not in the dataplane: not
+			// settled either.
+			if b.admin == Enabled && (!b.inDP || b.health == probe.Unknown) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// WaitSettled returns once Settled, or after max (a backend whose checks
+// never conclude must not keep a node out for good), or when ctx ends.
+func (c *Controller) WaitSettled(ctx context.Context, max time.Duration) bool {
+	deadline := time.NewTimer(max)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !c.Settled() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return false
+		case <-tick.C:
+		}
+	}
+	return true
 }
