@@ -2,6 +2,7 @@
 // nodes, three backends on one bridge), runs keepbitd on both nodes with
 // the embedded default config, sends traffic, kills a backend, freezes the
 // master, prints what happens as it happens, and removes everything.
+// With -bgp it runs the three-node BGP ECMP lab instead (bgp.go).
 package main
 
 import (
@@ -59,6 +60,9 @@ type nodeProc struct {
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
+	if slices.Contains(args, "-bgp") || slices.Contains(args, "--bgp") {
+		return runBGP(ctx, args, out) // bgp.go
+	}
 	self, _ := os.Executable()
 	keepbitd := filepath.Join(filepath.Dir(self), "keepbitd")
 	if len(args) == 2 && args[0] == "-keepbitd" {

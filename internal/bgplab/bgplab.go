@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -582,23 +583,51 @@ func (l *Lab) BFDSessions(ctx context.Context) (map[string]string, error) {
 	return st, err
 }
 
-// BFDDownAfter finds in BIRD's log the first time at or after since that
-// the router's BFD session with node name went down (BIRDConfig makes BIRD
-// log state changes with millisecond times); false: none yet.
-func (l *Lab) BFDDownAfter(since time.Time, name string) (time.Time, bool) {
-	n := l.Node(name)
-	if n == nil {
-		return time.Time{}, false
+// BFDChange is a state change of one of the router's BFD sessions, from
+// BIRD's log.
+type BFDChange struct {
+	At       time.Time
+	Node     string // the node's name (its address when not a node)
+	From, To string // BIRD's state names: Down, Init, Up, AdminDown
+}
+
+// bfdChangeLine is BIRD's log line for a BFD session's state change
+// (protocol bfd with debug events), after the time stamp.
+var bfdChangeLine = regexp.MustCompile(`Session to (\S+) changed state from (\S+) to (\S+)`)
+
+// BFDChanges are the router's BFD state changes logged at or after since
+// (BIRDConfig makes BIRD log them with millisecond times), oldest first.
+func (l *Lab) BFDChanges(since time.Time) []BFDChange {
+	byAddr := map[string]string{}
+	for _, n := range l.Nodes {
+		byAddr[n.Addr] = n.Name
 	}
-	want := "Session to " + n.Addr + " changed state from Up to Down"
 	since = since.Truncate(time.Millisecond)
+	var out []BFDChange
 	for _, line := range strings.Split(l.BIRD.Log(), "\n") {
-		if len(line) < 23 || !strings.Contains(line, want) {
+		m := bfdChangeLine.FindStringSubmatch(line)
+		if m == nil || len(line) < 23 {
 			continue
 		}
 		at, err := time.ParseInLocation("2006-01-02 15:04:05.000", line[:23], time.Local)
-		if err == nil && !at.Before(since) {
-			return at, true
+		if err != nil || at.Before(since) {
+			continue
+		}
+		c := BFDChange{At: at, Node: m[1], From: m[2], To: m[3]}
+		if name, ok := byAddr[m[1]]; ok {
+			c.Node = name
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// BFDDownAfter is the first time at or after since that the router's BFD
+// session with node name went down; false: none logged (yet).
+func (l *Lab) BFDDownAfter(since time.Time, name string) (time.Time, bool) {
+	for _, c := range l.BFDChanges(since) {
+		if c.Node == name && c.To == "Down" {
+			return c.At, true
 		}
 	}
 	return time.Time{}, false
