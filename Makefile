@@ -13,7 +13,7 @@ GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfe
 TEST_FLAGS ?= -count=1 -timeout 45m -race
 BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
-.PHONY: help generate check-generated build test test-deps bench lint clang demo churn
+.PHONY: help generate check-generated build test test-deps bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
@@ -43,6 +43,10 @@ build: ## build every package, and the binaries into bin/
 demo: ## (root) two-node failover lab in namespaces: kill a backend, freeze the master, print the timeline
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbit-demo
 	./bin/keepbit-demo -keepbitd ./bin/keepbitd
+
+demo-bgp: test-deps ## (root) three active-active nodes behind a BIRD 2 router (BGP ECMP, BFD): lose, restore and drain a node, flow sharing; every connection kept
+	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbitctl ./cmd/keepbit-demo
+	./bin/keepbit-demo -bgp -keepbitd ./bin/keepbitd -keepbitctl ./bin/keepbitctl
 
 test-deps: ## as root, install what the privileged tests run against (keepalived, bird2) when missing
 	@missing=0; for c in $(TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
