@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -69,32 +68,7 @@ func (l *bgpLab) waitEstablished(names ...string) {
 	// loss (its connect retry floor), and BFD comes up at 1s intervals.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for _, name := range names {
-		must(l.t, l.bird.WaitProtocol(ctx, name, "Established"), "session with "+name)
-	}
-	if l.opts.bfd == nil {
-		return
-	}
-	for {
-		out, err := l.bird.Cmd(ctx, "show", "bfd", "sessions")
-		up := 0
-		for _, name := range names {
-			for _, line := range strings.Split(out, "\n") {
-				f := strings.Fields(line)
-				if len(f) >= 3 && f[0] == l.node(name).addr && f[2] == "Up" {
-					up++
-				}
-			}
-		}
-		if err == nil && up == len(names) {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			l.t.Fatalf("BFD sessions with %v not all up:\n%s\nbird log:\n%s", names, out, l.bird.Log())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+	must(l.t, l.lab.WaitEstablished(ctx, names...), "sessions")
 }
 
 // noResets fails the test for any reset connection and, when strict, for
