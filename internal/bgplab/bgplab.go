@@ -20,6 +20,7 @@ package bgplab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -351,19 +352,19 @@ func (l *Lab) WriteConfigs() error {
 func WriteNodeConfig(o Options, n *Node, nodes []*Node, backends []*Backend) error {
 	o = o.WithDefaults()
 	var b strings.Builder
-	fmt.Fprintf(&b, `node: {hash_seed: 7, pin_root: %[1]s/bpf, state_dir: %[1]s/state}
+	fmt.Fprintf(&b, `node: {hash_seed: 7, pin_root: %s, state_dir: %s}
 interfaces: [{name: eth0}]
-api: {socket: %[1]s/keepbit.sock}
+api: {socket: %s}
 metrics: {listen: "off"}
 log: {format: json, level: info}
 defaults:
   check: {type: tcp, interval: 100ms, timeout: 80ms, rise: 1, fall: 3}
 services:
   - name: app
-    vip: %[2]s
-    port: %[3]d
+    vip: %s
+    port: %d
     backends:
-`, n.Dir, VIP, Port)
+`, yamlString(filepath.Join(n.Dir, "bpf")), yamlString(filepath.Join(n.Dir, "state")), yamlString(n.Socket()), VIP, Port)
 	for _, be := range backends {
 		fmt.Fprintf(&b, "      - {address: %s}\n", be.Addr)
 	}
@@ -432,7 +433,15 @@ func flowSharingSection(n *Node, nodes []*Node) (string, error) {
   warmup_timeout: 2s
   long_lived_after: 1s
   refresh: 5s
-`, n.Addr, strings.Join(peers, ", "), key), nil
+`, n.Addr, strings.Join(peers, ", "), yamlString(key)), nil
+}
+
+// yamlString quotes a path for YAML: a temporary directory named after a
+// test can hold commas, which end a value in flow style ({a: b, c: d}).
+// A JSON string is a YAML double-quoted string.
+func yamlString(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
 }
 
 // NextBackend puts the next spare backend into every node's config (the
@@ -602,9 +611,15 @@ func (l *Lab) BFDChanges(since time.Time) []BFDChange {
 	for _, n := range l.Nodes {
 		byAddr[n.Addr] = n.Name
 	}
+	return parseBFDChanges(l.BIRD.Log(), byAddr, since)
+}
+
+// parseBFDChanges reads BFD state changes out of BIRD's log, naming the
+// neighbours byAddr knows.
+func parseBFDChanges(log string, byAddr map[string]string, since time.Time) []BFDChange {
 	since = since.Truncate(time.Millisecond)
 	var out []BFDChange
-	for _, line := range strings.Split(l.BIRD.Log(), "\n") {
+	for _, line := range strings.Split(log, "\n") {
 		m := bfdChangeLine.FindStringSubmatch(line)
 		if m == nil || len(line) < 23 {
 			continue
