@@ -43,6 +43,7 @@ commands:
   vip                             VRRP instances: state, priority, master, last transition
   bgp                             BGP sessions (state, uptime, BFD) and VIP routes (announced or why not)
   drain-node [-hold D]            withdraw every route; the sessions close after D (default bgp.drain_hold, 0 keeps them)
+  flowshare                       flow sharing: warm-up (which peers answered), sent/received/rejected counters, the program's shared hits
   undrain                         announce the routes again as their health allows
   reload                          re-read the daemon's config file
   check-config FILE               validate a config file locally
@@ -158,6 +159,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		})
 	case "bgp", "drain-node", "undrain":
 		return c.bgp(ctx, cmd, rest)
+	case "flowshare":
+		return c.flowShare(ctx)
 	case "reload":
 		gen, err := c.api.Reload(ctx)
 		if err != nil {

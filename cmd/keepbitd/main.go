@@ -194,6 +194,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Metrics.Listen != "off" {
 		m := metrics.New(ctl, vr)
 		m.WatchBGP(bg)
+		m.WatchFlowShare(share, ctl)
 		ctl.ProbeObserver = m.ObserveProbe
 		go m.Follow(ctx, rec)
 		go func() {
@@ -202,7 +203,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, Events: rec, Reload: reload, Started: time.Now(), Log: log}
+	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, FlowShare: share, Events: rec, Reload: reload, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
 			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)

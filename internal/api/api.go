@@ -43,8 +43,10 @@ type Daemon struct {
 	// VRRP is the status of the VRRP instances (nil: none run).
 	VRRP VRRPStatus
 	// BGP is the BGP owner (nil: none; see bgp.go).
-	BGP    BGPOwner
-	Events *recorder.Recorder
+	BGP BGPOwner
+	// FlowShare is flow sharing (nil: none; see flowshare.go).
+	FlowShare FlowShareOwner
+	Events    *recorder.Recorder
 	// Reload re-reads the config file and applies it; a bad file changes
 	// nothing and its error is returned.
 	Reload  func(ctx context.Context) error
@@ -190,6 +192,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", s.admin)
 	mux.HandleFunc("GET /v1/services/{service}/backends/{addr}/live", s.live)
 	s.bgpRoutes(mux)
+	s.flowShareRoutes(mux)
 	return mux
 }
 

@@ -36,3 +36,10 @@ func (c *Client) Undrain(ctx context.Context) error {
 	var out map[string]bool
 	return c.do(ctx, http.MethodPost, "/v1/bgp/undrain", &out)
 }
+
+// FlowShare is GET /v1/flowshare: the flow-sharing warm-up, transport and
+// program counters.
+func (c *Client) FlowShare(ctx context.Context) (api.FlowShare, error) {
+	var out api.FlowShare
+	return out, c.do(ctx, http.MethodGet, "/v1/flowshare", &out)
+}
