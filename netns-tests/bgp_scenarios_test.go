@@ -2,6 +2,7 @@ package netnstests
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/connload"
 )
@@ -263,6 +265,25 @@ func TestBGPBackendAddedNodeLost(t *testing.T) {
 			r := ld.Stop()
 			if sharing {
 				noResets(t, "backend added, n2 lost, flow sharing on", r, true)
+				// The surviving nodes answered n2's moved flows from
+				// shared_flows: their programs counted shared hits.
+				hits := uint64(0)
+				for _, i := range []int{0, 2} {
+					out, err := l.ctl(i, "-o", "json", "flowshare")
+					must(t, err, "keepbitctl flowshare: "+out)
+					var st api.FlowShare
+					must(t, json.Unmarshal([]byte(out), &st), "flowshare json: "+out)
+					if !st.Enabled || !st.Warm {
+						t.Errorf("%s: flow sharing enabled %v warm %v", l.nodes[i].name, st.Enabled, st.Warm)
+					}
+					for _, d := range st.Dataplane {
+						hits += d["shared_hit"]
+					}
+				}
+				if hits == 0 {
+					t.Error("no shared hit on n1 or n3: the moved flows did not come from shared_flows")
+				}
+				t.Logf("shared hits on n1+n3: %d", hits)
 				return
 			}
 			t.Logf("backend added, n2 lost, flow sharing off: %v (%.0f broken per 1000)", r, 1000*float64(r.BrokenTotal)/float64(len(r.Conns)))
