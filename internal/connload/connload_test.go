@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/keepbit/keepbit/internal/connload"
@@ -228,35 +227,10 @@ func TestPercentile(t *testing.T) {
 func TestInNamespace(t *testing.T) {
 	privtest.Require(t)
 	a, b := privtest.NewNS(t), privtest.NewNS(t)
-	v := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "cl0"}, PeerName: "sv0"}
-	if err := netlink.LinkAdd(v); err != nil {
-		t.Fatal(err)
-	}
-	for _, end := range []struct {
-		name, addr string
-		ns         netns.NsHandle
-	}{{"cl0", "10.99.1.1/24", a}, {"sv0", "10.99.1.2/24", b}} {
-		link, err := netlink.LinkByName(end.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := netlink.LinkSetNsFd(link, int(end.ns)); err != nil {
-			t.Fatal(err)
-		}
-		if err := lab.InNS(end.ns, func() error {
-			l, err := netlink.LinkByName(end.name)
-			if err != nil {
-				return err
-			}
-			ad, _ := netlink.ParseAddr(end.addr)
-			if err := netlink.AddrAdd(l, ad); err != nil {
-				return err
-			}
-			return netlink.LinkSetUp(l)
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// NewVeth returns once both ends have carrier: a SYN sent earlier
+	// could be lost and the 1 s dial time out.
+	privtest.Veth(t, lab.VethEnd{NS: a, Name: "cl0", Addrs: []string{"10.99.1.1/24"}},
+		lab.VethEnd{NS: b, Name: "sv0", Addrs: []string{"10.99.1.2/24"}})
 	srv, err := connload.Listen(b, "10.99.1.2:7000", "b-ns")
 	if err != nil {
 		t.Fatal(err)
