@@ -38,7 +38,24 @@ func (g *logger) Panic(msg string, f gobgplog.Fields) {
 // error path is left to report it.
 func (g *logger) Fatal(msg string, f gobgplog.Fields) { g.l.Error("gobgp: "+msg, g.attrs(f)...) }
 func (g *logger) Error(msg string, f gobgplog.Fields) { g.l.Error("gobgp: "+msg, g.attrs(f)...) }
-func (g *logger) Warn(msg string, f gobgplog.Fields)  { g.l.Warn("gobgp: "+msg, g.attrs(f)...) }
+func (g *logger) Warn(msg string, f gobgplog.Fields) {
+	if adminRetryNoise(msg) {
+		g.l.Debug("gobgp: "+msg, g.attrs(f)...)
+		return
+	}
+	g.l.Warn("gobgp: "+msg, g.attrs(f)...)
+}
+
+// adminRetryNoise: GoBGP's warnings about an admin request it dropped or
+// found already done, which the Speaker's admin loop expects and repairs
+// (see adminLoop).
+func adminRetryNoise(msg string) bool {
+	switch msg {
+	case "previous setting admin state request is still remaining", "cannot change to the same state":
+		return true
+	}
+	return false
+}
 func (g *logger) Info(msg string, f gobgplog.Fields)  { g.l.Debug("gobgp: "+msg, g.attrs(f)...) }
 func (g *logger) Debug(msg string, f gobgplog.Fields) { g.l.Debug("gobgp: "+msg, g.attrs(f)...) }
 

@@ -143,6 +143,12 @@ type Speaker struct {
 	events chan PeerEvent
 	done   chan struct{}
 
+	// The admin loop drives GoBGP's admin state of every peer to what
+	// PeerDown/PeerUp asked for (see adminLoop).
+	adminKick   chan struct{}
+	adminCancel context.CancelFunc
+	adminDone   chan struct{}
+
 	// opMu serialises changes to the server (peers, routes, policy), so
 	// that the bookkeeping below follows the order GoBGP applied them in.
 	opMu    sync.Mutex
@@ -164,10 +170,12 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	}
 	s := &Speaker{
 		cfg: cfg, log: cfg.Logger,
-		peers:  map[netip.Addr]*peerState{},
-		routes: map[netip.Prefix]*routeState{},
-		events: make(chan PeerEvent, 256),
-		done:   make(chan struct{}),
+		peers:     map[netip.Addr]*peerState{},
+		routes:    map[netip.Prefix]*routeState{},
+		events:    make(chan PeerEvent, 256),
+		done:      make(chan struct{}),
+		adminKick: make(chan struct{}, 1),
+		adminDone: make(chan struct{}),
 	}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logger{l: cfg.Logger}))
 	go s.srv.Serve()
@@ -195,7 +203,113 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		return nil, fmt.Errorf("watch peer events: %w", err)
 	}
 	go s.deliver()
+	actx, acancel := context.WithCancel(context.Background())
+	s.adminCancel = acancel
+	go s.adminLoop(actx)
 	return s, nil
+}
+
+// Retry bounds of the admin loop: a request GoBGP dropped is sent again
+// after adminRetryMin, doubling up to adminRetryMax while it does not
+// take.
+const (
+	adminRetryMin = 10 * time.Millisecond
+	adminRetryMax = time.Second
+)
+
+func (s *Speaker) kickAdmin() {
+	select {
+	case s.adminKick <- struct{}{}:
+	default:
+	}
+}
+
+// adminLoop makes GoBGP's admin state of each peer what PeerDown/PeerUp
+// last asked for, checking it with ListPeer and asking again with backoff
+// until it holds. GoBGP queues one admin request per peer and silently
+// drops a second one that arrives while the first is still queued
+// ("previous setting admin state request is still remaining"): a BFD
+// session that goes Down and straight back Up (Down -> Init -> Up takes
+// microseconds when the neighbour answers at once) had its EnablePeer
+// dropped and the session held down for good; a PeerDown right after a
+// PeerUp would likewise leave a session up that BFD says is down. A peer
+// re-created by SetPeers also starts with the admin state of its config,
+// not the hold. It ends with Stop.
+func (s *Speaker) adminLoop(ctx context.Context) {
+	defer close(s.adminDone)
+	backoff := adminRetryMin
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.adminKick:
+			backoff = adminRetryMin
+		case <-retryC:
+		}
+		if retry != nil {
+			retry.Stop()
+			retry, retryC = nil, nil
+		}
+		if s.reconcileAdmin(ctx) == 0 {
+			backoff = adminRetryMin
+			continue
+		}
+		retry = time.NewTimer(backoff)
+		retryC = retry.C
+		backoff = min(2*backoff, adminRetryMax)
+	}
+}
+
+// reconcileAdmin asks GoBGP again for every peer whose admin state is not
+// the one wanted and returns how many were not; the next round checks
+// whether the requests took.
+func (s *Speaker) reconcileAdmin(ctx context.Context) int {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return 0
+	}
+	want := make(map[netip.Addr]string, len(s.peers)) // "" up, else PeerDown's reason
+	for a, p := range s.peers {
+		want[a] = p.downBy
+	}
+	s.mu.Unlock()
+	down := map[netip.Addr]bool{}
+	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		a, err := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+		if err == nil {
+			down[a.Unmap()] = p.GetState().GetAdminState() == api.PeerState_DOWN
+		}
+	})
+	if err != nil {
+		s.log.Debug("bgp: list peers for their admin state", "err", err)
+		return len(want)
+	}
+	off := 0
+	for a, by := range want {
+		isDown, known := down[a]
+		if !known || isDown == (by != "") {
+			continue // not (yet, or no longer) in GoBGP, or as wanted
+		}
+		if ctx.Err() != nil {
+			return off
+		}
+		off++
+		if by != "" {
+			err = s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: a.String(), Communication: by})
+		} else {
+			err = s.srv.EnablePeer(ctx, &api.EnablePeerRequest{Address: a.String()})
+		}
+		s.log.Debug("bgp: admin state asked again", "peer", a, "down", by != "", "err", err)
+	}
+	return off
 }
 
 // deliver hands events to OnEvent in order, off GoBGP's goroutine.
@@ -404,6 +518,9 @@ func (s *Speaker) SetPeers(ctx context.Context, peers []Peer) error {
 		}
 		s.mu.Unlock()
 	}
+	// A re-created session takes the admin state of its config: the admin
+	// loop checks that held-down ones stay down.
+	s.kickAdmin()
 	changed := false
 	for _, c := range nextHopsChanged {
 		changed = changed || c
@@ -675,9 +792,12 @@ func (s *Speaker) PeerDown(addr netip.Addr, reason string) {
 	if err := s.srv.DisablePeer(context.Background(), &api.DisablePeerRequest{Address: addr.String(), Communication: p.downBy}); err != nil {
 		s.log.Warn("bgp: hold peer down", "peer", addr, "err", err)
 	}
+	s.kickAdmin() // GoBGP may have dropped it (an EnablePeer still queued)
 }
 
-// PeerUp lets the session to addr come back (after PeerDown).
+// PeerUp lets the session to addr come back (after PeerDown). GoBGP may
+// drop the request (a DisablePeer still queued); the admin loop asks again
+// until GoBGP's admin state is up, or a PeerDown wants it down again.
 func (s *Speaker) PeerUp(addr netip.Addr) {
 	addr = addr.Unmap()
 	s.mu.Lock()
@@ -691,6 +811,7 @@ func (s *Speaker) PeerUp(addr netip.Addr) {
 	if err := s.srv.EnablePeer(context.Background(), &api.EnablePeerRequest{Address: addr.String()}); err != nil {
 		s.log.Warn("bgp: let peer up", "peer", addr, "err", err)
 	}
+	s.kickAdmin()
 }
 
 // Peers reports every configured session, sorted by address.
@@ -752,6 +873,10 @@ func (s *Speaker) Stop(ctx context.Context) error {
 	}
 	s.stopped = true
 	s.mu.Unlock()
+	// The admin loop talks to the server: it ends first (its calls are
+	// answered promptly while the server runs).
+	s.adminCancel()
+	<-s.adminDone
 	stopped := make(chan struct{})
 	go func() {
 		// GoBGP's Stop has no context; its Serve goroutine stays behind
