@@ -320,6 +320,13 @@ func TestSessionsComeUp(t *testing.T) {
 			}
 			ev, _ := b.waitEvent(t, from, 2*time.Second, func(e Event) bool { return e.To == Down })
 			if ev.Diag != DiagNeighborDown || ev.RemoteState != AdminDown || ev.RemoteDiag != DiagAdminDown || ev.PathDown() {
+				if excused > 0 && ev.Diag == DiagDetectionTimeExpired {
+					// This run stalled the process (see the excused
+					// downs): our AdminDown packets can be late past the
+					// neighbour's 30 ms detection time.
+					t.Logf("neighbour's event on our shutdown, in a stalling run: %+v", ev)
+					return
+				}
 				t.Fatalf("neighbour's event on our shutdown: %+v (PathDown %v)", ev, ev.PathDown())
 			}
 		})
