@@ -484,10 +484,17 @@ func (o *BGP) onBFD(e bfd.Event) {
 	o.mu.Lock()
 	bp := o.bfds[e.Peer]
 	spk := o.spk
-	if bp != nil {
-		bp.state, bp.diag, bp.since = e.To, e.Diag, e.At
-		bp.changes++
+	if bp == nil || bp.added && (e.Local != bp.cfg.Local || e.Interface != bp.cfg.Interface) {
+		// A session a reload removed (the manager delivers its events
+		// asynchronously, so they can come after the reload): no BFD
+		// session is left to let the BGP session up again if this one
+		// held it down.
+		o.mu.Unlock()
+		o.log.Debug("bfd: event of a session no longer configured", "peer", e.Peer, "local", e.Local, "to", e.To.String())
+		return
 	}
+	bp.state, bp.diag, bp.since = e.To, e.Diag, e.At
+	bp.changes++
 	o.mu.Unlock()
 	reason := fmt.Sprintf("bfd %s -> %s (%s)", e.From, e.To, e.Diag)
 	ev := recorder.Event{Kind: "bfd-" + e.To.String(), Service: e.Peer.String(), Reason: reason, Detect: e.At}
@@ -500,17 +507,11 @@ func (o *BGP) onBFD(e bfd.Event) {
 		o.log.Warn("bfd down: bgp session held down", "peer", e.Peer, "diag", e.Diag.String(), "remote_state", e.RemoteState.String())
 	case e.To == bfd.Up && spk != nil:
 		// The session is let up once BFD has stayed up for bfdUpSettle:
-		// a BFD session that flaps must not flap BGP with it, and GoBGP
-		// drops an enable that arrives while its disable is still queued
-		// (Down -> Init -> Up takes microseconds when the neighbour
-		// answers at once), which would leave the session down for good.
+		// a BFD session that flaps must not flap BGP with it.
 		ev.Reason += fmt.Sprintf(": bgp session allowed up after %v", bfdUpSettle)
-		var gen uint64
-		if bp != nil {
-			o.mu.Lock()
-			gen = bp.changes
-			o.mu.Unlock()
-		}
+		o.mu.Lock()
+		gen := bp.changes
+		o.mu.Unlock()
 		time.AfterFunc(bfdUpSettle, func() { o.bfdUpSettled(e.Peer, spk, gen) })
 		o.log.Info("bfd up", "peer", e.Peer)
 	default:

@@ -28,10 +28,31 @@ type fakeSpeaker struct {
 	routes  map[netip.Prefix]bool
 	why     map[netip.Prefix]string
 	stopped bool
+	// held: peers held down, as a real speaker keeps them (a peer removed
+	// by SetPeers forgets its hold, PeerDown of an unknown peer is lost).
+	held map[netip.Addr]bool
+	// upGate, when set, makes PeerUp wait for it after it is entered
+	// (upEntered) and before it takes effect.
+	upGate, upEntered chan struct{}
 }
 
 func newFakeSpeaker() *fakeSpeaker {
-	return &fakeSpeaker{routes: map[netip.Prefix]bool{}, why: map[netip.Prefix]string{}}
+	return &fakeSpeaker{routes: map[netip.Prefix]bool{}, why: map[netip.Prefix]string{}, held: map[netip.Addr]bool{}}
+}
+
+func (f *fakeSpeaker) isHeld(a string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held[netip.MustParseAddr(a)]
+}
+
+func (f *fakeSpeaker) hasPeer(a netip.Addr) bool {
+	for _, p := range f.peers {
+		if p.Address == a {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *fakeSpeaker) log(format string, a ...any) {
@@ -42,6 +63,11 @@ func (f *fakeSpeaker) SetPeers(_ context.Context, ps []bgp.Peer) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.peers, f.setN = slices.Clone(ps), f.setN+1
+	for a := range f.held {
+		if !f.hasPeer(a) {
+			delete(f.held, a)
+		}
+	}
 	f.log("peers %d", len(ps))
 	return nil
 }
@@ -76,12 +102,23 @@ func (f *fakeSpeaker) Forget(p netip.Prefix) {
 func (f *fakeSpeaker) PeerDown(a netip.Addr, reason string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.hasPeer(a) {
+		f.held[a] = true
+	}
 	f.log("peer-down %s (%s)", a, reason)
 }
 
 func (f *fakeSpeaker) PeerUp(a netip.Addr) {
 	f.mu.Lock()
+	gate, entered := f.upGate, f.upEntered
+	f.mu.Unlock()
+	if gate != nil {
+		entered <- struct{}{}
+		<-gate
+	}
+	f.mu.Lock()
 	defer f.mu.Unlock()
+	delete(f.held, a)
 	f.log("peer-up %s", a)
 }
 
@@ -124,9 +161,23 @@ type fakeBFD struct {
 	onChange func(bfd.Event)
 	sessions map[netip.Addr]bfd.SessionConfig
 	calls    []string
+	// gate, when set, makes Add and SetTimers wait for it after they are
+	// entered (entered) and before they take effect.
+	gate, entered chan struct{}
+}
+
+func (f *fakeBFD) wait() {
+	f.mu.Lock()
+	gate, entered := f.gate, f.entered
+	f.mu.Unlock()
+	if gate != nil {
+		entered <- struct{}{}
+		<-gate
+	}
 }
 
 func (f *fakeBFD) Add(_ context.Context, c bfd.SessionConfig) error {
+	f.wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sessions[c.Peer] = c
@@ -135,6 +186,7 @@ func (f *fakeBFD) Add(_ context.Context, c bfd.SessionConfig) error {
 }
 
 func (f *fakeBFD) SetTimers(_ context.Context, c bfd.SessionConfig) error {
+	f.wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.sessions[c.Peer] = c
@@ -373,7 +425,8 @@ func TestBGPBFDHoldsSessionDown(t *testing.T) {
 	}
 	peer := netip.MustParseAddr("10.91.0.1")
 	ev := func(from, to, remote bfd.State, diag bfd.Diag) {
-		r.bfd.onChange(bfd.Event{Peer: peer, From: from, To: to, RemoteState: remote, Diag: diag, At: time.Now()})
+		r.bfd.onChange(bfd.Event{Local: netip.MustParseAddr("10.91.0.11"), Peer: peer, Interface: "eth0",
+			From: from, To: to, RemoteState: remote, Diag: diag, At: time.Now()})
 	}
 	r.spk.took()
 	ev(bfd.Down, bfd.Up, bfd.Up, bfd.DiagNone)

@@ -1,0 +1,53 @@
+package ownership
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/keepbit/keepbit/vip/bfd"
+)
+
+// Interleavings of the BGP owner's inputs (BFD events, reloads, drains,
+// health) that each once left the speaker in the wrong state.
+
+var testPeer = netip.MustParseAddr("10.91.0.1")
+
+func (r *bgpRig) bfdEvent(from, to, remote bfd.State, diag bfd.Diag) {
+	r.bfd.onChange(bfd.Event{Local: netip.MustParseAddr("10.91.0.11"), Peer: testPeer, Interface: "eth0",
+		From: from, To: to, RemoteState: remote, Diag: diag, At: time.Now()})
+}
+
+func (r *bgpRig) bfdUp()   { r.bfdEvent(bfd.Down, bfd.Up, bfd.Up, bfd.DiagNone) }
+func (r *bgpRig) bfdDown() { r.bfdEvent(bfd.Up, bfd.Down, bfd.Down, bfd.DiagDetectionTimeExpired) }
+
+// started: config loaded, the peer's BFD session added, BFD Up and the
+// session let up.
+func startedRig(t *testing.T) *bgpRig {
+	t.Helper()
+	r := newBGPRig(t)
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(0))
+	r.o.ensureBFD(context.Background())
+	r.o.pass(context.Background())
+	r.bfdUp()
+	r.bfd.took()
+	r.spk.took()
+	return r
+}
+
+// A BFD Down delivered after the peer's bfd section was removed (the
+// manager's notifier delivers asynchronously: the Down of the session
+// being removed can arrive after the reload let the peer up) must not
+// hold the BGP session down: no BFD session is left to let it up again.
+func TestBGPStaleBFDDownAfterBFDRemoved(t *testing.T) {
+	r := startedRig(t)
+	cfg := bgpConfig(0)
+	cfg.BGP.Peers[0].BFD = nil
+	r.reload(t, cfg)
+	r.bfdDown() // queued before the removal, delivered after
+	if r.spk.isHeld(testPeer.String()) {
+		t.Fatalf("peer held down by a BFD session that no longer exists; speaker got %q", r.spk.took())
+	}
+}
