@@ -96,6 +96,11 @@ type BGP struct {
 	localFor     func(peer netip.Addr) (local netip.Addr, iface string, err error)
 
 	passMu sync.Mutex // one pass (or drain step) at a time
+	// holdMu orders BFD's holds: a decision to hold a session down or let
+	// it up and the speaker call that carries it out happen under it, so
+	// that a PeerUp decided before a BFD Down cannot land after its
+	// PeerDown. Taken before mu.
+	holdMu sync.Mutex
 
 	mu      sync.Mutex
 	cfg     *config.BGP // running; nil: no bgp section
@@ -131,6 +136,7 @@ type bfdPeer struct {
 	diag    bfd.Diag
 	since   time.Time
 	changes uint64 // also tells a settle timer whether BFD moved since
+	held    bool   // this session holds its BGP session down
 }
 
 type sentRoute struct {
@@ -411,6 +417,8 @@ func (o *BGP) reloadBFD(ctx context.Context, b *config.BGP) error {
 }
 
 func (o *BGP) speakerPeerUp(a netip.Addr) {
+	o.holdMu.Lock()
+	defer o.holdMu.Unlock()
 	o.mu.Lock()
 	spk := o.spk
 	o.mu.Unlock()
@@ -481,6 +489,8 @@ func (o *BGP) ensureBFD(ctx context.Context) {
 // not the neighbour's administrative shutdown) holds the BGP session down
 // at once; Up lets it come back.
 func (o *BGP) onBFD(e bfd.Event) {
+	o.holdMu.Lock()
+	defer o.holdMu.Unlock()
 	o.mu.Lock()
 	bp := o.bfds[e.Peer]
 	spk := o.spk
@@ -495,6 +505,10 @@ func (o *BGP) onBFD(e bfd.Event) {
 	}
 	bp.state, bp.diag, bp.since = e.To, e.Diag, e.At
 	bp.changes++
+	gen := bp.changes
+	if e.PathDown() && spk != nil {
+		bp.held = true
+	}
 	o.mu.Unlock()
 	reason := fmt.Sprintf("bfd %s -> %s (%s)", e.From, e.To, e.Diag)
 	ev := recorder.Event{Kind: "bfd-" + e.To.String(), Service: e.Peer.String(), Reason: reason, Detect: e.At}
@@ -509,10 +523,7 @@ func (o *BGP) onBFD(e bfd.Event) {
 		// The session is let up once BFD has stayed up for bfdUpSettle:
 		// a BFD session that flaps must not flap BGP with it.
 		ev.Reason += fmt.Sprintf(": bgp session allowed up after %v", bfdUpSettle)
-		o.mu.Lock()
-		gen := bp.changes
-		o.mu.Unlock()
-		time.AfterFunc(bfdUpSettle, func() { o.bfdUpSettled(e.Peer, spk, gen) })
+		time.AfterFunc(bfdUpSettle, func() { o.bfdUpSettled(bp, e.Peer, spk, gen) })
 		o.log.Info("bfd up", "peer", e.Peer)
 	default:
 		o.log.Info("bfd state", "peer", e.Peer, "from", e.From.String(), "to", e.To.String(), "diag", e.Diag.String())
@@ -524,12 +535,17 @@ func (o *BGP) onBFD(e bfd.Event) {
 // down may come back (GoBGP dials 5-10 s later anyway).
 const bfdUpSettle = 200 * time.Millisecond
 
-// bfdUpSettled lets the BGP session to peer up if its BFD session has not
-// changed since it came up (gen), on the same speaker.
-func (o *BGP) bfdUpSettled(peer netip.Addr, spk Speaker, gen uint64) {
+// bfdUpSettled lets the BGP session to peer up if its BFD session (bp,
+// still configured) has not changed since it came up (gen), on the same
+// speaker.
+func (o *BGP) bfdUpSettled(bp *bfdPeer, peer netip.Addr, spk Speaker, gen uint64) {
+	o.holdMu.Lock()
+	defer o.holdMu.Unlock()
 	o.mu.Lock()
-	bp := o.bfds[peer]
-	ok := bp != nil && bp.state == bfd.Up && bp.changes == gen && o.spk == spk
+	ok := o.bfds[peer] == bp && bp.state == bfd.Up && bp.changes == gen && o.spk == spk
+	if ok {
+		bp.held = false
+	}
 	o.mu.Unlock()
 	if ok {
 		spk.PeerUp(peer)

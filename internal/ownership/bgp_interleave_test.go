@@ -3,6 +3,7 @@ package ownership
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -49,5 +50,37 @@ func TestBGPStaleBFDDownAfterBFDRemoved(t *testing.T) {
 	r.bfdDown() // queued before the removal, delivered after
 	if r.spk.isHeld(testPeer.String()) {
 		t.Fatalf("peer held down by a BFD session that no longer exists; speaker got %q", r.spk.took())
+	}
+}
+
+// The settle timer's PeerUp racing a BFD Down: the Down must win, whatever
+// the order the two goroutines reach the speaker in.
+func TestBGPSettleRacesBFDDown(t *testing.T) {
+	r := startedRig(t)
+	r.bfdDown()
+	if !r.spk.isHeld(testPeer.String()) {
+		t.Fatal("bfd down did not hold the session down")
+	}
+	gate, entered := make(chan struct{}), make(chan struct{}, 1)
+	r.spk.mu.Lock()
+	r.spk.upGate, r.spk.upEntered = gate, entered
+	r.spk.mu.Unlock()
+	r.bfdUp()
+	<-entered // the settle timer decided to let the session up...
+	downDone := make(chan struct{})
+	go func() { r.bfdDown(); close(downDone) }() // ...and BFD goes down again
+	select {
+	case <-downDone:
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(gate)
+	<-downDone
+	waitFor(t, "the settle's PeerUp returned", func() bool {
+		r.spk.mu.Lock()
+		defer r.spk.mu.Unlock()
+		return slices.Contains(r.spk.calls, "peer-up "+testPeer.String())
+	})
+	if !r.spk.isHeld(testPeer.String()) {
+		t.Fatalf("BFD is down but the session is let up; speaker got %q", r.spk.took())
 	}
 }
