@@ -787,14 +787,17 @@ func (o *BGP) closeSessions(d *drainState) {
 // Undrain ends a drain: sessions closed by it open again, and every VIP is
 // announced as its health says (after announce_after).
 func (o *BGP) Undrain(ctx context.Context) error {
+	// passMu first: the sessions opened are those of the config a reload
+	// in progress is applying, not of the one it replaces.
+	o.passMu.Lock()
 	o.mu.Lock()
 	d, spk, cfg := o.drain, o.spk, o.cfg
-	if spk == nil {
+	if spk == nil || d == nil {
 		o.mu.Unlock()
-		return ErrNotConfigured
-	}
-	if d == nil {
-		o.mu.Unlock()
+		o.passMu.Unlock()
+		if spk == nil {
+			return ErrNotConfigured
+		}
 		return nil
 	}
 	if d.timer != nil {
@@ -802,7 +805,6 @@ func (o *BGP) Undrain(ctx context.Context) error {
 	}
 	o.drain = nil
 	o.mu.Unlock()
-	o.passMu.Lock()
 	var err error
 	if d.closed {
 		err = spk.SetPeers(ctx, peersOf(cfg))

@@ -84,3 +84,43 @@ func TestBGPSettleRacesBFDDown(t *testing.T) {
 		t.Fatalf("BFD is down but the session is let up; speaker got %q", r.spk.took())
 	}
 }
+
+// Undrain during a reload that adds a peer: undrain opens the sessions of
+// the config the reload applied, not of the one before.
+func TestBGPUndrainDuringReload(t *testing.T) {
+	r := startedRig(t)
+	ctx := context.Background()
+	if _, err := r.o.Drain(ctx, "drain-node", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "sessions closed after the hold", func() bool { return r.o.Status().SessionsClosed })
+	cfg := bgpConfig(0)
+	cfg.BGP.Peers[0].BFD.Multiplier = 5 // the reload stops in the BFD timer change
+	second := cfg.BGP.Peers[0]
+	second.Address, second.BFD = netip.MustParseAddr("10.91.0.2"), nil
+	cfg.BGP.Peers = append(cfg.BGP.Peers, second)
+
+	gate, entered := make(chan struct{}), make(chan struct{}, 1)
+	r.bfd.mu.Lock()
+	r.bfd.gate, r.bfd.entered = gate, entered
+	r.bfd.mu.Unlock()
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- r.o.Reload(ctx, cfg) }()
+	<-entered
+	undrained := make(chan error, 1)
+	go func() { undrained <- r.o.Undrain(ctx) }()
+	time.Sleep(50 * time.Millisecond) // undrain is waiting for the reload
+	close(gate)
+	if err := <-reloaded; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-undrained; err != nil {
+		t.Fatal(err)
+	}
+	r.spk.mu.Lock()
+	n := len(r.spk.peers)
+	r.spk.mu.Unlock()
+	if n != 2 {
+		t.Fatalf("after undrain the speaker has %d peers, want the reloaded config's 2; speaker got %q", n, r.spk.took())
+	}
+}
