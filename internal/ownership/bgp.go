@@ -416,6 +416,26 @@ func (o *BGP) reloadBFD(ctx context.Context, b *config.BGP) error {
 	return errors.Join(errs...)
 }
 
+// reapplyHolds holds down again the sessions BFD holds down, after
+// SetPeers re-added them to spk (drain-node closed the sessions: the
+// speaker forgot the peers and their holds, and BFD, down meanwhile or
+// still, sends no new event).
+func (o *BGP) reapplyHolds(spk Speaker) {
+	o.holdMu.Lock()
+	defer o.holdMu.Unlock()
+	o.mu.Lock()
+	held := map[netip.Addr]string{}
+	for a, bp := range o.bfds {
+		if bp.held {
+			held[a] = "bfd: " + bp.diag.String()
+		}
+	}
+	o.mu.Unlock()
+	for _, a := range sortedAddrs(held) {
+		spk.PeerDown(a, held[a])
+	}
+}
+
 func (o *BGP) speakerPeerUp(a netip.Addr) {
 	o.holdMu.Lock()
 	defer o.holdMu.Unlock()
@@ -808,6 +828,7 @@ func (o *BGP) Undrain(ctx context.Context) error {
 	var err error
 	if d.closed {
 		err = spk.SetPeers(ctx, peersOf(cfg))
+		o.reapplyHolds(spk)
 	}
 	o.passMu.Unlock()
 	o.rec.Add(recorder.Event{Kind: "bgp-undrain", Reason: "routes announced again as health allows"})

@@ -85,6 +85,27 @@ func TestBGPSettleRacesBFDDown(t *testing.T) {
 	}
 }
 
+// A peer whose BFD is down stays held down when drain-node closed the
+// sessions (the peers leave the speaker, and their holds with them) and
+// undrain opens them again.
+func TestBGPUndrainKeepsBFDHold(t *testing.T) {
+	r := startedRig(t)
+	ctx := context.Background()
+	if _, err := r.o.Drain(ctx, "drain-node", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "sessions closed after the hold", func() bool { return r.o.Status().SessionsClosed })
+	r.bfdDown() // the router's BFD went away while drained
+	if err := r.o.Undrain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !r.spk.isHeld(testPeer.String()) {
+		t.Fatalf("undrain let up a session whose BFD is down; speaker got %q", r.spk.took())
+	}
+	r.bfdUp()
+	waitFor(t, "session let up once BFD is up again", func() bool { return !r.spk.isHeld(testPeer.String()) })
+}
+
 // Undrain during a reload that adds a peer: undrain opens the sessions of
 // the config the reload applied, not of the one before.
 func TestBGPUndrainDuringReload(t *testing.T) {
