@@ -771,6 +771,12 @@ func (o *BGP) Drain(ctx context.Context, why string, hold time.Duration) (DrainI
 	}
 	now := time.Now()
 	d := &drainState{why: why, since: now}
+	if prev := o.drain; prev != nil && prev.closed {
+		// Drained again (drain-node twice, a stop of a drained node): the
+		// sessions the first drain closed stay closed; nothing to wait for.
+		d.closed, d.since = true, prev.since
+		hold = 0
+	}
 	if hold > 0 {
 		d.closeAt = now.Add(hold)
 		d.timer = time.AfterFunc(hold, func() { o.closeSessions(d) })
@@ -856,7 +862,18 @@ func (o *BGP) Stop(ctx context.Context) {
 		if err != nil {
 			o.log.Error("bgp: withdraw on stop", "error", err)
 		}
-		o.log.Info("keepbitd stopping: routes withdrawn, forwarding for drain_hold before closing the sessions", "drain_hold", hold)
+		// A node that was draining already has had part of the hold; one
+		// whose drain closed the sessions gets no traffic from the routers
+		// any more.
+		o.mu.Lock()
+		if d := o.drain; d != nil {
+			hold = max(0, hold-time.Since(d.since))
+			if d.closed {
+				hold = 0
+			}
+		}
+		o.mu.Unlock()
+		o.log.Info("keepbitd stopping: routes withdrawn, forwarding for the rest of drain_hold before closing the sessions", "wait", hold)
 		select {
 		case <-ctx.Done():
 		case <-time.After(hold):

@@ -145,3 +145,47 @@ func TestBGPUndrainDuringReload(t *testing.T) {
 		t.Fatalf("after undrain the speaker has %d peers, want the reloaded config's 2; speaker got %q", n, r.spk.took())
 	}
 }
+
+// A second drain of a node whose sessions the first drain closed keeps
+// them closed: a reload then must not open them (drain-node twice, or a
+// stop of a drained node).
+func TestBGPDrainAgainKeepsSessionsClosed(t *testing.T) {
+	r := startedRig(t)
+	ctx := context.Background()
+	if _, err := r.o.Drain(ctx, "drain-node", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "sessions closed after the hold", func() bool { return r.o.Status().SessionsClosed })
+	if _, err := r.o.Drain(ctx, "drain-node", 0); err != nil {
+		t.Fatal(err)
+	}
+	r.spk.took()
+	r.reload(t, bgpConfig(0))
+	if got := r.spk.took(); len(got) != 0 {
+		t.Errorf("reload after a second drain: speaker got %q, want the sessions kept closed", got)
+	}
+	if st := r.o.Status(); !st.SessionsClosed {
+		t.Errorf("status after a second drain: sessions not closed: %+v", st)
+	}
+}
+
+// A stop of a node drained for longer than drain_hold closes at once: its
+// routes were withdrawn long ago and its sessions are closed already.
+func TestBGPStopWhileDrained(t *testing.T) {
+	r := newBGPRig(t)
+	cfg := bgpConfig(0)
+	cfg.BGP.DrainHold = 2 * time.Second
+	r.health.up["web"] = true
+	r.reload(t, cfg)
+	ctx := context.Background()
+	r.o.pass(ctx)
+	if _, err := r.o.Drain(ctx, "drain-node", time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "sessions closed after the hold", func() bool { return r.o.Status().SessionsClosed })
+	start := time.Now()
+	r.o.Stop(ctx)
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("stop of a drained node took %v: it waited drain_hold (2s) again", took)
+	}
+}
