@@ -321,11 +321,10 @@ func (o *BGP) Reload(ctx context.Context, cfg *config.Config) error {
 		o.ifaces = append(o.ifaces, ifc.Name)
 	}
 	if hc := healthConfig(b); hc != o.hcfg {
-		// Health has no timer change in place: a new one starts with every
-		// VIP unannounced but never flapped, so a healthy VIP is announced
-		// again at once (the speaker sees the same route: nothing is sent)
-		// and only damping history is lost.
-		o.hcfg, o.hh = hc, bgp.NewHealth(hc, now, nil)
+		// In place: a fresh Health would forget which VIPs wait for
+		// announce_after or sit in a hold-down and announce them at once.
+		o.hcfg = hc
+		o.hh.SetConfig(hc)
 	}
 	o.hh.SetVIPs(now, sortedAddrs(vips))
 	var gone []netip.Addr

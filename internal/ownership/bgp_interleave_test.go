@@ -169,6 +169,30 @@ func TestBGPDrainAgainKeepsSessionsClosed(t *testing.T) {
 	}
 }
 
+// A reload that changes the damping settings keeps each VIP's hysteresis:
+// a VIP that waits for announce_after is not announced at once.
+func TestBGPReloadKeepsHysteresis(t *testing.T) {
+	r := newBGPRig(t)
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(time.Hour))
+	ctx := context.Background()
+	r.o.pass(ctx)
+	r.health.up["web"] = false
+	r.o.pass(ctx)
+	r.health.up["web"] = true
+	r.o.pass(ctx) // healthy again: waits an hour
+	if r.spk.announced("10.90.9.9/32") {
+		t.Fatal("announced before announce_after")
+	}
+	cfg := bgpConfig(time.Hour)
+	cfg.BGP.Damping.Window = 2 * time.Minute
+	r.reload(t, cfg)
+	r.o.pass(ctx)
+	if r.spk.announced("10.90.9.9/32") {
+		t.Fatalf("a reload of the damping window announced a VIP that waits for announce_after; speaker got %q", r.spk.took())
+	}
+}
+
 // A stop of a node drained for longer than drain_hold closes at once: its
 // routes were withdrawn long ago and its sessions are closed already.
 func TestBGPStopWhileDrained(t *testing.T) {

@@ -100,6 +100,11 @@ func (h *Health) SetVIPs(now time.Time, vips []netip.Addr) {
 	h.vips = keep
 }
 
+// SetConfig changes the hysteresis in place (a reload): every VIP keeps
+// its state and failure history, and a VIP that waits is announced by the
+// new settings' wait from when it became healthy.
+func (h *Health) SetConfig(cfg HealthConfig) { h.cfg = cfg }
+
 // wait is how long v must have been healthy before it is announced.
 func (h *Health) wait(v *vipHealth) time.Duration {
 	if !v.ever && v.flaps == 0 {
