@@ -448,7 +448,14 @@ func (o *BGP) speakerPeerUp(a netip.Addr) {
 
 // ensureBFD adds the BFD sessions not running yet (at most one attempt per
 // peer a second: a failure is usually a missing route or address).
+//
+// It runs under passMu, like Reload: a reload between picking a session's
+// settings and recording it added would change the timers of a session
+// not added yet (never applied) or remove its peer (the session then ran
+// on with nothing to remove it).
 func (o *BGP) ensureBFD(ctx context.Context) {
+	o.passMu.Lock()
+	defer o.passMu.Unlock()
 	o.mu.Lock()
 	m, cfg := o.bfdm, o.cfg
 	var todo []netip.Addr

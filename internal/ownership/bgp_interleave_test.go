@@ -193,6 +193,65 @@ func TestBGPReloadKeepsHysteresis(t *testing.T) {
 	}
 }
 
+// BFD timers changed by a reload while the session is being added (the
+// pass's ensureBFD) reach the session, and a peer removed meanwhile does
+// not leave its session running.
+func TestBGPReloadDuringBFDAdd(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*bgpRig)
+		want func(*testing.T, *bgpRig)
+	}{
+		{"timers changed", func(r *bgpRig) {
+			cfg := bgpConfig(0)
+			cfg.BGP.Peers[0].BFD.Multiplier = 5
+			_ = r.o.Reload(context.Background(), cfg)
+		}, func(t *testing.T, r *bgpRig) {
+			r.bfd.mu.Lock()
+			defer r.bfd.mu.Unlock()
+			if got := r.bfd.sessions[testPeer].Multiplier; got != 5 {
+				t.Errorf("session runs multiplier %d, want the reload's 5; bfd got %q", got, r.bfd.calls)
+			}
+		}},
+		{"bfd removed", func(r *bgpRig) {
+			cfg := bgpConfig(0)
+			cfg.BGP.Peers[0].BFD = nil
+			_ = r.o.Reload(context.Background(), cfg)
+		}, func(t *testing.T, r *bgpRig) {
+			r.bfd.mu.Lock()
+			defer r.bfd.mu.Unlock()
+			if len(r.bfd.sessions) != 0 {
+				t.Errorf("bfd sessions %v left running for a peer without bfd; bfd got %q", r.bfd.sessions, r.bfd.calls)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newBGPRig(t)
+			r.reload(t, bgpConfig(0))
+			gate, entered := make(chan struct{}), make(chan struct{}, 1)
+			r.bfd.mu.Lock()
+			r.bfd.gate, r.bfd.entered = gate, entered
+			r.bfd.mu.Unlock()
+			added := make(chan struct{})
+			go func() { r.o.ensureBFD(context.Background()); close(added) }()
+			<-entered
+			r.bfd.mu.Lock()
+			r.bfd.gate = nil // the reload's own calls go through
+			r.bfd.mu.Unlock()
+			reloaded := make(chan struct{})
+			go func() { tc.edit(r); close(reloaded) }()
+			select {
+			case <-reloaded:
+			case <-time.After(100 * time.Millisecond):
+			}
+			close(gate)
+			<-added
+			<-reloaded
+			tc.want(t, r)
+		})
+	}
+}
+
 // A stop of a node drained for longer than drain_hold closes at once: its
 // routes were withdrawn long ago and its sessions are closed already.
 func TestBGPStopWhileDrained(t *testing.T) {
