@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -249,6 +251,40 @@ func TestBGPReloadDuringBFDAdd(t *testing.T) {
 			<-reloaded
 			tc.want(t, r)
 		})
+	}
+}
+
+// Decisions that arrive quickly land in order: the speaker's last word on
+// a VIP is the last decision, whichever goroutine (pass, drain, reload)
+// made it.
+func TestBGPQuickDecisionsLandInOrder(t *testing.T) {
+	r := newBGPRig(t)
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(0))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.o.Run(ctx)
+	waitFor(t, "announced", func() bool { return r.spk.announced("10.90.9.9/32") })
+	var wg sync.WaitGroup
+	for i := range 200 {
+		r.health.set("web", i%2 == 1)
+		r.health.set("web-tls", false)
+		if i%50 == 0 {
+			wg.Go(func() { r.o.Drain(context.Background(), "drain-node", 0) })
+			wg.Go(func() { r.o.Undrain(context.Background()) })
+		}
+	}
+	wg.Wait()
+	r.health.set("web", false)
+	r.o.Undrain(context.Background())
+	waitFor(t, "withdrawn at the end", func() bool { return !r.spk.announced("10.90.9.9/32") })
+	time.Sleep(3 * DefaultBGPPoll)
+	if r.spk.announced("10.90.9.9/32") {
+		t.Fatal("a stale announcement landed after the last withdrawal")
+	}
+	got := slices.DeleteFunc(r.spk.took(), func(s string) bool { return !strings.Contains(s, "10.90.9.9/32") })
+	if len(got) == 0 || got[len(got)-1] != "withdraw 10.90.9.9/32 (no usable backend)" {
+		t.Errorf("last speaker call %q, want the withdrawal", got[max(0, len(got)-3):])
 	}
 }
 
