@@ -102,21 +102,24 @@ type BGP struct {
 	// PeerDown. Taken before mu.
 	holdMu sync.Mutex
 
-	mu      sync.Mutex
-	cfg     *config.BGP // running; nil: no bgp section
-	ifaces  []string
-	vips    map[netip.Addr]*bgpVIP
-	spk     Speaker
-	bfdm    BFDSessions
-	bfds    map[netip.Addr]*bfdPeer // peers with bfd configured
-	hh      *bgp.Health
-	hcfg    bgp.HealthConfig
-	warm    <-chan struct{} // nil or closed: warm
-	drain   *drainState
-	sent    map[netip.Addr]sentRoute // what the speaker was last told
-	detect  time.Time                // when the pending pass was asked for
-	trans   map[netip.Addr]uint64    // session state changes per peer
-	sessEst map[netip.Addr]uint64    // sessions established per peer
+	mu     sync.Mutex
+	cfg    *config.BGP // running; nil: no bgp section
+	ifaces []string
+	vips   map[netip.Addr]*bgpVIP
+	spk    Speaker
+	bfdm   BFDSessions
+	bfds   map[netip.Addr]*bfdPeer // peers with bfd configured
+	hh     *bgp.Health
+	hcfg   bgp.HealthConfig
+	warm   <-chan struct{} // nil or closed: warm
+	drain  *drainState
+	sent   map[netip.Addr]sentRoute // what the speaker was last told
+	// orphans: VIPs a reload removed whose withdrawal failed; every pass
+	// tries again (they are in no decision any more).
+	orphans map[netip.Addr]bool
+	detect  time.Time             // when the pending pass was asked for
+	trans   map[netip.Addr]uint64 // session state changes per peer
+	sessEst map[netip.Addr]uint64 // sessions established per peer
 }
 
 // bgpVIP is one announced VIP: its route and the services behind it.
@@ -162,7 +165,7 @@ const DefaultBGPPoll = 100 * time.Millisecond
 // speaker when the config has a bgp section, Run makes the decisions.
 func NewBGP(log *slog.Logger, rec *recorder.Recorder, health Health) *BGP {
 	o := &BGP{log: log, rec: rec, health: health, poll: DefaultBGPPoll, kick: make(chan struct{}, 1),
-		vips: map[netip.Addr]*bgpVIP{}, bfds: map[netip.Addr]*bfdPeer{}, sent: map[netip.Addr]sentRoute{},
+		vips: map[netip.Addr]*bgpVIP{}, bfds: map[netip.Addr]*bfdPeer{}, sent: map[netip.Addr]sentRoute{}, orphans: map[netip.Addr]bool{},
 		trans: map[netip.Addr]uint64{}, sessEst: map[netip.Addr]uint64{}}
 	o.startSpeaker = func(ctx context.Context, cfg bgp.Config) (Speaker, error) { return bgp.Start(ctx, cfg) }
 	o.newBFD = func(onChange func(bfd.Event)) BFDSessions {
@@ -342,21 +345,41 @@ func (o *BGP) Reload(ctx context.Context, cfg *config.Config) error {
 			o.sent[a] = s
 		}
 	}
-	o.mu.Unlock()
-	for _, a := range gone {
-		p := netip.PrefixFrom(a, a.BitLen())
-		if err := spk.Withdraw(ctx, p, "removed from the config"); err != nil {
-			errs = append(errs, err)
-		}
-		spk.Forget(p)
-		o.rec.Add(recorder.Event{Kind: "bgp-withdraw", Service: p.String(), Reason: "removed from the config", Apply: time.Now()})
+	for a := range vips {
+		delete(o.orphans, a) // back in the config: the passes decide it again
 	}
+	o.mu.Unlock()
+	errs = append(errs, o.withdrawGone(ctx, spk, gone)...)
 	for _, r := range redecorate {
 		if err := spk.Announce(ctx, r); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// withdrawGone withdraws the routes of VIPs that left the config. One whose
+// withdrawal fails is kept as an orphan for the next pass to try again:
+// nothing else would ever withdraw it, and the routers would keep sending
+// its traffic here.
+func (o *BGP) withdrawGone(ctx context.Context, spk Speaker, gone []netip.Addr) []error {
+	var errs []error
+	for _, a := range gone {
+		p := netip.PrefixFrom(a, a.BitLen())
+		if err := spk.Withdraw(ctx, p, "removed from the config"); err != nil {
+			errs = append(errs, err)
+			o.mu.Lock()
+			o.orphans[a] = true
+			o.mu.Unlock()
+			continue
+		}
+		o.mu.Lock()
+		delete(o.orphans, a)
+		o.mu.Unlock()
+		spk.Forget(p)
+		o.rec.Add(recorder.Event{Kind: "bgp-withdraw", Service: p.String(), Reason: "removed from the config", Apply: time.Now()})
+	}
+	return errs
 }
 
 // bfdTimersOf is the session timers of a peer's bfd section.
@@ -667,7 +690,11 @@ func (o *BGP) pass(ctx context.Context) (time.Time, <-chan struct{}) {
 	}
 	in := bgp.HealthInput{Usable: map[netip.Addr]bool{}, Draining: o.drain != nil, WarmedUp: true}
 	warm := o.warm
+	orphans := sortedAddrs(o.orphans)
 	o.mu.Unlock()
+	for _, err := range o.withdrawGone(ctx, spk, orphans) {
+		o.log.Error("bgp: route of a VIP removed from the config not withdrawn; retrying", "error", err)
+	}
 
 	if warm != nil {
 		select {
@@ -902,6 +929,7 @@ func (o *BGP) stopLocked(ctx context.Context, why string) {
 	}
 	o.drain = nil
 	o.sent = map[netip.Addr]sentRoute{}
+	o.orphans = map[netip.Addr]bool{}
 	o.bfds = map[netip.Addr]*bfdPeer{}
 	o.vips = map[netip.Addr]*bgpVIP{}
 	o.mu.Unlock()

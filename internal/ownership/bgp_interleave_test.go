@@ -309,3 +309,28 @@ func TestBGPStopWhileDrained(t *testing.T) {
 		t.Errorf("stop of a drained node took %v: it waited drain_hold (2s) again", took)
 	}
 }
+
+// A VIP removed from the config whose withdrawal fails is not leaked: the
+// next passes withdraw it (no decision names it any more).
+func TestBGPRemovedVIPWithdrawalRetried(t *testing.T) {
+	r := newBGPRig(t)
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(0))
+	ctx := context.Background()
+	r.o.pass(ctx)
+	if !r.spk.announced("10.90.9.8/32") {
+		t.Fatal("dns VIP not announced")
+	}
+	cfg := bgpConfig(0)
+	cfg.Services = cfg.Services[:2] // dns leaves
+	r.spk.mu.Lock()
+	r.spk.failWithdraw = 1
+	r.spk.mu.Unlock()
+	if err := r.o.Reload(ctx, cfg); err == nil {
+		t.Error("reload hid the failed withdrawal")
+	}
+	r.o.pass(ctx)
+	if r.spk.announced("10.90.9.8/32") {
+		t.Fatalf("the route of a VIP removed from the config stays announced; speaker got %q", r.spk.took())
+	}
+}

@@ -34,6 +34,7 @@ type fakeSpeaker struct {
 	// upGate, when set, makes PeerUp wait for it after it is entered
 	// (upEntered) and before it takes effect.
 	upGate, upEntered chan struct{}
+	failWithdraw      int // so many Withdraw calls fail
 }
 
 func newFakeSpeaker() *fakeSpeaker {
@@ -83,6 +84,11 @@ func (f *fakeSpeaker) Announce(_ context.Context, r bgp.Route) error {
 func (f *fakeSpeaker) Withdraw(_ context.Context, p netip.Prefix, why string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failWithdraw > 0 {
+		f.failWithdraw--
+		f.log("withdraw %s failed", p)
+		return fmt.Errorf("withdraw %s: injected failure", p)
+	}
 	if f.routes[p] {
 		f.log("withdraw %s (%s)", p, why)
 	}
