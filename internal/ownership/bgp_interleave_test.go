@@ -2,6 +2,7 @@ package ownership
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"slices"
 	"sync"
@@ -332,5 +333,37 @@ func TestBGPRemovedVIPWithdrawalRetried(t *testing.T) {
 	r.o.pass(ctx)
 	if r.spk.announced("10.90.9.8/32") {
 		t.Fatalf("the route of a VIP removed from the config stays announced; speaker got %q", r.spk.took())
+	}
+}
+
+// The dataplane of one interface failing withdraws every route within a
+// poll (it sends no signal); back, the routes return only after
+// announce_after of continuous health.
+func TestBGPDataplaneFailureAndBack(t *testing.T) {
+	r := newBGPRig(t)
+	r.o.poll = 10 * time.Millisecond
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(300*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.o.Run(ctx)
+	both := func(announced bool) func() bool {
+		return func() bool {
+			return r.spk.announced("10.90.9.9/32") == announced && r.spk.announced("10.90.9.8/32") == announced
+		}
+	}
+	waitFor(t, "both announced", both(true))
+	setDP := func(err error) {
+		r.health.mu.Lock()
+		r.health.dpErr = err
+		r.health.mu.Unlock()
+	}
+	setDP(errors.New("eth1: heartbeat stopped"))
+	waitFor(t, "every route withdrawn", both(false))
+	back := time.Now()
+	setDP(nil)
+	waitFor(t, "both announced again", both(true))
+	if took := time.Since(back); took < 300*time.Millisecond {
+		t.Errorf("announced again %v after the dataplane came back, before announce_after (300ms)", took)
 	}
 }

@@ -98,6 +98,7 @@ func (f *fakeSpeaker) Withdraw(_ context.Context, p netip.Prefix, why string) er
 }
 
 func (f *fakeSpeaker) WithdrawAll(ctx context.Context, why string) error { return errors.New("unused") }
+
 // Forget, like the real one, drops only a withdrawn route's record.
 func (f *fakeSpeaker) Forget(p netip.Prefix) {
 	f.mu.Lock()
