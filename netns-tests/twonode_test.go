@@ -36,6 +36,7 @@ type twoNode struct {
 	nodes   map[string]*node
 	dir     string
 	clientH *netlink.Handle
+	advert  time.Duration // every node's advert interval
 }
 
 type node struct {
@@ -51,7 +52,7 @@ type node struct {
 func newTwoNode(t testing.TB, advert time.Duration) *twoNode {
 	privtest.Require(t)
 	bridge := privtest.Bridge(t)
-	l := &twoNode{t: t, root: t, lab: bridge, nodes: map[string]*node{}, dir: t.TempDir()}
+	l := &twoNode{t: t, root: t, lab: bridge, nodes: map[string]*node{}, dir: t.TempDir(), advert: advert}
 	client, err := bridge.Host("client", "eth0", "10.68.0.2/24")
 	must(t, err, "client")
 	l.client = client.NS
@@ -290,7 +291,11 @@ func TestTwoNodes(t *testing.T) {
 	}, "b", nil, "")
 	t.Run("no preempt on return", func(t *testing.T) {
 		l.t = t
-		l.nodes["a"].cfg = l.writeNodeConfig(l.nodes["a"], 200, false, 10*time.Millisecond)
+		// The same advert interval as b's: a starting node waits one
+		// master-down interval of its own before it claims the VIP, so a
+		// shorter interval than the master's lets it claim the VIP before
+		// it hears one advert (RFC 5798 6.4.1).
+		l.nodes["a"].cfg = l.writeNodeConfig(l.nodes["a"], 200, false, l.advert)
 		a = l.start("a")
 		a.waitLog(t, 0, 5*time.Second, vrrpBackup)
 		time.Sleep(300 * time.Millisecond)
