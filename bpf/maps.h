@@ -29,6 +29,10 @@ enum limits {
 	 * last_seen lags by at most this much, so drain -wait and the LRU see
 	 * it live. */
 	FLOW_CACHE_FLUSH_NS = 250000000,
+	/* A flow that misses the flow cache is checked for a flow report
+	 * when bpf_ktime_get_coarse_ns() >> this changes between two of its
+	 * packets: at most every 2^28 ns (268 ms), like a flush. */
+	SHARE_SLOW_PERIOD_SHIFT = 28,
 	VIP_FILTER_WORDS = 1024, /* 65536-bit prefilter of VIP addresses */
 };
 

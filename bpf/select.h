@@ -239,7 +239,7 @@ static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 
 	e->pending_packets = 0;
 	e->pending_bytes = 0;
 	e->last_flush_ns = now;
-	share_report(e, fv, now);
+	share_report(&e->key, e->service, fv, now);
 	return 0;
 }
 
@@ -285,7 +285,13 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 			out->backend = id;
 			out->state = *st;
 			if (learn) {
-				fv->last_seen_ns = bpf_ktime_get_coarse_ns();
+				now = bpf_ktime_get_coarse_ns();
+				/* The cache flush reports flows; a flow that keeps
+				 * missing the cache is reported from here, when its
+				 * packets cross into a new SHARE_SLOW_PERIOD. */
+				if ((now >> SHARE_SLOW_PERIOD_SHIFT) != (fv->last_seen_ns >> SHARE_SLOW_PERIOD_SHIFT))
+					share_report(key, svc_id, fv, now);
+				fv->last_seen_ns = now;
 				fv->packets++;
 				fv->bytes += len;
 			}

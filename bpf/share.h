@@ -62,25 +62,28 @@ static __always_inline __u32 table_slot(__u32 svc_id, const struct flow_key *key
 }
 
 /* share_report runs at a flow cache flush (every FLOW_CACHE_FLUSH packets
- * or FLOW_CACHE_FLUSH_NS of a cached flow), never per packet. It reports
- * the flow when its backend differs from the table's slot (Moved) or it is
- * older than long_lived_ns (LongLived), at most once per refresh_ns. A
- * full ring buffer costs the report, never the packet: it is counted and
- * retried at a later flush. Returns 1 when a report was written. */
-__noinline int share_report(struct flow_cache_entry *e, struct flow_value *fv, __u64 now)
+ * or FLOW_CACHE_FLUSH_NS of a cached flow) and from the slow path at most
+ * once per SHARE_SLOW_PERIOD of a flow (a flow that keeps missing the cache,
+ * two long-lived flows on one slot evicting each other, never reaches a
+ * flush), never for every packet. It reports the flow when its backend
+ * differs from the table's slot (Moved) or it is older than long_lived_ns
+ * (LongLived), at most once per refresh_ns. A full ring buffer costs the
+ * report, never the packet: it is counted and retried later. Returns 1 when
+ * a report was written. */
+__noinline int share_report(const struct flow_key *key, __u32 service, struct flow_value *fv, __u64 now)
 {
 	struct share_settings_value *cfg;
 	struct flow_report *r;
 	__u32 reason;
 
-	if (!e || !fv)
+	if (!key || !fv)
 		return 0;
 	cfg = share_enabled();
 	if (!cfg)
 		return 0;
 	if (fv->reported_ns && now - fv->reported_ns < cfg->refresh_ns)
 		return 0;
-	if (table_slot(e->service, &e->key) != e->backend)
+	if (table_slot(service, key) != fv->backend)
 		reason = FLOW_REPORT_MOVED;
 	else if (now - fv->first_seen_ns >= cfg->long_lived_ns)
 		reason = FLOW_REPORT_LONG_LIVED;
@@ -91,10 +94,10 @@ __noinline int share_report(struct flow_cache_entry *e, struct flow_value *fv, _
 		share_count(SHARE_REPORT_DROPPED);
 		return 0;
 	}
-	__builtin_memcpy(&r->key, &e->key, sizeof(r->key));
-	r->backend = e->backend;
-	r->incarnation = (__u32)e->state_word >> STATE_INC_SHIFT;
-	r->service = e->service;
+	__builtin_memcpy(&r->key, key, sizeof(r->key));
+	r->backend = fv->backend;
+	r->incarnation = fv->incarnation;
+	r->service = service;
 	r->reason = reason;
 	bpf_ringbuf_submit(r, 0);
 	fv->reported_ns = now;

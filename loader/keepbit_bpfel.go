@@ -148,17 +148,18 @@ type keepbitKeepbitAbi struct {
 type keepbitLimits uint32
 
 const (
-	keepbitLimitsMAX_SERVICES        keepbitLimits = 4096
-	keepbitLimitsMAX_BACKENDS        keepbitLimits = 65536
-	keepbitLimitsMAX_FLOWS           keepbitLimits = 262144
-	keepbitLimitsMAX_FRAGS           keepbitLimits = 16384
-	keepbitLimitsMAX_PORTS           keepbitLimits = 64
-	keepbitLimitsMAX_GROUPS          keepbitLimits = 8
-	keepbitLimitsMAX_MEMBERS         keepbitLimits = 1024
-	keepbitLimitsFLOW_CACHE_SIZE     keepbitLimits = 8192
-	keepbitLimitsFLOW_CACHE_FLUSH    keepbitLimits = 64
-	keepbitLimitsFLOW_CACHE_FLUSH_NS keepbitLimits = 250000000
-	keepbitLimitsVIP_FILTER_WORDS    keepbitLimits = 1024
+	keepbitLimitsMAX_SERVICES            keepbitLimits = 4096
+	keepbitLimitsMAX_BACKENDS            keepbitLimits = 65536
+	keepbitLimitsMAX_FLOWS               keepbitLimits = 262144
+	keepbitLimitsMAX_FRAGS               keepbitLimits = 16384
+	keepbitLimitsMAX_PORTS               keepbitLimits = 64
+	keepbitLimitsMAX_GROUPS              keepbitLimits = 8
+	keepbitLimitsMAX_MEMBERS             keepbitLimits = 1024
+	keepbitLimitsFLOW_CACHE_SIZE         keepbitLimits = 8192
+	keepbitLimitsFLOW_CACHE_FLUSH        keepbitLimits = 64
+	keepbitLimitsFLOW_CACHE_FLUSH_NS     keepbitLimits = 250000000
+	keepbitLimitsSHARE_SLOW_PERIOD_SHIFT keepbitLimits = 28
+	keepbitLimitsVIP_FILTER_WORDS        keepbitLimits = 1024
 )
 
 type keepbitReason uint32
