@@ -257,6 +257,16 @@ func (s *Scheduler) runProbe(ctx context.Context, c *check) {
 	s.poke()
 }
 
+// Rising reports whether the check is not up but its latest probes
+// passed, short of rise: a backend on its way back. False for an unknown
+// check.
+func (s *Scheduler) Rising(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.checks[id]
+	return c != nil && c.state != Up && c.okRun > 0
+}
+
 // record applies one result to the consecutive counters (never cumulative)
 // and reports a state change when rise or fall is crossed.
 func (c *check) record(r Result) (Event, bool) {

@@ -33,6 +33,31 @@ func (c *Controller) ServiceUp(name string) bool {
 	return false
 }
 
+// ServiceRising reports whether an enabled backend of the service is down
+// while its checks pass, short of rise: the set of usable backends is
+// about to grow. A node that announces a VIP then would pick other
+// backends for the flows ECMP gives it than its peers do, for as long as
+// the rise takes (see ownership.BGP).
+func (c *Controller) ServiceRising(name string) bool {
+	c.mu.Lock()
+	s := c.svcs[name]
+	var ids []string
+	if s != nil {
+		for _, b := range s.backends {
+			if b.admin == Enabled && b.state != loader.Up && b.checkID != "" {
+				ids = append(ids, b.checkID)
+			}
+		}
+	}
+	c.mu.Unlock()
+	for _, id := range ids {
+		if c.sched.Rising(id) {
+			return true
+		}
+	}
+	return false
+}
+
 // DataplaneUp is nil while Keepbit's forwarder is attached on iface; else
 // it says why not. Once the loader can tell whether the program runs
 // (CheckAlive: heartbeat advancing), that is asked instead.

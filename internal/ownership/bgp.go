@@ -251,8 +251,13 @@ func vipsOf(cfg *config.Config) map[netip.Addr]*bgpVIP {
 	return out
 }
 
+// risingMax bounds how long a VIP coming back waits for backends whose
+// checks are passing but short of rise: like keepbitd's settle at start, a
+// check that never concludes must not keep a node out for good.
+const risingMax = 10 * time.Second
+
 func healthConfig(b *config.BGP) bgp.HealthConfig {
-	return bgp.HealthConfig{AnnounceAfter: b.AnnounceAfter, Window: b.Damping.Window, MaxHoldDown: b.Damping.MaxHoldDown}
+	return bgp.HealthConfig{AnnounceAfter: b.AnnounceAfter, Window: b.Damping.Window, MaxHoldDown: b.Damping.MaxHoldDown, RisingMax: risingMax}
 }
 
 func sortedAddrs[V any](m map[netip.Addr]V) []netip.Addr {
@@ -688,7 +693,7 @@ func (o *BGP) pass(ctx context.Context) (time.Time, <-chan struct{}) {
 	for a, v := range o.vips {
 		routes[a] = v.route
 	}
-	in := bgp.HealthInput{Usable: map[netip.Addr]bool{}, Draining: o.drain != nil, WarmedUp: true}
+	in := bgp.HealthInput{Usable: map[netip.Addr]bool{}, Rising: map[netip.Addr]bool{}, Draining: o.drain != nil, WarmedUp: true}
 	warm := o.warm
 	orphans := sortedAddrs(o.orphans)
 	o.mu.Unlock()
@@ -714,7 +719,9 @@ func (o *BGP) pass(ctx context.Context) (time.Time, <-chan struct{}) {
 		for _, n := range names {
 			if o.health.ServiceUp(n) {
 				in.Usable[a] = true
-				break
+			}
+			if o.health.ServiceRising(n) {
+				in.Rising[a] = true
 			}
 		}
 	}

@@ -367,3 +367,39 @@ func TestBGPDataplaneFailureAndBack(t *testing.T) {
 		t.Errorf("announced again %v after the dataplane came back, before announce_after (300ms)", took)
 	}
 }
+
+// TestBGPWaitsForRisingBackends: a VIP whose service is up again while
+// another of its backends is still rising (checks passing, short of rise)
+// stays withdrawn until that backend is up, past announce_after: a node
+// back from a partition announces with the backend set its peers have. A
+// VIP that is announced stays announced whatever rises.
+func TestBGPWaitsForRisingBackends(t *testing.T) {
+	r := newBGPRig(t)
+	r.o.poll = 10 * time.Millisecond
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(50*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go r.o.Run(ctx)
+	web, dns := "10.90.9.9/32", "10.90.9.8/32"
+	waitFor(t, "both announced", func() bool { return r.spk.announced(web) && r.spk.announced(dns) })
+
+	r.health.set("web", false)
+	waitFor(t, "web withdrawn", func() bool { return !r.spk.announced(web) })
+	r.health.mu.Lock()
+	r.health.rising["web"], r.health.rising["dns"] = true, true
+	r.health.mu.Unlock()
+	r.health.set("web", true)
+	time.Sleep(300 * time.Millisecond) // 6x announce_after
+	if r.spk.announced(web) {
+		t.Fatal("web announced while one of its backends was still rising")
+	}
+	if !r.spk.announced(dns) {
+		t.Fatal("dns withdrawn for a rising backend while it was announced")
+	}
+	r.health.mu.Lock()
+	r.health.rising["web"] = false
+	r.health.mu.Unlock()
+	r.health.set("web", true) // the rising backend is up: the controller signals
+	waitFor(t, "web announced once nothing rises", func() bool { return r.spk.announced(web) })
+}

@@ -23,13 +23,14 @@ func testOwner(ctx context.Context, events int, runs map[string]*vrrpRun) *VRRP 
 type fakeHealth struct {
 	mu      sync.Mutex
 	up      map[string]bool
+	rising  map[string]bool
 	dpErr   error
 	asked   map[string]int
 	changed chan struct{}
 }
 
 func newFakeHealth() *fakeHealth {
-	return &fakeHealth{up: map[string]bool{}, asked: map[string]int{}, changed: make(chan struct{})}
+	return &fakeHealth{up: map[string]bool{}, rising: map[string]bool{}, asked: map[string]int{}, changed: make(chan struct{})}
 }
 
 func (f *fakeHealth) ServiceUp(name string) bool {
@@ -37,6 +38,12 @@ func (f *fakeHealth) ServiceUp(name string) bool {
 	defer f.mu.Unlock()
 	f.asked[name]++
 	return f.up[name]
+}
+
+func (f *fakeHealth) ServiceRising(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rising[name]
 }
 
 func (f *fakeHealth) DataplaneUp(string) error {

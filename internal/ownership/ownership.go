@@ -19,6 +19,9 @@ type Health interface {
 	// ServiceUp: the service has at least one backend up in the
 	// dataplane.
 	ServiceUp(name string) bool
+	// ServiceRising: a backend of the service is down with its checks
+	// passing, short of rise (it is about to be up).
+	ServiceRising(name string) bool
 	// DataplaneUp is nil while the forwarder is attached on iface (and its
 	// heartbeat advances, once the loader has one); else it says why not.
 	DataplaneUp(iface string) error

@@ -19,6 +19,10 @@ type HealthConfig struct {
 	Window time.Duration
 	// MaxHoldDown caps the doubled wait.
 	MaxHoldDown time.Duration
+	// RisingMax bounds how long a withdrawn VIP that is otherwise ready
+	// waits for its rising backends (HealthInput.Rising); 0: it does not
+	// wait for them.
+	RisingMax time.Duration
 }
 
 // HealthInput is everything route health injection looks at, sampled at
@@ -34,6 +38,12 @@ type HealthInput struct {
 	// WarmedUp: the node has learnt what it must know before it takes
 	// traffic (shared flows); nothing is announced before.
 	WarmedUp bool
+	// Rising: VIP -> a backend of it is down with its checks passing,
+	// short of rise. A withdrawn VIP waits for it (up to RisingMax): the
+	// other nodes have that backend up, and a node whose table lacks it
+	// sends some of the flows ECMP gives it to other backends than they
+	// did (a node back from a partition whose checks had failed).
+	Rising map[netip.Addr]bool
 }
 
 // Decision is the desired state of one VIP's route.
@@ -55,12 +65,14 @@ const (
 	ReasonNoBackend = "no usable backend"
 	ReasonDraining  = "draining"
 	ReasonWarmingUp = "warming up"
+	ReasonRising    = "waiting for backends coming up"
 )
 
 type vipHealth struct {
 	announced    bool
 	ever         bool      // announced at least once since start
 	healthySince time.Time // zero while unhealthy
+	rising       bool      // the last Update held it for rising backends
 	since        time.Time
 	flaps        int // failures of the announced route within Window
 	lastFlap     time.Time
@@ -163,8 +175,15 @@ func (h *Health) update(now time.Time, addr netip.Addr, v *vipHealth, in HealthI
 	if v.healthySince.IsZero() {
 		v.healthySince = now
 	}
+	v.rising = false
 	if !v.announced {
 		at := v.healthySince.Add(h.wait(v))
+		if in.Rising[addr] && h.cfg.RisingMax > 0 {
+			if until := v.healthySince.Add(h.cfg.RisingMax); now.Before(until) {
+				v.rising = true
+				return Decision{VIP: addr, Reason: fmt.Sprintf("%s (until %s at most)", ReasonRising, until.Format(clockFormat)), Until: later(at, until), Since: v.since}
+			}
+		}
 		if now.Before(at) {
 			why := fmt.Sprintf("waiting for announce_after (until %s)", at.Format(clockFormat))
 			if v.flaps > 1 {
@@ -180,6 +199,13 @@ func (h *Health) update(now time.Time, addr netip.Addr, v *vipHealth, in HealthI
 
 const clockFormat = "15:04:05.000"
 
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // Deadline is when Update must next be called even if no input changes
 // (a healthy VIP's wait ends); zero when nothing waits. It reflects the
 // last Update.
@@ -190,6 +216,9 @@ func (h *Health) Deadline() time.Time {
 			continue
 		}
 		at := v.healthySince.Add(h.wait(v))
+		if v.rising {
+			at = later(at, v.healthySince.Add(h.cfg.RisingMax))
+		}
 		if d.IsZero() || at.Before(d) {
 			d = at
 		}

@@ -28,6 +28,11 @@ func TestHealth(t *testing.T) {
 		next float64 // expected Deadline (seconds), -1 for none
 	}
 	ok := func(vips ...netip.Addr) HealthInput { return HealthInput{Usable: up(vips...), WarmedUp: true} }
+	rising := func(r []netip.Addr, vips ...netip.Addr) HealthInput {
+		in := ok(vips...)
+		in.Rising = up(r...)
+		return in
+	}
 	cases := []struct {
 		name  string
 		steps []step
@@ -66,6 +71,17 @@ func TestHealth(t *testing.T) {
 			{89, ok(), "-no usable backend | -no usable backend", -1},
 			{89, ok(a), "-waiting for announce_after (until 12:01:30.000) | -no usable backend", 90},
 		}},
+		{"rising backends hold a withdrawn VIP up to rising_max; an announced one ignores them", []step{
+			{0, rising([]netip.Addr{a, b}, a, b), "-waiting for backends coming up (until 12:00:05.000 at most) | -waiting for backends coming up (until 12:00:05.000 at most)", 5},
+			{0.5, ok(a, b), "+ | +", -1}, // first announcement: no announce_after
+			{1, ok(b), "-no usable backend | +", -1},
+			{2, rising([]netip.Addr{a, b}, a, b), "-waiting for backends coming up (until 12:00:07.000 at most) | +", 7},
+			{2.5, rising([]netip.Addr{a}, a, b), "-waiting for backends coming up (until 12:00:07.000 at most) | +", 7},
+			{3, ok(a, b), "+ | +", -1}, // healthy since 2: announce_after is over
+			{4, ok(b), "-no usable backend | +", -1}, // flap 2: 2s hold-down
+			{4.5, rising([]netip.Addr{a}, a, b), "-waiting for backends coming up (until 12:00:09.500 at most) | +", 9.5},
+			{9.5, rising([]netip.Addr{a}, a, b), "+ | +", -1}, // a check that never rises does not keep it out
+		}},
 		{"draining withdraws without counting a flap", []step{
 			{0, ok(a, b), "+ | +", -1},
 			{1, HealthInput{Usable: up(a, b), WarmedUp: true, Draining: true}, "-draining | -draining", -1},
@@ -76,7 +92,7 @@ func TestHealth(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			h := NewHealth(HealthConfig{AnnounceAfter: time.Second, Window: time.Minute, MaxHoldDown: 8 * time.Second}, t0, []netip.Addr{b, a})
+			h := NewHealth(HealthConfig{AnnounceAfter: time.Second, Window: time.Minute, MaxHoldDown: 8 * time.Second, RisingMax: 5 * time.Second}, t0, []netip.Addr{b, a})
 			for i, s := range c.steps {
 				ds := h.Update(at(s.t), s.in)
 				var got []string
