@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -93,7 +94,13 @@ func viaARP(ctx context.Context, ifc *net.Interface, addr netip.Addr) (net.Hardw
 }
 
 func viaNDP(ctx context.Context, ifc *net.Interface, addr netip.Addr) (net.HardwareAddr, error) {
-	c, _, err := ndp.Listen(ifc, ndp.LinkLocal)
+	// The link-local address's zone must be the index, not the name: Go
+	// caches name -> index for up to a minute, and an interface deleted
+	// and re-created under the same name (a lab, a VLAN re-made by the
+	// operator) would bind to the old index ("no such device").
+	byIndex := *ifc
+	byIndex.Name = strconv.Itoa(ifc.Index)
+	c, _, err := ndp.Listen(&byIndex, ndp.LinkLocal)
 	if err != nil {
 		return nil, fmt.Errorf("ndp on %s: %w", ifc.Name, err)
 	}
