@@ -125,6 +125,9 @@ func bgpError(w http.ResponseWriter, err error) {
 	fail(w, code, err)
 }
 
+// maxDrainHold bounds drain-node's hold.
+const maxDrainHold = 24 * time.Hour
+
 func (s *server) drainNode(w http.ResponseWriter, r *http.Request) {
 	if s.d.BGP == nil {
 		bgpError(w, ownership.ErrNotConfigured)
@@ -135,6 +138,12 @@ func (s *server) drainNode(w http.ResponseWriter, r *http.Request) {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
 			fail(w, http.StatusBadRequest, fmt.Errorf("hold: %q is not a duration of 0 or more", v))
+			return
+		}
+		// A longer hold is a typo more likely than a plan; 0 keeps the
+		// sessions for good.
+		if d > maxDrainHold {
+			fail(w, http.StatusBadRequest, fmt.Errorf("hold: %s is more than %s (0 keeps the sessions until undrain)", d, maxDrainHold))
 			return
 		}
 		hold = d

@@ -77,6 +77,8 @@ func TestBGPHandlers(t *testing.T) {
 		{true, "POST", "/v1/bgp/drain?hold=0s", 200, []string{`"withdrawn":1`}, []time.Duration{0}},
 		{true, "POST", "/v1/bgp/drain?hold=-1s", 400, []string{`"error":"hold: \"-1s\" is not a duration of 0 or more"`}, nil},
 		{true, "POST", "/v1/bgp/drain?hold=soon", 400, []string{`"error":"hold:`}, nil},
+		{true, "POST", "/v1/bgp/drain?hold=25h", 400, []string{`"error":"hold: 25h0m0s is more than 24h0m0s`}, nil},
+		{true, "POST", "/v1/bgp/drain?hold=24h", 200, []string{`"withdrawn":1`}, []time.Duration{24 * time.Hour}},
 		{false, "POST", "/v1/bgp/drain", 409, []string{`"error":"bgp is not configured (no bgp section)"`}, nil},
 		{true, "POST", "/v1/bgp/undrain", 200, []string{`{"draining":false}`}, nil},
 		{false, "POST", "/v1/bgp/undrain", 409, []string{`"error":"bgp is not configured`}, nil},
