@@ -240,6 +240,12 @@ func (d *decoder) validateBGP(c *Config) {
 	}
 	peers := map[netip.Addr]int{}
 	carries := map[bool]bool{} // is4 -> some peer carries that family
+	vips := map[netip.Addr]string{}
+	for _, s := range c.Services {
+		if s.VIP.IsValid() {
+			vips[s.VIP.Unmap()] = s.Name
+		}
+	}
 	for i := range b.Peers {
 		p := &b.Peers[i]
 		path := fmt.Sprintf("bgp.peers[%d]", i)
@@ -251,6 +257,10 @@ func (d *decoder) validateBGP(c *Config) {
 			peers[p.Address] = i
 			if p.Address.IsUnspecified() || p.Address.IsMulticast() {
 				d.fail(path+".address", "%s is not a unicast address", p.Address)
+			} else if name, ok := vips[p.Address.Unmap()]; ok {
+				// The session would follow the route it carries: a
+				// withdrawal cuts the session that should carry it.
+				d.fail(path+".address", "%s is the VIP of service %s, not a router", p.Address, name)
 			}
 			carries[p.Address.Is4()] = true
 		}

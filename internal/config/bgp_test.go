@@ -124,6 +124,8 @@ func TestBGPBadConfigs(t *testing.T) {
 		{"duplicate peer", top + "  peers:\n    - {address: 10.0.0.1, asn: 65000}\n    - {address: \"::ffff:10.0.0.1\", asn: 65000}\n",
 			[]string{"k.yaml:11: bgp.peers[1].address: 10.0.0.1 is already bgp.peers[0]"}},
 		{"peer without address", top + "  peers: [{asn: 65000}]\n", []string{"k.yaml:9: bgp.peers[0].address: required"}},
+		{"peer is a vip", top + "  peers:\n    - {address: 10.0.0.1, asn: 65000}\n    - {address: \"2001:db8::10\", asn: 65000}\n",
+			[]string{"k.yaml:11: bgp.peers[1].address: 2001:db8::10 is the VIP of service web6, not a router"}},
 		{"hold time too short", top + "  peers:\n    - {address: 10.0.0.1, asn: 65000, hold_time: 2s}\n",
 			[]string{"k.yaml:10: bgp.peers[0].hold_time: 2s: want 0 (no hold timer) or 3s to 65535s (RFC 4271)"}},
 		{"hold time fraction", top + "  peers:\n    - {address: 10.0.0.1, asn: 65000, hold_time: 4500ms}\n",
