@@ -34,6 +34,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/apiclient"
 	"github.com/keepbit/keepbit/internal/connload"
 	"github.com/keepbit/keepbit/internal/lab"
@@ -745,27 +746,36 @@ func (l *Lab) InConfigAddrs() []string {
 // connection of r, from the nodes' flow tables (a connection a node never
 // saw is not there).
 func (l *Lab) FlowNodes(ctx context.Context, r connload.Report, names ...string) (map[string][]string, error) {
+	out := map[string][]string{}
+	err := l.eachFlow(ctx, r, names, func(node string, f api.Flow) {
+		out[f.Client] = append(out[f.Client], node)
+	})
+	return out, err
+}
+
+// eachFlow calls fn with every flow-table entry of the named nodes that is
+// one of r's long-lived connections.
+func (l *Lab) eachFlow(ctx context.Context, r connload.Report, names []string, fn func(node string, f api.Flow)) error {
 	mine := map[string]bool{}
 	for _, c := range r.Conns {
 		mine[c.Local] = true
 	}
-	out := map[string][]string{}
 	for _, name := range names {
 		n := l.Node(name)
 		if n == nil {
-			return nil, fmt.Errorf("flows: no node %s", name)
+			return fmt.Errorf("flows: no node %s", name)
 		}
 		flows, err := apiclient.New(n.Socket()).Flows(ctx, 100000)
 		if err != nil {
-			return nil, fmt.Errorf("flows of %s: %w", name, err)
+			return fmt.Errorf("flows of %s: %w", name, err)
 		}
 		for _, f := range flows {
 			if mine[f.Client] {
-				out[f.Client] = append(out[f.Client], name)
+				fn(name, f)
 			}
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // CurrentNodes says which of the named nodes carries each long-lived
@@ -773,28 +783,14 @@ func (l *Lab) FlowNodes(ctx context.Context, r connload.Report, names ...string)
 // saw it last. A connection ECMP moved away stays in its old node's table
 // until it idles out, so FlowNodes can name two.
 func (l *Lab) CurrentNodes(ctx context.Context, r connload.Report, names ...string) (map[string]string, error) {
-	mine := map[string]bool{}
-	for _, c := range r.Conns {
-		mine[c.Local] = true
-	}
 	out := map[string]string{}
 	seen := map[string]time.Duration{}
-	for _, name := range names {
-		n := l.Node(name)
-		if n == nil {
-			return nil, fmt.Errorf("flows: no node %s", name)
+	err := l.eachFlow(ctx, r, names, func(node string, f api.Flow) {
+		if prev, ok := seen[f.Client]; !ok || f.LastSeen < prev {
+			out[f.Client], seen[f.Client] = node, f.LastSeen
 		}
-		flows, err := apiclient.New(n.Socket()).Flows(ctx, 100000)
-		if err != nil {
-			return nil, fmt.Errorf("flows of %s: %w", name, err)
-		}
-		for _, f := range flows {
-			if prev, ok := seen[f.Client]; mine[f.Client] && (!ok || f.LastSeen < prev) {
-				out[f.Client], seen[f.Client] = name, f.LastSeen
-			}
-		}
-	}
-	return out, nil
+	})
+	return out, err
 }
 
 // Spread counts connections per node.

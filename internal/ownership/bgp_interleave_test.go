@@ -340,13 +340,7 @@ func TestBGPRemovedVIPWithdrawalRetried(t *testing.T) {
 // poll (it sends no signal); back, the routes return only after
 // announce_after of continuous health.
 func TestBGPDataplaneFailureAndBack(t *testing.T) {
-	r := newBGPRig(t)
-	r.o.poll = 10 * time.Millisecond
-	r.health.up["web"], r.health.up["dns"] = true, true
-	r.reload(t, bgpConfig(300*time.Millisecond))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.o.Run(ctx)
+	r := runBGPRig(t, 300*time.Millisecond)
 	both := func(announced bool) func() bool {
 		return func() bool {
 			return r.spk.announced("10.90.9.9/32") == announced && r.spk.announced("10.90.9.8/32") == announced
@@ -368,19 +362,26 @@ func TestBGPDataplaneFailureAndBack(t *testing.T) {
 	}
 }
 
+// runBGPRig runs a BGP owner polling every 10 ms, with web and dns up and
+// announce_after as given, until the test ends.
+func runBGPRig(t *testing.T, announceAfter time.Duration) *bgpRig {
+	r := newBGPRig(t)
+	r.o.poll = 10 * time.Millisecond
+	r.health.up["web"], r.health.up["dns"] = true, true
+	r.reload(t, bgpConfig(announceAfter))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go r.o.Run(ctx)
+	return r
+}
+
 // TestBGPWaitsForRisingBackends: a VIP whose service is up again while
 // another of its backends is still rising (checks passing, short of rise)
 // stays withdrawn until that backend is up, past announce_after: a node
 // back from a partition announces with the backend set its peers have. A
 // VIP that is announced stays announced whatever rises.
 func TestBGPWaitsForRisingBackends(t *testing.T) {
-	r := newBGPRig(t)
-	r.o.poll = 10 * time.Millisecond
-	r.health.up["web"], r.health.up["dns"] = true, true
-	r.reload(t, bgpConfig(50*time.Millisecond))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.o.Run(ctx)
+	r := runBGPRig(t, 50*time.Millisecond)
 	web, dns := "10.90.9.9/32", "10.90.9.8/32"
 	waitFor(t, "both announced", func() bool { return r.spk.announced(web) && r.spk.announced(dns) })
 
