@@ -248,29 +248,28 @@ func (n *notifier) post(ev Event) {
 func (n *notifier) loop() {
 	defer close(n.done)
 	for {
-		n.mu.Lock()
-		q := n.q
-		n.q = nil
-		n.mu.Unlock()
-		for _, ev := range q {
-			n.fn(ev)
-		}
-		if len(q) > 0 {
+		if n.drain() > 0 {
 			continue
 		}
 		select {
 		case <-n.kick:
 		case <-n.quit:
-			n.mu.Lock()
-			q := n.q
-			n.q = nil
-			n.mu.Unlock()
-			for _, ev := range q {
-				n.fn(ev)
-			}
+			n.drain() // what was queued before quit is still delivered
 			return
 		}
 	}
+}
+
+// drain delivers what is queued, in order, and says how many.
+func (n *notifier) drain() int {
+	n.mu.Lock()
+	q := n.q
+	n.q = nil
+	n.mu.Unlock()
+	for _, ev := range q {
+		n.fn(ev)
+	}
+	return len(q)
 }
 
 // close delivers what is queued and stops.
