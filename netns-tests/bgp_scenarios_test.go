@@ -363,7 +363,9 @@ func BenchmarkBGPFreezeGap(b *testing.B) {
 		}
 		l.undrop(name)
 		l.waitEstablished(name)
-		l.waitNexthops(5*time.Second, "n1", "n2", "n3")
+		// 30s: a stall of this VM can drop a healthy node's 10 ms
+		// sessions too, and BIRD waits before it dials again.
+		l.waitNexthops(30*time.Second, "n1", "n2", "n3")
 		time.Sleep(500 * time.Millisecond)
 	}
 	r := ld.Stop()
