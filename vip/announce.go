@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/mdlayher/arp"
@@ -54,7 +55,12 @@ func NewAnnouncer(ifname string, addrs []netip.Addr) (*Announcer, error) {
 		}
 	}
 	if v6 {
-		if a.ndp, _, err = ndp.Listen(ifc, ndp.LinkLocal); err != nil {
+		// Zoned by index, not name: Go caches name -> index for up to a
+		// minute, and an interface re-created under the same name would
+		// bind to the old index ("no such device").
+		byIndex := *ifc
+		byIndex.Name = strconv.Itoa(ifc.Index)
+		if a.ndp, _, err = ndp.Listen(&byIndex, ndp.LinkLocal); err != nil {
 			a.Close()
 			return nil, fmt.Errorf("announce on %s: ndp: %w", ifname, err)
 		}
