@@ -189,7 +189,11 @@ func (o *VRRP) track() {
 		cfgs[name] = r.cfg
 		r.mu.Unlock()
 	}
+	handoff := o.handoffReason()
 	for name, v := range decide(cfgs, w) {
+		if handoff != "" {
+			v.fault, v.reason = true, handoff
+		}
 		r := runs[name]
 		r.mu.Lock()
 		same := r.applied.set && r.applied.fault == v.fault && r.applied.prio == v.prio

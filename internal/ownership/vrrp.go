@@ -36,6 +36,8 @@ type VRRP struct {
 
 	mu    sync.Mutex
 	runs  map[string]*vrrpRun
+	// handoff: a drill's reason to keep every instance out (drill.go).
+	handoff string
 	order []string // instance names in config order, for Status
 }
 
