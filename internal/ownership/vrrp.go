@@ -36,9 +36,9 @@ type VRRP struct {
 
 	mu    sync.Mutex
 	runs  map[string]*vrrpRun
+	order []string // instance names in config order, for Status
 	// handoff: a drill's reason to keep every instance out (drill.go).
 	handoff string
-	order []string // instance names in config order, for Status
 }
 
 // DefaultPoll is how often tracking re-reads what has no change signal.
