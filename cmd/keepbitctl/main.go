@@ -45,6 +45,10 @@ commands:
   drain-node [-hold D]            withdraw every route; the sessions close after D (default bgp.drain_hold, 0 keeps them)
   flowshare                       flow sharing: warm-up (which peers answered), sent/received/rejected counters, the program's shared hits
   undrain                         announce the routes again as their health allows
+  drill backend SERVICE BACKEND [-for D] [-force]
+                                  take the backend out as a failure would for D (10s), restore it through its checks, report
+  drill node [-for D] [-force]    hand this node's VIPs to its peers (VRRP priority 0, BGP withdraw) for D and back, report
+  drills                          the last drill results
   reload                          re-read the daemon's config file
   check-config FILE               validate a config file locally
   drain SERVICE BACKEND [-wait] [-timeout D] [-idle D]
@@ -161,6 +165,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return c.bgp(ctx, cmd, rest)
 	case "flowshare":
 		return c.flowShare(ctx)
+	case "drill", "drills":
+		return c.drill(ctx, cmd, rest)
 	case "reload":
 		gen, err := c.api.Reload(ctx)
 		if err != nil {

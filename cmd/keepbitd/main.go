@@ -18,6 +18,7 @@ import (
 	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
+	"github.com/keepbit/keepbit/internal/drill"
 	"github.com/keepbit/keepbit/internal/metrics"
 	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
@@ -203,7 +204,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, FlowShare: share, Events: rec, Reload: reload, Started: time.Now(), Log: log}
+	// Drills take a backend or this node out on purpose and measure it.
+	drills := drill.New(ctl, drill.NodeOwners{VRRP: vr, BGP: bg}, rec, log, drill.Options{})
+	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, FlowShare: share, Drills: drills, Events: rec, Reload: reload, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
 			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)

@@ -46,7 +46,9 @@ type Daemon struct {
 	BGP BGPOwner
 	// FlowShare is flow sharing (nil: none; see flowshare.go).
 	FlowShare FlowShareOwner
-	Events    *recorder.Recorder
+	// Drills runs drills and keeps their results (nil: none; drill.go).
+	Drills DrillRunner
+	Events *recorder.Recorder
 	// Reload re-reads the config file and applies it; a bad file changes
 	// nothing and its error is returned.
 	Reload  func(ctx context.Context) error
@@ -193,6 +195,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/services/{service}/backends/{addr}/live", s.live)
 	s.bgpRoutes(mux)
 	s.flowShareRoutes(mux)
+	s.drillRoutes(mux)
 	return mux
 }
 
