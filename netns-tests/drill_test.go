@@ -2,6 +2,9 @@ package netnstests
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -151,5 +154,22 @@ func TestDrillBackend(t *testing.T) {
 	var h api.Drills
 	if err != nil || json.Unmarshal([]byte(out), &h) != nil || len(h.Results) != 1 || h.Results[0].ID != res.ID || len(h.Running) != 0 {
 		t.Fatalf("drills: %v\n%s\nwant the one drill, none running", err, out)
+	}
+	resp, err := http.Get("http://127.0.0.1:9469/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, re := range []string{
+		`keepbit_drills_total\{kind="backend",result="ok"\} 1\n`,
+		`keepbit_drills_total\{kind="backend",result="refused"\} 2\n`,
+		`keepbit_drills_total\{kind="node",result="refused"\} 1\n`,
+		`keepbit_drill_last_seconds\{kind="backend",measure="mttr"\} 0\.[0-9]`,
+		`keepbit_drill_last_ok\{kind="backend"\} 1\n`,
+	} {
+		if !regexp.MustCompile(re).Match(body) {
+			t.Errorf("metrics lack %s", re)
+		}
 	}
 }

@@ -192,8 +192,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}()
+	// Drills take a backend or this node out on purpose and measure it.
+	drills := drill.New(ctl, drill.NodeOwners{VRRP: vr, BGP: bg}, rec, log, drill.Options{})
 	if cfg.Metrics.Listen != "off" {
 		m := metrics.New(ctl, vr)
+		m.WatchDrills(drills)
 		m.WatchBGP(bg)
 		m.WatchFlowShare(share, ctl)
 		ctl.ProbeObserver = m.ObserveProbe
@@ -204,8 +207,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	// Drills take a backend or this node out on purpose and measure it.
-	drills := drill.New(ctl, drill.NodeOwners{VRRP: vr, BGP: bg}, rec, log, drill.Options{})
 	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, FlowShare: share, Drills: drills, Events: rec, Reload: reload, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
