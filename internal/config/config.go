@@ -26,6 +26,8 @@ type Config struct {
 	// FlowSharing: tell the other nodes which backend a flow is on, so a
 	// flow that ECMP moves here keeps its backend.
 	FlowSharing *FlowSharing `yaml:"flow_sharing"`
+	// Drills: scheduled drills (drill.go); none when absent.
+	Drills []Drill `yaml:"drills"`
 }
 
 // VRRP is one VRRPv3 virtual router: the VIPs this node may own.

@@ -78,6 +78,7 @@ func (d *decoder) applyDefaults(c *Config) {
 	unmapAddrs(c)
 	d.bgpDefaults(c)
 	d.flowSharingDefaults(c)
+	d.drillDefaults(c)
 	for i := range c.Interfaces {
 		if c.Interfaces[i].Mode == "" {
 			c.Interfaces[i].Mode = "auto"
@@ -217,6 +218,7 @@ func unmapAddrs(c *Config) {
 func (d *decoder) validate(c *Config) {
 	d.validateBGP(c)
 	d.validateFlowSharing(c)
+	d.validateDrills(c)
 	if !filepath.IsAbs(c.Node.PinRoot) {
 		d.fail("node.pin_root", "%q is not an absolute path", c.Node.PinRoot)
 	}
