@@ -72,7 +72,7 @@ func TestBadConfigs(t *testing.T) {
 	}{
 		{"syntax", "services: [", []string{"k.yaml: yaml: line 1: did not find expected node content"}},
 		{"empty", "", []string{"k.yaml: empty config"}},
-		{"unknown top-level field", head + "servces: []\n", []string{"k.yaml:2: servces: unknown field (known: api, bgp, defaults, flow_sharing, interfaces, log, metrics, node, services, vrrp)"}},
+		{"unknown top-level field", head + "servces: []\n", []string{"k.yaml:2: servces: unknown field (known: api, bgp, defaults, drills, flow_sharing, interfaces, log, metrics, node, services, vrrp)"}},
 		{"no interfaces", "services: []\n", []string{"k.yaml:1: interfaces: at least one interface is required"}},
 		{"bad VIP", head + "services:\n  - vip: 192.0.2.300\n", []string{`k.yaml:3: services[0].vip: "192.0.2.300" is not an IPv4 or IPv6 address`}},
 		{"missing VIP", head + "services:\n  - port: 80\n", []string{"k.yaml:3: services[0].vip: required"}},
