@@ -194,6 +194,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}()
 	// Drills take a backend or this node out on purpose and measure it.
 	drills := drill.New(ctl, drill.NodeOwners{VRRP: vr, BGP: bg}, rec, log, drill.Options{})
+	// Scheduled drills (`drills:`) follow the config like the VIP owners.
+	if err := ctl.Own(ctx, drill.NewSchedule(ctx, drills, ctl, log)); err != nil {
+		return err
+	}
 	if cfg.Metrics.Listen != "off" {
 		m := metrics.New(ctl, vr)
 		m.WatchDrills(drills)

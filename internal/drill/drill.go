@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -125,6 +126,18 @@ type Result struct {
 	// MTTR: from the end of the fault until traffic reached the target
 	// again (until it was back in the dataplane when it had no traffic).
 	MTTR time.Duration `json:"mttr"`
+	// Event: the flight-recorder event of the result (drill-ok, ...).
+	Event uint64 `json:"event"`
+}
+
+// Summary is the result in one line (recorder events, notify hooks).
+func (r Result) Summary() string {
+	s := fmt.Sprintf("drill %d: %s drill (%s) %s: out %v after the fault, traffic stopped after %v, back %v after the restore, mttr %v",
+		r.ID, r.Kind, r.Source, r.Result, r.Out.SinceFault, r.Traffic.StoppedAfter, r.Traffic.BackAfter, r.MTTR)
+	if len(r.Problems) > 0 {
+		s += "; " + strings.Join(r.Problems, "; ")
+	}
+	return s
 }
 
 // Options tune a Drills; zero values take the defaults.
@@ -393,8 +406,14 @@ func (d *Drills) run(ctx context.Context, req Request, read func() (Sample, erro
 		problems = append(problems, "restore: "+err.Error())
 	}
 	// Wait for the return (the target's own checks, the election) on
-	// the daemon's time, not the caller's: it is measured either way.
-	deadline := time.Now().Add(d.opt.ReturnTimeout)
+	// the daemon's time, not the caller's: it is measured either way. An
+	// aborted drill (the caller left, the daemon stops) waits briefly and
+	// watches nothing after: the restore is what mattered.
+	wait4 := d.opt.ReturnTimeout
+	if aborted {
+		wait4 = min(wait4, 2*time.Second)
+	}
+	deadline := time.Now().Add(wait4)
 	returned := false
 	for !returned && time.Now().Before(deadline) {
 		if returned = back(); !returned {
@@ -402,8 +421,8 @@ func (d *Drills) run(ctx context.Context, req Request, read func() (Sample, erro
 		}
 	}
 	if !returned {
-		problems = append(problems, fmt.Sprintf("not back within %v of the restore", d.opt.ReturnTimeout))
-	} else {
+		problems = append(problems, fmt.Sprintf("not back within %v of the restore", wait4))
+	} else if !aborted {
 		time.Sleep(d.opt.Window)
 	}
 	tl.Samples, tl.End = smp.stop(), time.Now()
@@ -427,18 +446,18 @@ func (d *Drills) run(ctx context.Context, req Request, read func() (Sample, erro
 		res.Result = ResultOK
 	}
 	d.keep(&res)
-	d.rec.Add(recorder.Event{Kind: "drill-" + res.Result, Service: req.Service, Backend: res.Backend,
-		Reason: fmt.Sprintf("drill %d: %s drill, out in %v, mttr %v", res.ID, req.Kind, res.Out.SinceFault, res.MTTR)})
 	d.log.Info("drill ended", "id", res.ID, "kind", req.Kind, "service", req.Service, "backend", res.Backend, "result", res.Result,
 		"out", res.Out.SinceFault, "traffic_stopped_after", tr.StoppedAfter, "traffic_back_after", tr.BackAfter, "mttr", mttr, "problems", res.Problems)
 	return res, nil
 }
 
-// keep numbers res, stores it and hands it to OnResult.
+// keep numbers res, records it, stores it and hands it to OnResult.
 func (d *Drills) keep(res *Result) {
 	d.mu.Lock()
 	res.ID = d.nextID
 	d.nextID++
+	e := d.rec.Add(recorder.Event{Kind: "drill-" + res.Result, Service: res.Service, Backend: res.Backend, Reason: res.Summary()})
+	res.Event = e.Seq
 	d.history = append(d.history, *res)
 	if len(d.history) > d.opt.Keep {
 		d.history = slices.Delete(d.history, 0, len(d.history)-d.opt.Keep)
