@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -171,5 +173,79 @@ func TestDrillBackend(t *testing.T) {
 		if !regexp.MustCompile(re).Match(body) {
 			t.Errorf("metrics lack %s", re)
 		}
+	}
+}
+
+// TestDrillNode runs `keepbitctl drill node` on the VRRP master of the
+// two-node lab under client load, forced and then not (the peer has been
+// heard by then): the client follows the VIP to the backup and back, and
+// the report shows this node's traffic stopping and returning.
+func TestDrillNode(t *testing.T) {
+	l := newTwoNode(t, 50*time.Millisecond)
+	a, b := l.start("a"), l.start("b")
+	a.waitLog(t, 0, 10*time.Second, vrrpMaster)
+	b.waitLog(t, 0, 10*time.Second, vrrpBackup)
+	for _, n := range []*daemon{a, b} {
+		n.waitLog(t, 0, 10*time.Second, map[string]string{"msg": "backend up", "backend": "10.68.0.22"})
+	}
+	l.served("a master") // the client resolves the VIP
+	l.waitClientOn("a", time.Second)
+	ctlA := func(args ...string) (string, error) {
+		full := append([]string{"-socket", filepath.Join(l.nodes["a"].dir, "keepbit.sock")}, args...)
+		out, err := exec.Command(binary(t, "keepbitctl"), full...).CombinedOutput()
+		return string(out), err
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			_, _ = l.get()
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	moved := make(chan time.Duration, 1)
+	go func() {
+		time.Sleep(time.Second) // the drill's watch before the fault
+		start := time.Now()
+		want := l.nodes["b"].mac.String()
+		for time.Since(start) < 3*time.Second {
+			if l.vipMAC() == want {
+				moved <- time.Since(start)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		moved <- -1
+	}()
+	for i, args := range [][]string{{"-force", "-for", "1s"}, {"-for", "500ms"}} {
+		out, err := ctlA(append([]string{"-o", "json", "drill", "node"}, args...)...)
+		var res drill.Result
+		if jerr := json.Unmarshal([]byte(out), &res); jerr != nil || err != nil || res.Result != drill.ResultOK {
+			t.Fatalf("drill node %v: %v, %v\n%s\n%s", args, err, jerr, out, l.explain())
+		}
+		t.Logf("drill node %v: %s %v after the fault, %s %v after the restore; this node's traffic stopped %v after the fault, back %v after the restore; MTTR %v; pps %.0f/%.0f/%.0f; notes %v",
+			args, res.Out.Event, res.Out.SinceFault, res.Back.Event, res.Back.SinceFault, res.Traffic.StoppedAfter, res.Traffic.BackAfter, res.MTTR,
+			res.Traffic.Target.Before, res.Traffic.Target.During, res.Traffic.Target.After, res.Notes)
+		if res.Out.Event != "vrrp-fault" || res.Back.Event != "vrrp-master" || res.Traffic.Target.Before <= 0 || res.Traffic.Target.During != 0 ||
+			res.Traffic.BackAt.IsZero() || res.MTTR <= 0 || res.MTTR > 3*time.Second {
+			t.Errorf("drill node %v: report %+v", args, res)
+		}
+		if i == 0 {
+			if took := <-moved; took < 0 {
+				t.Errorf("the client never moved to b during the drill\n%s", l.explain())
+			}
+		}
+	}
+	l.waitClientOn("a", 2*time.Second)
+	if st := l.vrrpState("b"); st != "backup" {
+		t.Errorf("b is %s after the drills, want backup", st)
 	}
 }

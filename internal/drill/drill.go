@@ -374,6 +374,11 @@ func (d *Drills) run(ctx context.Context, req Request, read func() (Sample, erro
 	smp := startSampler(read, d.opt.Sample)
 	problems := []string{}
 	tl := Timeline{Kind: req.Kind, Service: req.Service, Backend: res.Backend, Start: res.Started}
+	if req.Kind == Node {
+		// The peer takes the VIPs after its skew time (VRRP) or the
+		// routers converge (BGP): half the hold is allowed for it.
+		tl.Settle = req.For / 2
+	}
 
 	wait := func(ctx context.Context, dur time.Duration) bool {
 		t := time.NewTimer(dur)

@@ -30,6 +30,10 @@ type Timeline struct {
 	// routes restored).
 	Restore time.Time
 	End     time.Time
+	// Settle: how long the fault may take to move the traffic away. A
+	// backend's state write takes effect at the next packet (0); a node's
+	// VIPs move when the peer announces them, after its skew time.
+	Settle  time.Duration
 	Samples []Sample
 	Events  []recorder.Event
 }
@@ -69,7 +73,7 @@ type Traffic struct {
 	StoppedAt    time.Time     `json:"stopped_at,omitzero"`
 	StoppedAfter time.Duration `json:"stopped_after"` // after the fault
 	// Leaked: packets the target counted while it should have had none
-	// (from the second sample after the fault to the restore).
+	// (from the second sample after the fault settled to the restore).
 	Leaked uint64 `json:"leaked"`
 	// BackAt: the first sample after the restore that saw a packet.
 	BackAt    time.Time     `json:"back_at,omitzero"`
@@ -198,11 +202,11 @@ func traffic(tl Timeline) Traffic {
 			last = i
 		}
 	}
-	// Leaks: counted from the second sample after the fault (the first
-	// may hold packets forwarded before the write) up to the restore.
+	// Leaks: counted from the second sample after the fault has settled
+	// (the first may hold packets forwarded before) up to the restore.
 	leakFrom := -1
 	for i := range s {
-		if s[i].At.After(tl.Fault) {
+		if s[i].At.After(tl.Fault.Add(tl.Settle)) {
 			leakFrom = i + 1
 			break
 		}
@@ -217,8 +221,13 @@ func traffic(tl Timeline) Traffic {
 		// to show the target quiet. Either way this is an upper bound,
 		// within one sample interval of the truth.
 		tr.StoppedAt = s[last].At
-		if tr.StoppedAt.Before(tl.Fault) && leakFrom > 0 {
-			tr.StoppedAt = s[leakFrom-1].At
+		if tr.StoppedAt.Before(tl.Fault) {
+			for i := range s {
+				if s[i].At.After(tl.Fault) {
+					tr.StoppedAt = s[i].At
+					break
+				}
+			}
 		}
 		tr.StoppedAfter = tr.StoppedAt.Sub(tl.Fault)
 		quietFrom = tr.StoppedAt
