@@ -389,3 +389,63 @@ func TestMeasure(t *testing.T) {
 		})
 	}
 }
+
+// fakeBGP withdraws its route at a drain and announces it 20 ms after an
+// undrain, as route health injection would.
+type fakeBGP struct {
+	mu        sync.Mutex
+	rec       *recorder.Recorder
+	f         *fakeCtl
+	announced bool
+	drains    []time.Duration
+}
+
+func (b *fakeBGP) Status() ownership.BGPStatus {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return ownership.BGPStatus{Configured: true, Routes: []ownership.BGPRoute{{Announced: b.announced}}}
+}
+
+func (b *fakeBGP) set(announced bool) {
+	b.mu.Lock()
+	b.announced = announced
+	b.mu.Unlock()
+	st, kind := loader.Down, "bgp-withdraw"
+	if announced {
+		st, kind = loader.Up, "bgp-announce"
+	}
+	b.f.mu.Lock()
+	b.f.states[b1] = st
+	b.f.mu.Unlock()
+	now := time.Now()
+	b.rec.Add(recorder.Event{Kind: kind, Service: "10.0.0.100/32", Detect: now, Decide: now, Apply: time.Now()})
+}
+
+func (b *fakeBGP) Drain(_ context.Context, _ string, hold time.Duration) (ownership.DrainInfo, error) {
+	b.mu.Lock()
+	b.drains = append(b.drains, hold)
+	b.mu.Unlock()
+	b.set(false)
+	return ownership.DrainInfo{Withdrawn: 1}, nil
+}
+
+func (b *fakeBGP) Undrain(context.Context) error {
+	time.AfterFunc(20*time.Millisecond, func() { b.set(true) })
+	return nil
+}
+
+// TestNodeDrillBGP: the routes are withdrawn with the sessions kept (hold
+// 0) and announced again after the undrain; the report reads them.
+func TestNodeDrillBGP(t *testing.T) {
+	rec := recorder.New(256)
+	f := newFakeCtl(rec, map[netip.Addr]loader.State{b1: loader.Up})
+	defer close(f.quit)
+	bg := &fakeBGP{rec: rec, f: f, announced: true}
+	d := newDrills(f, NodeOwners{BGP: bg}, Options{})
+	res, err := d.Run(context.Background(), Request{Kind: Node, For: 200 * time.Millisecond})
+	if err != nil || res.Result != ResultOK || res.Out.Event != "bgp-withdraw" || res.Back.Event != "bgp-announce" ||
+		res.Traffic.Target.During != 0 || res.MTTR < 15*time.Millisecond || len(bg.drains) != 1 || bg.drains[0] != 0 ||
+		!strings.Contains(strings.Join(res.Notes, ";"), "only the routers know") {
+		t.Fatalf("bgp node drill: %v, %+v, drains %v", err, res, bg.drains)
+	}
+}
