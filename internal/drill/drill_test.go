@@ -286,7 +286,10 @@ func (v *fakeVRRP) HandoffInfo() []ownership.HandoffInfo {
 	return []ownership.HandoffInfo{{Name: "v1", State: v.state, Heard: 1}}
 }
 
-func (v *fakeVRRP) Handoff(why string) func() {
+func (v *fakeVRRP) Handoff(why string, names []string) func() {
+	if len(names) != 1 || names[0] != "v1" {
+		panic("handoff of " + strings.Join(names, ","))
+	}
 	v.set("fault", loader.Down)
 	return func() { time.AfterFunc(30*time.Millisecond, func() { v.set("master", loader.Up) }) }
 }

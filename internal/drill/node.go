@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,9 +23,9 @@ type NodeOwners struct {
 type VRRPOwner interface {
 	// HandoffInfo describes each instance: state, peers, adverts heard.
 	HandoffInfo() []ownership.HandoffInfo
-	// Handoff makes every instance resign (a master advertises priority
-	// 0, a backup takes over) and stay out until release.
-	Handoff(why string) (release func())
+	// Handoff makes the named instances resign (a master advertises
+	// priority 0, a backup takes over) and stay out until release.
+	Handoff(why string, names []string) (release func())
 }
 
 // BGPOwner is what a node drill needs of *ownership.BGP.
@@ -128,7 +130,7 @@ func (d *Drills) nodeDrill(ctx context.Context, req Request) (Result, error) {
 	var endVRRP func()
 	fault := func() error {
 		if p.vrrp {
-			endVRRP = d.node.VRRP.Handoff("drill: planned handoff (keepbitctl drill node)")
+			endVRRP = d.node.VRRP.Handoff("drill: planned handoff (keepbitctl drill node)", slices.Sorted(maps.Keys(p.masters)))
 		}
 		if p.bgp {
 			// hold 0: the sessions stay, only the routes go.

@@ -1,8 +1,10 @@
 package ownership
 
+import "maps"
+
 // What a node drill (internal/drill) asks of the VRRP owner: a planned
-// handoff. While it lasts, tracking's verdict for every instance is a
-// fault with the drill's reason, so a master resigns (priority 0: a
+// handoff. While it lasts, tracking's verdict for each instance handed
+// off is a fault with the drill's reason, so a master resigns (priority 0: a
 // backup takes over after its skew time) and no instance takes the VIPs
 // back until the drill releases it, whatever tracking sees meanwhile.
 
@@ -31,25 +33,35 @@ func (o *VRRP) HandoffInfo() []HandoffInfo {
 	return out
 }
 
-// Handoff puts every instance out (fault, reason why) until release is
-// called; release lets tracking decide again at once.
-func (o *VRRP) Handoff(why string) (release func()) {
+// Handoff puts the named instances out (fault, reason why) until release
+// is called; release lets tracking decide again at once. A node drill
+// names the instances that are master here: a backup put out would not
+// stand by for its master meanwhile.
+func (o *VRRP) Handoff(why string, names []string) (release func()) {
 	o.mu.Lock()
-	o.handoff = why
+	if o.handoff == nil {
+		o.handoff = map[string]string{}
+	}
+	for _, n := range names {
+		o.handoff[n] = why
+	}
 	o.mu.Unlock()
 	o.reapply()
 	return func() {
 		o.mu.Lock()
-		o.handoff = ""
+		for _, n := range names {
+			delete(o.handoff, n)
+		}
 		o.mu.Unlock()
 		o.reapply()
 	}
 }
 
-func (o *VRRP) handoffReason() string {
+// handoffs returns the instances a drill keeps out, and why.
+func (o *VRRP) handoffs() map[string]string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.handoff
+	return maps.Clone(o.handoff)
 }
 
 // reapply makes tracking hand its verdict to every instance, changed or

@@ -189,10 +189,10 @@ func (o *VRRP) track() {
 		cfgs[name] = r.cfg
 		r.mu.Unlock()
 	}
-	handoff := o.handoffReason()
+	handoff := o.handoffs()
 	for name, v := range decide(cfgs, w) {
-		if handoff != "" {
-			v.fault, v.reason = true, handoff
+		if why := handoff[name]; why != "" {
+			v.fault, v.reason = true, why
 		}
 		r := runs[name]
 		r.mu.Lock()

@@ -37,8 +37,8 @@ type VRRP struct {
 	mu    sync.Mutex
 	runs  map[string]*vrrpRun
 	order []string // instance names in config order, for Status
-	// handoff: a drill's reason to keep every instance out (drill.go).
-	handoff string
+	// handoff: instances a drill keeps out, and why (drill.go).
+	handoff map[string]string
 }
 
 // DefaultPoll is how often tracking re-reads what has no change signal.
