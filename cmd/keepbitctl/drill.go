@@ -78,12 +78,19 @@ func target(r drill.Result) string {
 	return r.Service + " " + r.Backend
 }
 
-// ms prints a duration in milliseconds with a tenth; "-" for none.
+// ms prints a phase or a gap at the precision it has: microseconds below
+// a millisecond (state writes), tenths of milliseconds below a second;
+// "-" for none.
 func ms(d time.Duration) string {
-	if d == 0 {
+	switch {
+	case d == 0:
 		return "-"
+	case d < time.Millisecond && d > -time.Millisecond:
+		return fmt.Sprintf("%.0fus", float64(d)/float64(time.Microsecond))
+	case d < time.Second && d > -time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
 	}
-	return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	return d.Round(time.Millisecond).String()
 }
 
 // report prints one drill's report for people.
