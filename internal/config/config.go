@@ -184,6 +184,9 @@ type Service struct {
 	Notify         Notify    `yaml:"notify"`
 	CheckNode      yaml.Node `yaml:"check"`
 	Backends       []Backend `yaml:"backends"`
+	// Predictive: flag (and drain) a degrading backend before its check
+	// fails; nil = off. See predict.go.
+	Predictive *Predictive `yaml:"predictive"`
 
 	// Check is the effective check: defaults, then the service's own.
 	Check Check `yaml:"-"`

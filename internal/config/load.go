@@ -79,6 +79,7 @@ func (d *decoder) applyDefaults(c *Config) {
 	d.bgpDefaults(c)
 	d.flowSharingDefaults(c)
 	d.drillDefaults(c)
+	d.predictDefaults(c)
 	for i := range c.Interfaces {
 		if c.Interfaces[i].Mode == "" {
 			c.Interfaces[i].Mode = "auto"
@@ -219,6 +220,7 @@ func (d *decoder) validate(c *Config) {
 	d.validateBGP(c)
 	d.validateFlowSharing(c)
 	d.validateDrills(c)
+	d.validatePredict(c)
 	if !filepath.IsAbs(c.Node.PinRoot) {
 		d.fail("node.pin_root", "%q is not an absolute path", c.Node.PinRoot)
 	}
