@@ -85,6 +85,7 @@ type backend struct {
 	flaps     []time.Time
 	heldUntil time.Time
 	spec      probe.Spec
+	pred      *predictState // predictive detection (predict.go); nil when off
 }
 
 // New opens (or adopts) the dataplane of every interface and applies cfg.
@@ -122,6 +123,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		case ev := <-c.sched.Events():
 			c.onProbe(ev)
 		case r := <-c.results:
+			c.onResult(r)
 			if c.ProbeObserver != nil {
 				service, backend, _ := strings.Cut(r.Check, "|")
 				c.ProbeObserver(service, backend, r)

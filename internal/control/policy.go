@@ -188,6 +188,9 @@ func (c *Controller) desiredLocked(b *backend) (loader.State, string, string) {
 	if time.Now().Before(b.heldUntil) {
 		return loader.Down, "", b.reason
 	}
+	if st, reason, ok := c.predictDesiredLocked(b); ok {
+		return st, "", reason
+	}
 	if b.health == probe.Up {
 		return loader.Up, "", b.reason
 	}

@@ -38,6 +38,7 @@ type BackendStatus struct {
 	Admin   Admin
 	Reason  string
 	Since   time.Time
+	Predict *Prediction // nil unless the service has a predictive section
 }
 
 // ServiceStatus is one service as the daemon sees it.
@@ -65,7 +66,7 @@ func (c *Controller) Status() []ServiceStatus {
 		for _, addr := range s.order {
 			b := s.backends[addr]
 			ss.Backends = append(ss.Backends, BackendStatus{Address: addr, MAC: slices.Clone(b.mac), Weight: b.cfg.Weight, Group: b.cfg.Group,
-				Health: b.health, State: b.state, Admin: b.admin, Reason: b.reason, Since: b.since})
+				Health: b.health, State: b.state, Admin: b.admin, Reason: b.reason, Since: b.since, Predict: c.predictionLocked(b)})
 		}
 		out = append(out, ss)
 	}

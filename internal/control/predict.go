@@ -1,0 +1,167 @@
+package control
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/internal/predict"
+	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
+)
+
+// Predictive detection (a service's `predictive:` section): every probe
+// result goes into its backend's history (internal/predict), the backend
+// is judged against the service's other backends, and a flagged one is
+// drained (action drain) before its check fails: new flows go elsewhere,
+// established ones stay. Draining goes through desiredLocked like every
+// other state, bounded so that prediction never costs more than a real
+// failure could: never the last usable backend, never beyond the panic
+// threshold, never more than max_drained of the service at once, and a
+// real failure elsewhere takes precedence (a drained backend comes back
+// when the others' failures need its capacity).
+
+// predictState is one backend's history and verdict; nil while its
+// service has no predictive section.
+type predictState struct {
+	hist     *predict.History
+	ring     int // the capacity hist was made with
+	stats    predict.Stats
+	last     time.Time // of the latest result
+	degraded bool
+	reason   string    // the numbers of the latest judgement
+	since    time.Time // of the latest change of degraded
+	flagged  uint64    // times flagged
+	// acted says what the flag did: "drained", "flagged" (action flag),
+	// or why it was not drained; "" while not degraded.
+	acted string
+}
+
+// Prediction is a backend's predictive detection as Status reports it.
+type Prediction struct {
+	Degraded bool
+	Reason   string    // the numbers of the latest judgement
+	Since    time.Time // of the latest change
+	Acted    string    // drained, flagged, or why not drained
+	Samples  int       // results in the window
+	Failures int
+	P50, P90 time.Duration
+	Flagged  uint64 // times flagged since the backend was configured
+}
+
+// predictionLocked is b's Prediction, nil when its service has none.
+func (c *Controller) predictionLocked(b *backend) *Prediction {
+	if b.svc.cfg.Predictive == nil || b.pred == nil {
+		return nil
+	}
+	p := b.pred
+	return &Prediction{Degraded: p.degraded, Reason: p.reason, Since: p.since, Acted: p.acted,
+		Samples: p.stats.Samples, Failures: p.stats.Failures, P50: p.stats.P50, P90: p.stats.P90, Flagged: p.flagged}
+}
+
+func predictSettings(pr *config.Predictive) predict.Settings {
+	return predict.Settings{LatencyFactor: pr.LatencyFactor, MinLatency: pr.MinLatency, FailureRatio: pr.FailureRatio,
+		Window: pr.Window, MinSamples: pr.MinSamples}
+}
+
+// onResult records one probe result and judges its backend; a change of
+// verdict is recorded (predict-degraded, predict-recovered) and, with
+// action drain, settles the service.
+func (c *Controller) onResult(r probe.Result) {
+	c.mu.Lock()
+	b := c.byCheck[r.Check]
+	if b == nil {
+		c.mu.Unlock()
+		return
+	}
+	pr := b.svc.cfg.Predictive
+	if pr == nil {
+		b.pred = nil
+		c.mu.Unlock()
+		return
+	}
+	if n := config.PredictRing(b.svc.cfg, b.cfg); b.pred == nil || b.pred.ring != n {
+		// A new ring (first result, or a reload changed the window or the
+		// interval): the verdict carries over, the history starts again.
+		p := &predictState{hist: predict.NewHistory(n), ring: n}
+		if b.pred != nil {
+			p.degraded, p.reason, p.since, p.flagged, p.acted = b.pred.degraded, b.pred.reason, b.pred.since, b.pred.flagged, b.pred.acted
+		}
+		b.pred = p
+	}
+	now := r.Start.Add(r.Latency)
+	p := b.pred
+	p.hist.Add(predict.Sample{At: now, Latency: r.Latency, OK: r.Err == nil})
+	p.stats, p.last = p.hist.Stats(now, pr.Window), now
+	var peers []predict.Stats
+	for _, o := range b.svc.backends {
+		// A peer whose check stopped (removed, drilled) has nothing to say
+		// about now.
+		if o != b && o.pred != nil && now.Sub(o.pred.last) <= pr.Window {
+			peers = append(peers, o.pred.stats)
+		}
+	}
+	v := predict.Judge(predictSettings(pr), p.degraded, p.stats, peers)
+	p.reason = v.Reason
+	if v.Degraded == p.degraded {
+		c.mu.Unlock()
+		return
+	}
+	p.degraded, p.since = v.Degraded, now
+	var moves []move
+	if v.Degraded {
+		p.flagged++
+		p.acted = "flagged"
+	} else {
+		p.acted = ""
+	}
+	if pr.Action == "drain" {
+		moves = c.settleLocked(b.svc, b, r.Start, time.Now())
+	}
+	ev := recorder.Event{Kind: "predict-recovered", Service: b.svc.cfg.Name, Backend: b.cfg.Address.String(), Reason: v.Reason,
+		Detect: r.Start, Decide: now}
+	if v.Degraded {
+		ev.Kind, ev.Reason = "predict-degraded", p.acted+": "+v.Reason
+	}
+	c.mu.Unlock()
+	c.rec.Add(ev)
+	c.log.Info("backend "+ev.Kind, "service", ev.Service, "backend", ev.Backend, "reason", ev.Reason)
+	c.report(moves)
+}
+
+// predictDesiredLocked is the drain a degraded backend gets (action
+// drain), if its service can spare it; ok false leaves b to its health.
+func (c *Controller) predictDesiredLocked(b *backend) (st loader.State, reason string, ok bool) {
+	s, p := b.svc, b.pred
+	pr := s.cfg.Predictive
+	if pr == nil || pr.Action != "drain" || p == nil || !p.degraded || b.health != probe.Up {
+		return 0, "", false
+	}
+	// Capacity left without b: backends taking new flows that no check
+	// has failed (one a policy keeps up while failing is not capacity).
+	usable, drained, total := 0, 0, len(s.backends)
+	for _, o := range s.backends {
+		if o == b {
+			continue
+		}
+		if o.state == loader.Up && o.health != probe.Down {
+			usable++
+		}
+		if o.state == loader.Draining && o.admin == Enabled && o.pred != nil && o.pred.degraded {
+			drained++
+		}
+	}
+	switch t := s.cfg.PanicThreshold; {
+	case usable == 0:
+		p.acted = "not drained: the last usable backend"
+	case t > 0 && (total-usable)*100 > t*total:
+		p.acted = fmt.Sprintf("not drained: %d of %d backends would be out, beyond the panic threshold of %d%%", total-usable, total, t)
+	case drained >= pr.MaxDrained:
+		p.acted = fmt.Sprintf("not drained: %d drained by prediction already (max_drained %d)", drained, pr.MaxDrained)
+	default:
+		p.acted = "drained"
+		return loader.Draining, "predictive: degraded: " + p.reason, true
+	}
+	return 0, "", false
+}
