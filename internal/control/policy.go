@@ -120,7 +120,9 @@ func (c *Controller) settleLocked(s *service, first *backend, detect, decide tim
 		if s.backends[first.cfg.Address] != first {
 			return nil // removed meanwhile
 		}
-		again = try(first, detect, decide, true)
+		// A backend drained by prediction yields to a failure a policy
+		// refused (predict.go), so its service is re-settled then too.
+		again = try(first, detect, decide, true) || c.predictDrainedLocked(s)
 	}
 	for pass := 0; again && pass <= len(s.order); pass++ {
 		again = false

@@ -165,3 +165,19 @@ func (c *Controller) predictDesiredLocked(b *backend) (st loader.State, reason s
 	}
 	return 0, "", false
 }
+
+// predictDrainedLocked reports whether prediction has drained a backend
+// of s: settleLocked then re-settles s after any verdict, even one that
+// wrote nothing (a failure the panic threshold kept up), so the drained
+// backend can give its capacity back.
+func (c *Controller) predictDrainedLocked(s *service) bool {
+	if s.cfg.Predictive == nil {
+		return false
+	}
+	for _, b := range s.backends {
+		if b.state == loader.Draining && b.admin == Enabled && b.pred != nil && b.pred.degraded {
+			return true
+		}
+	}
+	return false
+}

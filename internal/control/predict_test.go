@@ -1,0 +1,147 @@
+package control
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/probe"
+)
+
+// TestPredictiveAction: a service of n backends, all up, whose probes
+// answer in about 10 ms; the backends in slow answer in 60 ms from then
+// on (6x, predictive drain with min_samples 5): what the dataplane holds
+// once they are flagged, what the flag did, and what it holds once they
+// answer in 10 ms again. Steps as in TestResettleService: "pN+" / "pN-" a
+// check verdict, "dN" the operator disables N; setup runs before the
+// slow probes, then after them.
+func TestPredictiveAction(t *testing.T) {
+	drain := &config.Predictive{Action: "drain", LatencyFactor: 3, MinLatency: 20 * time.Millisecond, FailureRatio: 0.2,
+		Window: 10 * time.Second, MinSamples: 5, MaxDrained: 1}
+	flag := *drain
+	flag.Action = "flag"
+	two := *drain
+	two.MaxDrained = 2
+	cases := []struct {
+		name      string
+		cfg       config.Service
+		n         int
+		setup     string
+		slow      string // backends, "1 2"
+		then      string
+		want      string // states once flagged (and then)
+		wantActed string // in b1's predict-degraded event
+		recovered string // states once it answers in 10 ms again
+	}{
+		{"drained, then back up", config.Service{Predictive: drain}, 4, "", "1", "",
+			"draining up up up", "drained: p50 60ms", "up up up up"},
+		{"action flag only reports", config.Service{Predictive: &flag}, 4, "", "1", "",
+			"up up up up", "flagged: p50 60ms", "up up up up"},
+		{"panic threshold: with one failed, a second out would be 50% of 4 (threshold 25)", config.Service{PanicThreshold: 25, Predictive: drain}, 4, "p4-", "1", "",
+			"up up up down", "not drained: 2 of 4 backends would be out, beyond the panic threshold of 25%", "up up up down"},
+		{"max_drained 1: the second degraded one stays", config.Service{Predictive: drain}, 4, "", "1 2", "",
+			"draining up up up", "drained", "up up up up"},
+		{"max_drained 2: both go", config.Service{Predictive: &two}, 4, "", "1 2", "",
+			"draining draining up up", "drained", "up up up up"},
+		{"never the last usable backend", config.Service{Predictive: drain}, 3, "d2 p3-", "1", "",
+			"up down down", "not drained: the last usable backend", "up down down"},
+		{"real failures take the drained one's capacity back (panic 50)", config.Service{PanicThreshold: 50, Predictive: drain}, 4, "", "1", "p2- p3-",
+			"up down down up", "drained", "up down down up"},
+		{"no predictive section: nothing happens", config.Service{}, 4, "", "1", "",
+			"up up up up", "", "up up up up"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctl, s, held := fakeService(t, c.cfg, c.n)
+			for _, addr := range s.order {
+				ctl.onProbe(probe.Event{Check: "web|" + addr.String(), To: probe.Up, Decide: time.Now()})
+			}
+			steps := func(list string) {
+				for _, st := range strings.Fields(list) {
+					addr := netip.MustParseAddr("10.0.0." + st[1:2])
+					switch st[0] {
+					case 'p':
+						to := probe.Up
+						if st[2] == '-' {
+							to = probe.Down
+						}
+						ctl.onProbe(probe.Event{Check: "web|" + addr.String(), To: to, Decide: time.Now()})
+					case 'd':
+						if err := ctl.SetAdmin("web", addr, Disabled); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+			}
+			states := func() string {
+				var got []string
+				for _, addr := range s.order {
+					if held[addr] != s.backends[addr].state {
+						t.Errorf("%s: dataplane holds %s, controller thinks %s", addr, held[addr], s.backends[addr].state)
+					}
+					got = append(got, held[addr].String())
+				}
+				return strings.Join(got, " ")
+			}
+			t0 := time.Now().Add(-time.Hour)
+			step := 0
+			rounds := func(k int, slow string) {
+				for range k {
+					at := t0.Add(time.Duration(step) * time.Second)
+					for i, addr := range s.order {
+						lat := time.Duration(8+2*((step+i)%3)) * time.Millisecond
+						if strings.Contains(" "+slow+" ", " "+addr.String()[7:]+" ") {
+							lat = 60 * time.Millisecond
+						}
+						ctl.onResult(probe.Result{Check: "web|" + addr.String(), Start: at, Latency: lat})
+					}
+					step++
+				}
+			}
+			steps(c.setup)
+			rounds(10, "")
+			if got := states(); strings.Contains(got, "draining") {
+				t.Fatalf("healthy probes drained a backend: %s", got)
+			}
+			rounds(10, c.slow)
+			steps(c.then)
+			if got := states(); got != c.want {
+				t.Fatalf("flagged: %s, want %s\n%s", got, c.want, events(ctl))
+			}
+			var acted string
+			for _, e := range ctl.rec.Since(0) {
+				if e.Kind == "predict-degraded" && e.Backend == "10.0.0.1" {
+					acted = e.Reason
+				}
+			}
+			if !strings.HasPrefix(acted, c.wantActed) || (c.wantActed == "") != (acted == "") {
+				t.Fatalf("b1's predict-degraded event says %q, want %q...", acted, c.wantActed)
+			}
+			if c.cfg.Predictive != nil {
+				ctl.mu.Lock()
+				p := ctl.predictionLocked(s.backends[s.order[0]])
+				ctl.mu.Unlock()
+				if p == nil || !p.Degraded || p.Flagged != 1 || p.P50 != 60*time.Millisecond {
+					t.Fatalf("status of b1: %+v", p)
+				}
+			}
+			rounds(10, "")
+			if got := states(); got != c.recovered {
+				t.Fatalf("recovered: %s, want %s\n%s", got, c.recovered, events(ctl))
+			}
+			if c.cfg.Predictive != nil && !strings.Contains(events(ctl), "predict-recovered 10.0.0.1") {
+				t.Fatalf("no predict-recovered event for b1:\n%s", events(ctl))
+			}
+		})
+	}
+}
+
+func events(c *Controller) string {
+	var b strings.Builder
+	for _, e := range c.rec.Since(0) {
+		b.WriteString(e.Kind + " " + e.Backend + ": " + e.Reason + "\n")
+	}
+	return b.String()
+}
