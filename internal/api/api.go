@@ -82,6 +82,9 @@ type Backend struct {
 	Admin   string    `json:"admin,omitempty"`
 	Reason  string    `json:"reason"`
 	Since   time.Time `json:"since"`
+	// Predict: predictive detection (predict.go); absent when the service
+	// has no predictive section.
+	Predict *Prediction `json:"predict,omitempty"`
 }
 
 // ServiceStatus is a service and its backends in GET /v1/services.
@@ -107,7 +110,7 @@ func serviceStatus(ss control.ServiceStatus) ServiceStatus {
 			mac = b.MAC.String()
 		}
 		out.Backends = append(out.Backends, Backend{Address: b.Address.String(), MAC: mac, Weight: b.Weight, Group: b.Group,
-			Health: b.Health.String(), State: b.State.String(), Admin: string(b.Admin), Reason: b.Reason, Since: b.Since})
+			Health: b.Health.String(), State: b.State.String(), Admin: string(b.Admin), Reason: b.Reason, Since: b.Since, Predict: prediction(b.Predict)})
 	}
 	return out
 }
