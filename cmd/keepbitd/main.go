@@ -201,6 +201,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Metrics.Listen != "off" {
 		m := metrics.New(ctl, vr)
 		m.WatchDrills(drills)
+		m.WatchPredict(ctl)
 		m.WatchBGP(bg)
 		m.WatchFlowShare(share, ctl)
 		ctl.ProbeObserver = m.ObserveProbe
