@@ -8,13 +8,16 @@ import (
 // Predictive is a service's `predictive:` section (nil when absent: off).
 // Present, even empty, it turns on predictive detection with the
 // defaults below: a backend whose probe latency or intermittent failures
-// make it an outlier among the service's backends is flagged, and (action
-// drain) drained before its check fails, within the panic threshold and
-// max_drained, never the last usable backend. internal/predict documents
+// make it an outlier among the service's backends is flagged, and drained
+// (action drain: within the panic threshold and max_drained, never the
+// last usable backend) or given a smaller share of new flows (action
+// weight: weight_percent of its weight, within max_drained, never the
+// only usable backend) before its check fails. internal/predict documents
 // the statistic.
 //
 //	predictive:
-//	  action: drain          # drain (default) or flag (report only)
+//	  action: drain          # drain (default), weight, or flag (report only)
+//	  weight_percent: 25     # action weight: the share of its weight it keeps
 //	  latency_factor: 3      # p50 at least 3x the peers' median p50 ...
 //	  min_latency: 20ms      # ... and at least this
 //	  failure_ratio: 0.2     # or failed probes 20 points above the peers'
@@ -29,6 +32,7 @@ type Predictive struct {
 	Window        time.Duration `yaml:"window"`
 	MinSamples    int           `yaml:"min_samples"`
 	MaxDrained    int           `yaml:"max_drained"`
+	WeightPercent int           `yaml:"weight_percent"`
 }
 
 // Predictive defaults.
@@ -40,6 +44,7 @@ const (
 	DefaultPredictWindow        = 30 * time.Second
 	DefaultPredictMinSamples    = 20
 	DefaultPredictMaxDrained    = 1
+	DefaultPredictWeightPercent = 25
 	// MaxPredictSamples bounds min_samples (and so each backend's ring).
 	MaxPredictSamples = 1000
 )
@@ -73,6 +78,9 @@ func (d *decoder) predictDefaults(c *Config) {
 		if !written("max_drained") {
 			pr.MaxDrained = DefaultPredictMaxDrained
 		}
+		if !written("weight_percent") {
+			pr.WeightPercent = DefaultPredictWeightPercent
+		}
 	}
 }
 
@@ -84,7 +92,7 @@ func (d *decoder) validatePredict(c *Config) {
 			continue
 		}
 		p := fmt.Sprintf("services[%d].predictive", i)
-		oneOf(d, p+".action", pr.Action, "drain", "flag")
+		oneOf(d, p+".action", pr.Action, "drain", "weight", "flag")
 		if len(s.Backends) < 2 {
 			d.fail(p, "compares a backend with its peers: the service needs at least 2 backends, it has %d", len(s.Backends))
 		}
@@ -99,6 +107,20 @@ func (d *decoder) validatePredict(c *Config) {
 		}
 		if pr.MaxDrained < 1 {
 			d.fail(p+".max_drained", "%d: at least 1 (action flag drains nothing)", pr.MaxDrained)
+		}
+		if pr.WeightPercent < 1 || pr.WeightPercent > 99 {
+			d.fail(p+".weight_percent", "%d is outside 1-99", pr.WeightPercent)
+		} else if pr.Action == "weight" {
+			// The others' weights are scaled up instead (weights are whole
+			// numbers, 1 by default), and must stay within the loader's
+			// 65536.
+			up, _ := PredictWeightScale(pr.WeightPercent)
+			for j, b := range s.Backends {
+				if uint64(b.Weight)*uint64(up) > 65536 {
+					d.fail(p+".weight_percent", "%d%% scales the others' weights by %d: backends[%d]'s weight %d would pass 65536", pr.WeightPercent, up, j, b.Weight)
+					break
+				}
+			}
 		}
 		if pr.MinSamples < 3 || pr.MinSamples > MaxPredictSamples {
 			d.fail(p+".min_samples", "%d is outside 3-%d", pr.MinSamples, MaxPredictSamples)
@@ -133,4 +155,20 @@ func PredictRing(s Service, b Backend) int {
 		n = max(n, int(pr.Window/iv)*2)
 	}
 	return min(n, 4096)
+}
+
+// PredictWeightScale is how action weight gives a degraded backend
+// percent of its weight when weights are whole numbers: the others'
+// weights are multiplied by up and the degraded one's by down
+// (25% -> 4 and 1; 30% -> 10 and 3).
+func PredictWeightScale(percent int) (up, down uint32) {
+	g := gcd(100, percent)
+	return uint32(100 / g), uint32(percent / g)
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }
