@@ -123,7 +123,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		case ev := <-c.sched.Events():
 			c.onProbe(ev)
 		case r := <-c.results:
-			c.onResult(r)
+			c.onResult(ctx, r)
 			if c.ProbeObserver != nil {
 				service, backend, _ := strings.Cut(r.Check, "|")
 				c.ProbeObserver(service, backend, r)

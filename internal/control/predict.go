@@ -1,6 +1,7 @@
 package control
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -20,7 +21,11 @@ import (
 // failure could: never the last usable backend, never beyond the panic
 // threshold, never more than max_drained of the service at once, and a
 // real failure elsewhere takes precedence (a drained backend comes back
-// when the others' failures need its capacity).
+// when the others' failures need its capacity). With action weight the
+// backend stays up with a smaller share of new flows instead: the
+// service is re-applied (a Maglev table rebuild, off the event loop)
+// with the degraded backend's weight cut to weight_percent, at most
+// max_drained backends at once, never the only usable one.
 
 // predictState is one backend's history and verdict; nil while its
 // service has no predictive section.
@@ -33,8 +38,8 @@ type predictState struct {
 	reason   string    // the numbers of the latest judgement
 	since    time.Time // of the latest change of degraded
 	flagged  uint64    // times flagged
-	// acted says what the flag did: "drained", "flagged" (action flag),
-	// or why it was not drained; "" while not degraded.
+	// acted says what the flag did: "drained", "de-weighted to 25%",
+	// "flagged" (action flag), or why not; "" while not degraded.
 	acted string
 }
 
@@ -68,7 +73,7 @@ func predictSettings(pr *config.Predictive) predict.Settings {
 // onResult records one probe result and judges its backend; a change of
 // verdict is recorded (predict-degraded, predict-recovered) and, with
 // action drain, settles the service.
-func (c *Controller) onResult(r probe.Result) {
+func (c *Controller) onResult(ctx context.Context, r probe.Result) {
 	c.mu.Lock()
 	b := c.byCheck[r.Check]
 	if b == nil {
@@ -116,8 +121,12 @@ func (c *Controller) onResult(r probe.Result) {
 	} else {
 		p.acted = ""
 	}
-	if pr.Action == "drain" {
+	switch pr.Action {
+	case "drain":
 		moves = c.settleLocked(b.svc, b, r.Start, time.Now())
+	case "weight":
+		c.predictWeightsLocked(b.svc) // says what it will do, in acted
+		go c.reapplyPredicted(ctx, b.svc.cfg.Name)
 	}
 	ev := recorder.Event{Kind: "predict-recovered", Service: b.svc.cfg.Name, Backend: b.cfg.Address.String(), Reason: v.Reason,
 		Detect: r.Start, Decide: now}
@@ -180,4 +189,74 @@ func (c *Controller) predictDrainedLocked(s *service) bool {
 		}
 	}
 	return false
+}
+
+// predictWeightsLocked decides, for action weight, which degraded
+// backends of s get a cut weight (in order, at most max_drained, never
+// one whose peers take no new flows) and returns the weight each backend
+// of s takes in the dataplane's spec: its configured weight, unless some
+// backend is cut; then the cut ones' are multiplied by weight_percent's
+// down and the others' by its up (config.PredictWeightScale).
+func (c *Controller) predictWeightsLocked(s *service) func(*backend) uint32 {
+	configured := func(b *backend) uint32 { return b.cfg.Weight }
+	pr := s.cfg.Predictive
+	if pr == nil || pr.Action != "weight" {
+		return configured
+	}
+	cut := map[*backend]bool{}
+	for _, addr := range s.order {
+		b := s.backends[addr]
+		p := b.pred
+		if p == nil || !p.degraded {
+			continue
+		}
+		usable := 0
+		for _, o := range s.backends {
+			if o != b && o.state == loader.Up && o.health != probe.Down && !cut[o] {
+				usable++
+			}
+		}
+		switch {
+		case usable == 0:
+			p.acted = "not de-weighted: no other usable backend"
+		case len(cut) >= pr.MaxDrained:
+			p.acted = fmt.Sprintf("not de-weighted: %d de-weighted by prediction already (max_drained %d)", len(cut), pr.MaxDrained)
+		default:
+			cut[b] = true
+			p.acted = fmt.Sprintf("de-weighted to %d%%", pr.WeightPercent)
+		}
+	}
+	if len(cut) == 0 {
+		return configured
+	}
+	up, down := config.PredictWeightScale(pr.WeightPercent)
+	return func(b *backend) uint32 {
+		if cut[b] {
+			return b.cfg.Weight * down
+		}
+		return b.cfg.Weight * up
+	}
+}
+
+// reapplyPredicted re-applies service name with the weights prediction
+// gives its backends now (action weight). Like reapplyResolved, it looks
+// the service up under applyMu: a reload meanwhile may have removed it.
+func (c *Controller) reapplyPredicted(ctx context.Context, name string) {
+	c.applyMu.Lock()
+	defer c.applyMu.Unlock()
+	c.mu.Lock()
+	s := c.svcs[name]
+	var sc config.Service
+	if s != nil {
+		sc = s.cfg
+	}
+	c.mu.Unlock()
+	if s == nil || ctx.Err() != nil {
+		return
+	}
+	if err := c.applyService(ctx, sc, true); err != nil {
+		c.log.Warn("apply predictive weights", "service", name, "error", err)
+		return
+	}
+	c.log.Info("predictive weights applied", "service", name)
 }

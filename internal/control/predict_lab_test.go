@@ -22,9 +22,35 @@ import (
 // private namespace; b1 answers 5 ms slower every 100 ms. Its check
 // (100 ms interval and timeout, fall 2) fails once it answers slower
 // than the timeout; predictive detection (window 800 ms, min_samples 6,
-// 3x its peers and >= 20 ms) must drain it before that, the peers never.
-// Back at full speed it is up again. The lead is logged.
+// 3x its peers and >= 20 ms) must drain it (action drain), or cut its
+// weight to 25% (action weight: the dataplane's weights become 1, 4, 4),
+// before that; the peers never move. Back at full speed it is up again
+// with its weight. The lead is logged.
 func TestPredictiveDrainsBeforeTheCheckFails(t *testing.T) {
+	for _, action := range []string{"drain", "weight"} {
+		t.Run(action, func(t *testing.T) { testPredictiveLab(t, action) })
+	}
+}
+
+// weights is what the dataplane holds for service web: backend -> weight.
+func weights(t *testing.T, c *Controller) map[netip.Addr]uint32 {
+	t.Helper()
+	c.mu.Lock()
+	s := c.svcs["web"]
+	dp, key := s.dp, s.key
+	c.mu.Unlock()
+	out := map[netip.Addr]uint32{}
+	for _, si := range dp.Services() {
+		if si.Key == key {
+			for _, b := range si.Backends {
+				out[b.Addr] = b.Weight
+			}
+		}
+	}
+	return out
+}
+
+func testPredictiveLab(t *testing.T, action string) {
 	l := newCtlLab(t)
 	var delayMS atomic.Int64
 	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -50,9 +76,9 @@ func TestPredictiveDrainsBeforeTheCheckFails(t *testing.T) {
     vip: 10.99.0.1
     port: 80
     check: {type: http, port: 8080, path: /, interval: 100ms, timeout: 100ms, rise: 1, fall: 2, jitter: 0}
-    predictive: {window: 800ms, min_samples: 6, latency_factor: 3, min_latency: 20ms}
+    predictive: {action: %s, window: 800ms, min_samples: 6, latency_factor: 3, min_latency: 20ms}
     backends: [%s]
-`, strings.Join(backends, ", ")))
+`, action, strings.Join(backends, ", ")))
 	c := l.start(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel) // before the controller's Close (cleanups run last first)
@@ -97,28 +123,52 @@ func TestPredictiveDrainsBeforeTheCheckFails(t *testing.T) {
 			}
 		}
 	}()
-	drained := waitFor("b1 drained by prediction", 10*time.Second, func(e recorder.Event) bool {
-		if e.Kind == "predict-degraded" && isPeer(e) {
-			t.Fatalf("a healthy peer was flagged: %s %s", e.Backend, e.Reason)
+	var acted time.Time // when the dataplane held the drain or the cut weight
+	var drainedDelay int64
+	var why string
+	if action == "drain" {
+		drained := waitFor("b1 drained by prediction", 10*time.Second, func(e recorder.Event) bool {
+			if e.Kind == "predict-degraded" && isPeer(e) {
+				t.Fatalf("a healthy peer was flagged: %s %s", e.Backend, e.Reason)
+			}
+			return e.Kind == "backend-draining" && e.Backend == b1.String()
+		})
+		acted, drainedDelay, why = drained.Apply, delayMS.Load(), drained.Reason
+		if st := held(t, c)["web"][b1]; st != loader.Draining && st != loader.Down {
+			t.Fatalf("after the draining event the dataplane holds %s for b1", st)
 		}
-		return e.Kind == "backend-draining" && e.Backend == b1.String()
-	})
-	drainedDelay := delayMS.Load()
-	if st := held(t, c)["web"][b1]; st != loader.Draining && st != loader.Down {
-		t.Fatalf("after the draining event the dataplane holds %s for b1", st)
-	}
-	if !strings.HasPrefix(drained.Reason, "predictive: degraded") {
-		t.Fatalf("b1 drained for another reason: %s", drained.Reason)
+		if !strings.HasPrefix(drained.Reason, "predictive: degraded") {
+			t.Fatalf("b1 drained for another reason: %s", drained.Reason)
+		}
+	} else {
+		flagged := waitFor("b1 de-weighted by prediction", 10*time.Second, func(e recorder.Event) bool {
+			if e.Kind == "predict-degraded" && isPeer(e) {
+				t.Fatalf("a healthy peer was flagged: %s %s", e.Backend, e.Reason)
+			}
+			return e.Kind == "predict-degraded" && e.Backend == b1.String()
+		})
+		why = flagged.Reason
+		if !strings.HasPrefix(why, "de-weighted to 25%") {
+			t.Fatalf("b1 flagged but: %s", why)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for w := weights(t, c); w[b1] != 1 || w[netip.MustParseAddr(addrs[1])] != 4 || w[netip.MustParseAddr(addrs[2])] != 4; w = weights(t, c) {
+			if time.Now().After(deadline) {
+				t.Fatalf("weights %v, want b1 1 and its peers 4", w)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		acted, drainedDelay = time.Now(), delayMS.Load()
 	}
 	down := waitFor("b1's check failing", 10*time.Second, func(e recorder.Event) bool {
 		return e.Kind == "backend-down" && e.Backend == b1.String()
 	})
 	downDelay := delayMS.Load()
-	lead := down.Apply.Sub(drained.Apply)
-	t.Logf("b1 drained by prediction %v after the slowdown began (answering in ~%d ms; %s); its check failed %v after (answering in ~%d ms): %v before the active check",
-		drained.Apply.Sub(start).Round(time.Millisecond), drainedDelay, drained.Reason, down.Apply.Sub(start).Round(time.Millisecond), downDelay, lead.Round(time.Millisecond))
+	lead := down.Apply.Sub(acted)
+	t.Logf("action %s: b1 acted on %v after the slowdown began (answering in ~%d ms; %s); its check failed %v after (answering in ~%d ms): %v before the active check",
+		action, acted.Sub(start).Round(time.Millisecond), drainedDelay, why, down.Apply.Sub(start).Round(time.Millisecond), downDelay, lead.Round(time.Millisecond))
 	if lead <= 0 {
-		t.Fatalf("drained %v after its check failed", -lead)
+		t.Fatalf("acted on %v after its check failed", -lead)
 	}
 	// Back to full speed: its check passes again, prediction still holds
 	// it drained until its window says it recovered, then it is up.
@@ -128,9 +178,9 @@ func TestPredictiveDrainsBeforeTheCheckFails(t *testing.T) {
 		return e.Kind == "predict-recovered" && e.Backend == b1.String()
 	})
 	deadline := time.Now().Add(5 * time.Second)
-	for held(t, c)["web"][b1] != loader.Up {
+	for held(t, c)["web"][b1] != loader.Up || weights(t, c)[b1] != weights(t, c)[netip.MustParseAddr(addrs[1])] {
 		if time.Now().After(deadline) {
-			t.Fatalf("b1 recovered but the dataplane holds %s:\n%s", held(t, c)["web"][b1], events(c))
+			t.Fatalf("b1 recovered but the dataplane holds %s, weights %v:\n%s", held(t, c)["web"][b1], weights(t, c), events(c))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -1,12 +1,15 @@
 package control
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/keepbit/keepbit/internal/config"
+	"github.com/keepbit/keepbit/loader"
 	"github.com/keepbit/keepbit/probe"
 )
 
@@ -95,7 +98,7 @@ func TestPredictiveAction(t *testing.T) {
 						if strings.Contains(" "+slow+" ", " "+addr.String()[7:]+" ") {
 							lat = 60 * time.Millisecond
 						}
-						ctl.onResult(probe.Result{Check: "web|" + addr.String(), Start: at, Latency: lat})
+						ctl.onResult(context.Background(), probe.Result{Check: "web|" + addr.String(), Start: at, Latency: lat})
 					}
 					step++
 				}
@@ -144,4 +147,61 @@ func events(c *Controller) string {
 		b.WriteString(e.Kind + " " + e.Backend + ": " + e.Reason + "\n")
 	}
 	return b.String()
+}
+
+// TestPredictiveWeights: the weights action weight gives a service's
+// backends (b1.. in order) with some of them degraded, and what b1's
+// flag did.
+func TestPredictiveWeights(t *testing.T) {
+	pr := func(percent, maxCut int) *config.Predictive {
+		return &config.Predictive{Action: "weight", WeightPercent: percent, MaxDrained: maxCut}
+	}
+	cases := []struct {
+		name      string
+		pr        *config.Predictive
+		n         int
+		weight    uint32 // every backend's configured weight
+		degraded  string // backends, "1 2"
+		down      string // backends whose check failed
+		want      string
+		wantActed string
+	}{
+		{"none degraded: as configured", pr(25, 1), 4, 1, "", "", "1 1 1 1", ""},
+		{"b1 keeps 25%: the others x4", pr(25, 1), 4, 1, "1", "", "1 4 4 4", "de-weighted to 25%"},
+		{"30% of weight 2", pr(30, 1), 3, 2, "1", "", "6 20 20", "de-weighted to 30%"},
+		{"max_drained 1: the second keeps its share", pr(25, 1), 4, 1, "1 2", "", "1 4 4 4", "de-weighted to 25%"},
+		{"max_drained 2: both cut", pr(25, 2), 4, 1, "1 2", "", "1 1 4 4", "de-weighted to 25%"},
+		{"never the only usable backend", pr(25, 1), 2, 1, "1", "2", "1 1", "not de-weighted: no other usable backend"},
+		{"action drain: weights as configured", &config.Predictive{Action: "drain", WeightPercent: 25, MaxDrained: 1}, 3, 1, "1", "", "1 1 1", "flagged"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ctl, s, _ := fakeService(t, config.Service{Predictive: c.pr}, c.n)
+			for i, addr := range s.order {
+				b := s.backends[addr]
+				b.cfg.Weight = c.weight
+				n := " " + string(rune('1'+i)) + " "
+				b.health, b.state = probe.Up, loader.Up
+				if strings.Contains(" "+c.down+" ", n) {
+					b.health, b.state = probe.Down, loader.Down
+				}
+				b.pred = &predictState{degraded: strings.Contains(" "+c.degraded+" ", n), acted: "flagged"}
+			}
+			ctl.mu.Lock()
+			weight := ctl.predictWeightsLocked(s)
+			var got []string
+			for _, addr := range s.order {
+				got = append(got, fmt.Sprint(weight(s.backends[addr])))
+			}
+			ctl.mu.Unlock()
+			if g := strings.Join(got, " "); g != c.want {
+				t.Fatalf("weights %s, want %s", g, c.want)
+			}
+			if c.wantActed != "" {
+				if a := s.backends[s.order[0]].pred.acted; a != c.wantActed {
+					t.Fatalf("b1: %q, want %q", a, c.wantActed)
+				}
+			}
+		})
+	}
 }

@@ -374,6 +374,7 @@ func egress(sc config.Service, bc config.Backend) string {
 // specLocked is the dataplane's view of s: backends with a known MAC.
 func (c *Controller) specLocked(s *service) loader.ServiceSpec {
 	spec := loader.ServiceSpec{TableSize: s.cfg.TableSize}
+	weight := c.predictWeightsLocked(s) // configured, unless prediction cuts one (predict.go)
 	if s.cfg.WhenAllDown == "pass" {
 		spec.NoBackend = loader.PassNoBackend
 	}
@@ -387,7 +388,7 @@ func (c *Controller) specLocked(s *service) loader.ServiceSpec {
 		// ApplyService: until the apply has added it, a settle writing its
 		// state would only fail ("not configured").
 		spec.Backends = append(spec.Backends, loader.BackendSpec{
-			Addr: addr, MAC: b.mac, VLAN: b.cfg.VLAN, Port: b.cfg.Port, Weight: b.cfg.Weight, Group: b.cfg.Group, State: b.state,
+			Addr: addr, MAC: b.mac, VLAN: b.cfg.VLAN, Port: b.cfg.Port, Weight: weight(b), Group: b.cfg.Group, State: b.state,
 		})
 	}
 	return spec
