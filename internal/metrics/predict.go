@@ -1,6 +1,8 @@
 package metrics
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keepbit/keepbit/internal/control"
@@ -23,6 +25,8 @@ var (
 		"1 while predictive detection flags the backend as an outlier among its service's backends.", []string{"service", "backend"}, nil)
 	descPredictDrained = prometheus.NewDesc("keepbit_backend_predict_drained",
 		"1 while the backend is drained by predictive detection.", []string{"service", "backend"}, nil)
+	descPredictDeweighted = prometheus.NewDesc("keepbit_backend_predict_deweighted",
+		"1 while predictive detection has cut the backend's weight (action weight).", []string{"service", "backend"}, nil)
 	descPredictFlagged = prometheus.NewDesc("keepbit_backend_degraded_total",
 		"Times predictive detection flagged the backend.", []string{"service", "backend"}, nil)
 	descPredictLatency = prometheus.NewDesc("keepbit_backend_predict_latency_seconds",
@@ -34,7 +38,7 @@ var (
 type predictCollector struct{ src PredictSource }
 
 func (c *predictCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPredictDegraded, descPredictDrained, descPredictFlagged, descPredictLatency, descPredictFailures} {
+	for _, d := range []*prometheus.Desc{descPredictDegraded, descPredictDrained, descPredictDeweighted, descPredictFlagged, descPredictLatency, descPredictFailures} {
 		ch <- d
 	}
 }
@@ -49,6 +53,7 @@ func (c *predictCollector) Collect(ch chan<- prometheus.Metric) {
 			addr := b.Address.String()
 			ch <- prometheus.MustNewConstMetric(descPredictDegraded, prometheus.GaugeValue, b2f(p.Degraded), s.Name, addr)
 			ch <- prometheus.MustNewConstMetric(descPredictDrained, prometheus.GaugeValue, b2f(p.Degraded && p.Acted == "drained"), s.Name, addr)
+			ch <- prometheus.MustNewConstMetric(descPredictDeweighted, prometheus.GaugeValue, b2f(p.Degraded && strings.HasPrefix(p.Acted, "de-weighted")), s.Name, addr)
 			ch <- prometheus.MustNewConstMetric(descPredictFlagged, prometheus.CounterValue, float64(p.Flagged), s.Name, addr)
 			ch <- prometheus.MustNewConstMetric(descPredictLatency, prometheus.GaugeValue, p.P50.Seconds(), s.Name, addr, "0.5")
 			ch <- prometheus.MustNewConstMetric(descPredictLatency, prometheus.GaugeValue, p.P90.Seconds(), s.Name, addr, "0.9")

@@ -37,6 +37,7 @@ func TestScrapePredict(t *testing.T) {
 		{"keepbit_backend_degraded", "10.0.0.2", nil, 0},
 		{"keepbit_backend_predict_drained", "10.0.0.1", nil, 1},
 		{"keepbit_backend_predict_drained", "10.0.0.2", nil, 0},
+		{"keepbit_backend_predict_deweighted", "10.0.0.1", nil, 0},
 		{"keepbit_backend_degraded_total", "10.0.0.1", nil, 2},
 		{"keepbit_backend_predict_latency_seconds", "10.0.0.1", []string{"0.5"}, 0.06},
 		{"keepbit_backend_predict_latency_seconds", "10.0.0.1", []string{"0.9"}, 0.08},
@@ -75,7 +76,7 @@ func TestScrapePredict(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
 		}
 	}
-	if n := len(got); n != 12 {
-		t.Errorf("%d series, want 12 (6 per backend of web, none for dns)", n)
+	if n := len(got); n != 14 {
+		t.Errorf("%d series, want 14 (7 per backend of web, none for dns)", n)
 	}
 }
