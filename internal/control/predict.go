@@ -88,10 +88,11 @@ func (c *Controller) onResult(ctx context.Context, r probe.Result) {
 	}
 	if n := config.PredictRing(b.svc.cfg, b.cfg); b.pred == nil || b.pred.ring != n {
 		// A new ring (first result, or a reload changed the window or the
-		// interval): the verdict carries over, the history starts again.
+		// interval): the verdict and the newest results carry over.
 		p := &predictState{hist: predict.NewHistory(n), ring: n}
-		if b.pred != nil {
-			p.degraded, p.reason, p.since, p.flagged, p.acted = b.pred.degraded, b.pred.reason, b.pred.since, b.pred.flagged, b.pred.acted
+		if o := b.pred; o != nil {
+			p.hist = o.hist.Resized(n)
+			p.degraded, p.reason, p.since, p.flagged, p.acted = o.degraded, o.reason, o.since, o.flagged, o.acted
 		}
 		b.pred = p
 	}
@@ -102,8 +103,9 @@ func (c *Controller) onResult(ctx context.Context, r probe.Result) {
 	var peers []predict.Stats
 	for _, o := range b.svc.backends {
 		// A peer whose check stopped (removed, drilled) has nothing to say
-		// about now.
-		if o != b && o.pred != nil && now.Sub(o.pred.last) <= pr.Window {
+		// about now, and one whose check failed is no baseline (its
+		// failures would raise the line the others are held to).
+		if o != b && o.pred != nil && o.health != probe.Down && now.Sub(o.pred.last) <= pr.Window {
 			peers = append(peers, o.pred.stats)
 		}
 	}

@@ -75,6 +75,17 @@ func (h *History) Add(s Sample) {
 	h.n = min(h.n+1, len(h.ring))
 }
 
+// Resized is a history of capacity holding h's newest results, so a
+// reload that changes the window or the interval keeps what is known.
+func (h *History) Resized(capacity int) *History {
+	out := NewHistory(capacity)
+	start := (h.next - h.n + len(h.ring)) % len(h.ring) // the oldest
+	for i := max(h.n-len(out.ring), 0); i < h.n; i++ {
+		out.Add(h.ring[(start+i)%len(h.ring)])
+	}
+	return out
+}
+
 // Stats summarises a backend's results in a window.
 type Stats struct {
 	Samples  int // results in the window

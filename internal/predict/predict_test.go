@@ -131,6 +131,31 @@ func TestJudgeSequences(t *testing.T) {
 	}
 }
 
+// TestHistoryResized: a smaller ring keeps the newest results, a larger
+// one all of them, and both keep adding in order.
+func TestHistoryResized(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	h := NewHistory(8)
+	for i := range 13 { // wrapped: 5..12 kept
+		h.Add(Sample{At: t0.Add(time.Duration(i) * time.Second), Latency: time.Duration(i) * time.Millisecond, OK: true})
+	}
+	now := t0.Add(12 * time.Second)
+	for _, c := range []struct {
+		capacity int
+		samples  int
+		p50      time.Duration
+	}{{4, 4, 10 * time.Millisecond}, {8, 8, 8 * time.Millisecond}, {100, 8, 8 * time.Millisecond}} {
+		r := h.Resized(c.capacity)
+		if st := r.Stats(now, time.Hour); st.Samples != c.samples || st.P50 != c.p50 {
+			t.Errorf("resized to %d: %+v, want %d samples, p50 %v", c.capacity, st, c.samples, c.p50)
+		}
+		r.Add(Sample{At: now, Latency: time.Second, OK: false})
+		if st := r.Stats(now, time.Hour); st.Failures != 1 || st.Samples != min(c.samples+1, c.capacity) {
+			t.Errorf("resized to %d, one more: %+v", c.capacity, st)
+		}
+	}
+}
+
 // TestHistoryBounded: the ring keeps its capacity's newest results, and
 // Stats sees only the window's.
 func TestHistoryBounded(t *testing.T) {
