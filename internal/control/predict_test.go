@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -203,5 +204,40 @@ func TestPredictiveWeights(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPredictiveFailedPeerIsNoBaseline: b3's check has failed and all its
+// probes fail; b1 fails one probe in two. Held against b2 alone (b3 is
+// no baseline) b1 is 50 points above its peers and is drained; with b3
+// counted, the peers' median would be 50% and b1 would pass.
+func TestPredictiveFailedPeerIsNoBaseline(t *testing.T) {
+	pr := &config.Predictive{Action: "drain", LatencyFactor: 3, MinLatency: 20 * time.Millisecond, FailureRatio: 0.2,
+		Window: 10 * time.Second, MinSamples: 5, MaxDrained: 1}
+	ctl, s, held := fakeService(t, config.Service{Predictive: pr}, 3)
+	for i, addr := range s.order {
+		to := probe.Up
+		if i == 2 {
+			to = probe.Down
+		}
+		ctl.onProbe(probe.Event{Check: "web|" + addr.String(), To: to, Decide: time.Now()})
+	}
+	t0 := time.Now().Add(-time.Hour)
+	for step := range 10 {
+		for i, addr := range s.order {
+			var err error
+			if i == 2 || (i == 0 && step%2 == 0) {
+				err = errors.New("refused")
+			}
+			ctl.onResult(context.Background(), probe.Result{Check: "web|" + addr.String(), Start: t0.Add(time.Duration(step) * time.Second),
+				Latency: 5 * time.Millisecond, Err: err})
+		}
+	}
+	var got []string
+	for _, addr := range s.order {
+		got = append(got, held[addr].String())
+	}
+	if g := strings.Join(got, " "); g != "draining up down" {
+		t.Fatalf("held %s, want draining up down\n%s", g, events(ctl))
 	}
 }
