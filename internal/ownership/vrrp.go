@@ -348,7 +348,11 @@ func (o *VRRP) onVRRP(r *vrrpRun, e vrrp.Event) {
 	r.last = e
 	notify := r.cfg.Notify
 	r.mu.Unlock()
-	ev := o.rec.Add(recorder.Event{Kind: "vrrp-" + e.To.String(), Service: e.Instance, Reason: e.Reason,
+	// The event happened when the machine changed state, not when it
+	// reaches the recorder: that is after the VIPs were taken or released
+	// and the first announcement went out, later still on a node that
+	// was frozen or busy, and a timeline merged by time would misplace it.
+	ev := o.rec.Add(recorder.Event{Time: e.Decide, Kind: "vrrp-" + e.To.String(), Service: e.Instance, Reason: e.Reason,
 		Detect: e.Detect, Decide: e.Decide, Announce: e.Announce})
 	o.log.Info("vrrp "+e.To.String(), "instance", e.Instance, "from", e.From.String(), "reason", e.Reason,
 		"detect_to_decide", e.Decide.Sub(e.Detect), "detect_to_announce", ev.DetectToAnnounce)
