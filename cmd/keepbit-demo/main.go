@@ -6,6 +6,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -183,14 +184,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	stopTraffic()
 
 	fmt.Fprintln(out)
-	fmt.Fprintln(out, "Failover timeline (flight recorder: detect = first failed probe / master silent, decide, apply = dataplane write returned, announce = gratuitous ARP sent)")
-	// Two nodes' recorders are followed separately: merge by event time
-	// (each line starts with it).
+	fmt.Fprintln(out, "Failover timeline (flight recorder, time since the demo started and wall clock; phase words as in ARCHITECTURE.md \"Timing words\": detect = first failed probe / master silent, decide, apply = dataplane write returned, announce = gratuitous ARP sent)")
 	state.mu.Lock()
-	lines := slices.Clone(state.timeline)
+	failovers := slices.Clone(state.timeline)
 	state.mu.Unlock()
-	slices.SortStableFunc(lines, func(a, b string) int { return strings.Compare(a[:12], b[:12]) })
-	for _, line := range lines {
+	for _, line := range timelineLines(failovers, tl.start) {
 		fmt.Fprintln(out, "  "+line)
 	}
 	fmt.Fprintf(out, "Client gap: backend killed %v (%d failed), master frozen %v (%d failed). Anchor: keepalived takes 266-297 ms to take over a frozen master with 10-50 ms adverts, 3.2 s by default.\n",
@@ -347,7 +345,7 @@ type demoState struct {
 	mu       sync.Mutex
 	master   map[string]bool
 	up       map[string]map[string]bool
-	timeline []string
+	timeline []nodeEvent // failover events, in arrival order
 }
 
 func (s *demoState) apply(e nodeEvent) {
@@ -365,15 +363,40 @@ func (s *demoState) apply(e nodeEvent) {
 		s.up[e.node][e.Backend] = e.Kind == "backend-up"
 	}
 	if (strings.HasPrefix(e.Kind, "backend-") || strings.HasPrefix(e.Kind, "vrrp-")) && !e.Detect.IsZero() {
-		line := fmt.Sprintf("%s %-4s %-13s %-11s", e.Time.Format("15:04:05.000"), e.node, e.Kind, e.Backend)
+		s.timeline = append(s.timeline, e)
+	}
+}
+
+// timelineLines lists the failover events in the order they happened,
+// each stamped with its time since start (as the live lines are) and its
+// wall clock. Each node's recorder is followed on its own stream, so
+// events arrive interleaved in no particular order between nodes; they
+// are sorted by their full time (not its printed milliseconds, which tie
+// and wrap at midnight), then by node and sequence number for a stable
+// order.
+func timelineLines(evs []nodeEvent, start time.Time) []string {
+	evs = slices.Clone(evs)
+	slices.SortStableFunc(evs, func(a, b nodeEvent) int {
+		if c := a.Time.Compare(b.Time); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.node, b.node); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Seq, b.Seq)
+	})
+	lines := make([]string, 0, len(evs))
+	for _, e := range evs {
+		line := fmt.Sprintf("[%7.3fs] %s %-4s %-13s %-11s", e.Time.Sub(start).Truncate(time.Millisecond).Seconds(), e.Time.Format("15:04:05.000"), e.node, e.Kind, e.Backend)
 		if !e.Apply.IsZero() {
 			line += fmt.Sprintf(" detect->decide %9v  decide->apply %9v", e.DetectToDecide.Round(time.Microsecond), e.DecideToApply.Round(time.Microsecond))
 		}
 		if !e.Announce.IsZero() {
 			line += fmt.Sprintf(" detect->announce %9v", e.DetectToAnnounce.Round(time.Microsecond))
 		}
-		s.timeline = append(s.timeline, line)
+		lines = append(lines, strings.TrimRight(line, " "))
 	}
+	return lines
 }
 
 func (s *demoState) ready(backends int) bool {
