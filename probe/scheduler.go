@@ -30,7 +30,8 @@ type Result struct {
 	Err     error // nil: success
 }
 
-// Event is a state change of a check, with the timing words of design.md:
+// Event is a state change of a check, with the timing words of
+// ARCHITECTURE.md ("Timing words"):
 // Detect is when the first probe of the run that crossed rise/fall
 // started, Decide when the crossing result came in.
 type Event struct {

@@ -81,7 +81,8 @@ func (a *Announcer) Close() error {
 }
 
 // Once sends one round for every address and returns when it is on the
-// wire; the time it returns is the announce time of design.md.
+// wire; the time it returns is the announce time (ARCHITECTURE.md,
+// "Timing words").
 func (a *Announcer) Once(addrs []netip.Addr) error {
 	for _, ip := range addrs {
 		ip = ip.Unmap()

@@ -9,8 +9,13 @@ import (
 	"time"
 )
 
-// Event is one thing that happened, with the timing words of design.md.
+// Event is one thing that happened, with the timing words of
+// ARCHITECTURE.md ("Timing words").
 type Event struct {
+	// Seq is the order of recording (followers resume after one); Time
+	// is when the event happened, which for a state change recorded after
+	// it was carried out (a VRRP transition) is its Decide, so events in
+	// Seq order need not be in Time order.
 	Seq     uint64    `json:"seq"`
 	Time    time.Time `json:"time"`
 	Kind    string    `json:"kind"` // backend-down, backend-up, backend-draining, held-down, panic, reload, ...
@@ -43,8 +48,9 @@ func New(size int) *Recorder {
 	return &Recorder{ring: make([]Event, 0, size), next: 1, waiters: make(chan struct{})}
 }
 
-// Add stamps e with a sequence number (and Time and durations when
-// missing) and keeps it.
+// Add stamps e with a sequence number (and durations when missing, and
+// Time, the moment of recording, when the caller did not say when it
+// happened) and keeps it.
 func (r *Recorder) Add(e Event) Event {
 	if e.Time.IsZero() {
 		e.Time = time.Now()

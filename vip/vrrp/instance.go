@@ -33,13 +33,15 @@ type InstanceConfig struct {
 	Refresh time.Duration
 }
 
-// Event is a state change with the timing words of design.md.
+// Event is a state change with the timing words of ARCHITECTURE.md
+// ("Timing words"). It is delivered after its actions were carried out;
+// Decide, not the delivery, is when the transition happened.
 type Event struct {
 	Instance string
 	From, To State
 	Reason   string
 	Detect   time.Time // timer fired / advertisement received
-	Decide   time.Time // state changed
+	Decide   time.Time // state changed: the event's time
 	Announce time.Time // first gratuitous ARP / NA round sent (to Master)
 }
 
