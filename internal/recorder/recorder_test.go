@@ -52,3 +52,30 @@ func TestWaitFollows(t *testing.T) {
 		t.Fatal("Wait ignored a cancelled context")
 	}
 }
+
+// TestAddTime: an event that says when it happened keeps that time (a
+// VRRP transition recorded after its announcement is stamped with its
+// decide); one that does not is stamped when recorded.
+func TestAddTime(t *testing.T) {
+	happened := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	cases := []struct {
+		name string
+		in   Event
+		want func(got, before, after time.Time) bool
+	}{
+		{name: "time given", in: Event{Kind: "vrrp-backup", Time: happened, Detect: happened.Add(-time.Millisecond), Decide: happened},
+			want: func(got, _, _ time.Time) bool { return got.Equal(happened) }},
+		{name: "time missing", in: Event{Kind: "reload"},
+			want: func(got, before, after time.Time) bool { return !got.Before(before) && !got.After(after) }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := time.Now()
+			e := New(4).Add(tc.in)
+			after := time.Now()
+			if !tc.want(e.Time, before, after) {
+				t.Fatalf("time %s (recorded between %s and %s)", e.Time, before, after)
+			}
+		})
+	}
+}
