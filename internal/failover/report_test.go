@@ -1,0 +1,34 @@
+package failover
+
+import (
+	"testing"
+	"time"
+)
+
+func TestSummarizeAndMarkdown(t *testing.T) {
+	runs := []Run{
+		{Gap: 20 * time.Millisecond, FailedNew: 1, BrokenFailed: 2},
+		{Gap: 10 * time.Millisecond},
+		{Gap: 35 * time.Millisecond, BrokenHealthy: 1},
+	}
+	s, err := Summarize("backend killed", BackendFailure, runs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Summary{Name: "backend killed", Kind: BackendFailure, Runs: 3,
+		GapP50: 20 * time.Millisecond, GapP99: 35 * time.Millisecond, GapMax: 35 * time.Millisecond,
+		FailedNew: 1, BrokenFailed: 2, BrokenHealthy: 1}
+	if s != want {
+		t.Fatalf("Summarize = %+v, want %+v", s, want)
+	}
+	got := Markdown([]Summary{s})
+	wantMD := "| scenario | kind | runs | gap p50 | gap p99 (target) | gap max | failed new | broken on failed | broken on healthy (target 0) |\n" +
+		"|---|---|---|---|---|---|---|---|---|\n" +
+		"| backend killed | backend | 3 | 20ms | 35ms > 30ms: MISSED | 35ms | 1 | 2 | 1: MISSED |\n"
+	if got != wantMD {
+		t.Errorf("Markdown =\n%s\nwant\n%s", got, wantMD)
+	}
+	if _, err := Summarize("x", NodeFailure, nil); err == nil {
+		t.Error("Summarize with no runs: want an error")
+	}
+}
