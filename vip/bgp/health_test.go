@@ -77,7 +77,7 @@ func TestHealth(t *testing.T) {
 			{1, ok(b), "-no usable backend | +", -1},
 			{2, rising([]netip.Addr{a, b}, a, b), "-waiting for backends coming up (until 12:00:07.000 at most) | +", 7},
 			{2.5, rising([]netip.Addr{a}, a, b), "-waiting for backends coming up (until 12:00:07.000 at most) | +", 7},
-			{3, ok(a, b), "+ | +", -1}, // healthy since 2: announce_after is over
+			{3, ok(a, b), "+ | +", -1},               // healthy since 2: announce_after is over
 			{4, ok(b), "-no usable backend | +", -1}, // flap 2: 2s hold-down
 			{4.5, rising([]netip.Addr{a}, a, b), "-waiting for backends coming up (until 12:00:09.500 at most) | +", 9.5},
 			{9.5, rising([]netip.Addr{a}, a, b), "+ | +", -1}, // a check that never rises does not keep it out
