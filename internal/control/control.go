@@ -5,6 +5,7 @@ package control
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -24,6 +25,9 @@ type Controller struct {
 	rec     *recorder.Recorder
 	sched   *probe.Scheduler
 	results chan probe.Result
+	// ping is answered by Run's loop (Alive): a watchdog's proof that
+	// verdicts are still being applied.
+	ping chan chan struct{}
 
 	// ProbeObserver, when set before Run, sees every probe result.
 	ProbeObserver func(service, backend string, r probe.Result)
@@ -93,6 +97,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 	results := make(chan probe.Result, 4096)
 	c := &Controller{
 		log: log, rec: rec, sched: probe.NewScheduler(results), results: results,
+		ping: make(chan chan struct{}),
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
 		unresolved: map[string]map[netip.Addr]bool{}, kickResolve: make(chan struct{}, 1),
 		stateDir: cfg.Node.StateDir,
@@ -122,6 +127,8 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case ev := <-c.sched.Events():
 			c.onProbe(ev)
+		case reply := <-c.ping:
+			close(reply)
 		case r := <-c.results:
 			c.onResult(ctx, r)
 			if c.ProbeObserver != nil {
@@ -130,6 +137,20 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// Alive returns once Run's loop has answered, or ctx's error: a loop
+// stuck in a write or a lock does not answer, and the service manager's
+// watchdog (sdnotify) then sees no keep-alive.
+func (c *Controller) Alive(ctx context.Context) error {
+	reply := make(chan struct{})
+	select {
+	case c.ping <- reply:
+	case <-ctx.Done():
+		return fmt.Errorf("event loop did not answer: %w", ctx.Err())
+	}
+	<-reply
+	return nil
 }
 
 // Owner is a way of carrying the VIPs (internal/ownership: VRRP, BGP). It
