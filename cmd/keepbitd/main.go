@@ -22,6 +22,8 @@ import (
 	"github.com/keepbit/keepbit/internal/metrics"
 	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/internal/sdnotify"
+	"github.com/keepbit/keepbit/internal/version"
 	"github.com/keepbit/keepbit/loader"
 )
 
@@ -49,7 +51,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	stateDir := fs.String("state-dir", "", "override node.state_dir (to run several nodes on one host)")
 	apiSocket := fs.String("api-socket", "", "override api.socket")
 	metricsListen := fs.String("metrics", "", `override metrics.listen ("off" disables)`)
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *showVersion {
+		_, err := fmt.Fprintln(stdout, version.Get())
 		return err
 	}
 	if *printDefault {
@@ -107,6 +114,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Warn("forwarder detached", "interface", ifc.Name)
 		}
 		return errors.Join(errs...)
+	}
+
+	// One daemon per dataplane: a second one must not adopt, and rewrite,
+	// the maps a live one writes. The locks go with the process.
+	for _, ifc := range cfg.Interfaces {
+		l, err := loader.LockPinDir(cfg.Node.PinRoot, ifc.Name)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", ifc.Name, err)
+		}
+		defer l.Release()
+	}
+	sd, err := sdnotify.FromEnv(os.Getenv, os.Getpid())
+	if err != nil {
+		return err
 	}
 
 	rec := recorder.New(4096)
@@ -177,6 +198,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		log.Info("config reloaded", "generation", ctl.Generation())
+		if err := sd.Send(status(ctl.Generation())); err != nil {
+			log.Warn("service manager not told", "error", err)
+		}
 		return nil
 	}
 	hup := make(chan os.Signal, 1)
@@ -218,15 +242,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)
 		}
 	}()
-	log.Info("keepbitd running", "config", *configPath, "interfaces", ctl.Interfaces())
+	log.Info("keepbitd running", "config", *configPath, "interfaces", ctl.Interfaces(), "version", version.Get().Version)
+	// Ready: every dataplane is attached (or adopted) and the first
+	// config applied. The watchdog is fed only while the event loop
+	// answers, so a wedged loop gets the daemon restarted (forwarding
+	// goes on meanwhile: the program stays attached).
+	if err := sd.Send("READY=1\n" + status(ctl.Generation())); err != nil {
+		log.Warn("service manager not told", "error", err)
+	}
+	go func() {
+		if err := sd.Watchdog(ctx, ctl.Alive); err != nil {
+			log.Error("watchdog stopped", "error", err)
+		}
+	}()
 	err = ctl.Run(ctx)
 	log.Info("keepbitd stopping; the dataplane keeps forwarding")
+	_ = sd.Send("STOPPING=1\nSTATUS=stopping; the dataplane keeps forwarding")
 	// BGP leaves before the process does: with withdraw_on_stop the routes
 	// go first and the sessions stay for drain_hold, so the flows routers
 	// send until they have processed the withdrawal are still forwarded
 	// (the XDP program is never detached by a stop).
 	bg.Stop(context.Background())
 	return err
+}
+
+// status is the STATUS= line systemctl status shows.
+func status(generation int) string {
+	return fmt.Sprintf("STATUS=forwarding, config generation %d", generation)
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

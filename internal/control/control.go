@@ -96,8 +96,7 @@ type backend struct {
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorder.Recorder) (*Controller, error) {
 	results := make(chan probe.Result, 4096)
 	c := &Controller{
-		log: log, rec: rec, sched: probe.NewScheduler(results), results: results,
-		ping: make(chan chan struct{}),
+		log: log, rec: rec, sched: probe.NewScheduler(results), results: results, ping: make(chan chan struct{}),
 		dps: map[string]*loader.Dataplane{}, svcs: map[string]*service{}, byCheck: map[string]*backend{},
 		unresolved: map[string]map[netip.Addr]bool{}, kickResolve: make(chan struct{}, 1),
 		stateDir: cfg.Node.StateDir,

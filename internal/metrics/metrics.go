@@ -18,6 +18,7 @@ import (
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
+	"github.com/keepbit/keepbit/internal/version"
 	"github.com/keepbit/keepbit/loader"
 	"github.com/keepbit/keepbit/probe"
 	"github.com/keepbit/keepbit/vip/vrrp"
@@ -70,6 +71,12 @@ func New(ctl Source, vr VRRPStatus) *Metrics {
 		vrrpTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepbit_vrrp_transitions_total", Help: "VRRP state changes by new state."}, []string{"instance", "state"}),
 	}
+	bi := version.Get()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "keepbit_build_info", Help: "Always 1; the labels say which keepbitd build is running."},
+		[]string{"version", "revision", "goversion"})
+	build.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
+	m.reg.MustRegister(build)
 	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
 		&collector{src: ctl, vrrp: vr}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
