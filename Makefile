@@ -13,7 +13,17 @@ GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfe
 TEST_FLAGS ?= -count=1 -timeout 45m -race
 BENCH_FLAGS ?= -run '^$$' -bench . -benchtime 2s -count 1
 
-.PHONY: help generate check-generated build test test-deps bench lint clang demo demo-bgp churn
+# Release binaries: static (no cgo, so they run on any glibc or none),
+# stamped with `git describe` (keepbitd --version, keepbit_build_info).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+RELEASE_LDFLAGS := -s -w -X github.com/keepbit/keepbit/internal/version.release=$(VERSION)
+RELEASE_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(RELEASE_LDFLAGS)'
+# make install DESTDIR=/tmp/root PREFIX=/usr
+PREFIX ?= /usr
+DESTDIR ?=
+UNITDIR ?= /lib/systemd/system
+
+.PHONY: help generate check-generated build install test test-deps bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
@@ -36,9 +46,18 @@ check-generated: ## fail when the committed bpf2go output does not match bpf/*.c
 	  for f in $(GENERATED); do cmp -s $$f $$tmp/$$(basename $$f) || { echo "stale generated file: $$f (run make generate and commit)"; cp $$tmp/$$(basename $$f) $$f; exit 1; }; done && \
 	  echo "generated BPF objects match bpf/*.c"
 
-build: ## build every package, and the binaries into bin/
+build: ## build every package, and static, version-stamped binaries into bin/
 	$(GO) build ./...
-	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbitctl ./cmd/keepbit-demo
+	$(RELEASE_BUILD) -o bin/ ./cmd/keepbitd ./cmd/keepbitctl ./cmd/keepbit-demo
+
+install: ## install keepbitd, keepbitctl, the systemd unit and (when absent) /etc/keepbit/keepbit.yaml under DESTDIR
+	$(RELEASE_BUILD) -o bin/ ./cmd/keepbitd ./cmd/keepbitctl
+	install -D -m 0755 bin/keepbitd $(DESTDIR)$(PREFIX)/sbin/keepbitd
+	install -D -m 0755 bin/keepbitctl $(DESTDIR)$(PREFIX)/bin/keepbitctl
+	install -D -m 0644 dist/systemd/keepbitd.service $(DESTDIR)$(UNITDIR)/keepbitd.service
+	@# An operator's config is never overwritten.
+	[ -e $(DESTDIR)/etc/keepbit/keepbit.yaml ] || install -D -m 0600 dist/keepbit.yaml $(DESTDIR)/etc/keepbit/keepbit.yaml
+	@echo "installed; edit /etc/keepbit/keepbit.yaml, then: systemctl daemon-reload && systemctl enable --now keepbitd"
 
 demo: ## (root) two-node failover lab in namespaces: kill a backend, freeze the master, print the timeline
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbit-demo
