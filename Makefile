@@ -22,8 +22,14 @@ RELEASE_BUILD = CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(RELEASE_LDFLAGS)
 PREFIX ?= /usr
 DESTDIR ?=
 UNITDIR ?= /lib/systemd/system
+# make package: a .deb built by nfpm (pinned; fetched and built by the Go
+# toolchain on first use) into PACKAGE_DIR.
+NFPM ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.43.0
+DEB_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0)
+DEB_ARCH ?= $(shell $(GO) env GOARCH)
+PACKAGE_DIR ?= bin
 
-.PHONY: help generate check-generated build install test test-deps bench lint clang demo demo-bgp churn
+.PHONY: help generate check-generated build install package test test-deps bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
@@ -58,6 +64,11 @@ install: ## install keepbitd, keepbitctl, the systemd unit and (when absent) /et
 	@# An operator's config is never overwritten.
 	[ -e $(DESTDIR)/etc/keepbit/keepbit.yaml ] || install -D -m 0600 dist/keepbit.yaml $(DESTDIR)/etc/keepbit/keepbit.yaml
 	@echo "installed; edit /etc/keepbit/keepbit.yaml, then: systemctl daemon-reload && systemctl enable --now keepbitd"
+
+package: ## build the .deb (static binaries, systemd unit, example config) into PACKAGE_DIR with nfpm
+	$(RELEASE_BUILD) -o bin/ ./cmd/keepbitd ./cmd/keepbitctl
+	mkdir -p $(PACKAGE_DIR)
+	DEB_VERSION=$(DEB_VERSION) DEB_ARCH=$(DEB_ARCH) $(NFPM) package --config dist/nfpm.yaml --packager deb --target $(PACKAGE_DIR)/
 
 demo: ## (root) two-node failover lab in namespaces: kill a backend, freeze the master, print the timeline
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbit-demo
