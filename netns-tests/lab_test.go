@@ -228,8 +228,14 @@ func runDaemon(tb testing.TB, cfgPath, dir string) *daemon {
 
 // runDaemonIn starts keepbitd inside ns (netns.None(): this namespace).
 func runDaemonIn(tb testing.TB, ns netns.NsHandle, cfgPath, dir string) *daemon {
+	return runDaemonBin(tb, ns, keepbitd(tb), cfgPath, dir)
+}
+
+// runDaemonBin starts the keepbitd binary bin (another build, for the
+// upgrade test) inside ns.
+func runDaemonBin(tb testing.TB, ns netns.NsHandle, bin, cfgPath, dir string) *daemon {
 	inNS := func(f func() error) error { return privtest.InNS(ns, f) }
-	d := &daemon{cmd: exec.Command(keepbitd(tb), "--config", cfgPath), done: make(chan struct{})}
+	d := &daemon{cmd: exec.Command(bin, "--config", cfgPath), done: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
 	must(tb, err, "stderr pipe")
 	must(tb, inNS(d.cmd.Start), "start keepbitd")
