@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf/rlimit"
+
 	"github.com/keepbit/keepbit/internal/api"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
@@ -116,6 +118,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errors.Join(errs...)
 	}
 
+	// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK (a no-op on
+	// later ones); then one sentence naming what this kernel lacks, if
+	// anything, rather than a verifier log.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("lift the memlock limit for BPF maps: %w", err)
+	}
+	if err := loader.CheckKernel(); err != nil {
+		return err
+	}
 	// One daemon per dataplane: a second one must not adopt, and rewrite,
 	// the maps a live one writes. The locks go with the process.
 	for _, ifc := range cfg.Interfaces {
