@@ -51,6 +51,8 @@ commands:
   drills                          the last drill results
   reload                          re-read the daemon's config file
   check-config FILE               validate a config file locally
+  diff FILE                       what a reload of FILE would change in the running daemon (services,
+                                  backends, weights, VIPs, VRRP, ...; fields a reload refuses are marked)
   drain SERVICE BACKEND [-wait] [-timeout D] [-idle D]
                                   no new flows; with -wait, until its live flows reach zero
   enable SERVICE BACKEND          follow the health checks again
@@ -184,6 +186,26 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "%s: ok, %d interfaces, %d services\n", rest[0], len(cfg.Interfaces), len(cfg.Services))
 		return nil
+	case "diff":
+		if len(rest) != 1 {
+			return errors.New("diff: want one FILE")
+		}
+		// Checked here first: file:line errors without a daemon.
+		if _, err := config.Load(rest[0]); err != nil {
+			return err
+		}
+		body, err := os.ReadFile(rest[0])
+		if err != nil {
+			return err
+		}
+		changes, err := c.api.Diff(ctx, rest[0], body)
+		if err != nil {
+			return err
+		}
+		if c.json {
+			return c.print(changes, nil)
+		}
+		return config.WriteChanges(c.out, changes)
 	case "drain", "enable", "disable":
 		afs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 		wait := afs.Bool("wait", false, "drain: wait until the backend's live flows reach zero")

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/keepbit/keepbit/internal/api"
+	"github.com/keepbit/keepbit/internal/apiclient"
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/drill"
@@ -47,6 +48,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "/etc/keepbit/keepbit.yaml", `config file; "default" runs the embedded demo config`)
 	checkOnly := fs.String("check-config", "", "validate `FILE` and exit without touching anything")
+	againstRunning := fs.Bool("against-running", false, "with --check-config: also list what a reload of FILE would change in the running keepbitd (asked over its API socket)")
 	printDefault := fs.Bool("print-default-config", false, "print the embedded default config and exit")
 	detach := fs.Bool("detach", false, "detach the forwarder from every interface in the config and exit: forwarding STOPS")
 	pinRoot := fs.String("pin-root", "", "override node.pin_root (to run several nodes on one host)")
@@ -65,25 +67,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_, err := stdout.Write(config.DefaultYAML())
 		return err
 	}
-	if *checkOnly != "" {
-		cfg, err := config.Load(*checkOnly)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s: ok, %d interfaces, %d services\n", *checkOnly, len(cfg.Interfaces), len(cfg.Services))
-		return nil
-	}
-	load := func() (*config.Config, error) {
-		var cfg *config.Config
-		var err error
-		if *configPath == "default" {
-			cfg, err = config.Default()
-		} else {
-			cfg, err = config.Load(*configPath)
-		}
-		if err != nil {
-			return nil, err
-		}
+	// overrides applies the command line over a config, the same for the
+	// running config and for a candidate that is diffed against it.
+	overrides := func(cfg *config.Config) (*config.Config, error) {
 		if *pinRoot != "" {
 			cfg.Node.PinRoot = *pinRoot
 		}
@@ -100,6 +86,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			cfg.Metrics.Listen = *metricsListen
 		}
 		return cfg, nil
+	}
+	if *checkOnly != "" {
+		cfg, err := config.Load(*checkOnly)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%s: ok, %d interfaces, %d services\n", *checkOnly, len(cfg.Interfaces), len(cfg.Services))
+		if !*againstRunning {
+			return nil
+		}
+		if cfg, err = overrides(cfg); err != nil {
+			return err
+		}
+		return diffRunning(ctx, cfg.API.Socket, *checkOnly, stdout)
+	}
+	load := func() (*config.Config, error) {
+		var cfg *config.Config
+		var err error
+		if *configPath == "default" {
+			cfg, err = config.Default()
+		} else {
+			cfg, err = config.Load(*configPath)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return overrides(cfg)
 	}
 	cfg, err := load()
 	if err != nil {
@@ -247,7 +260,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		}()
 	}
-	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, FlowShare: share, Drills: drills, Events: rec, Reload: reload, Started: time.Now(), Log: log}
+	diff := func(name string, body []byte) ([]config.Change, error) {
+		cand, err := config.Parse(name, body)
+		if err != nil {
+			return nil, err
+		}
+		if cand, err = overrides(cand); err != nil {
+			return nil, err
+		}
+		return config.Diff(ctl.RunningConfig(), cand), nil
+	}
+	srv := &api.Daemon{Control: ctl, VRRP: vr, BGP: bg, FlowShare: share, Drills: drills, Events: rec, Reload: reload, Diff: diff, Started: time.Now(), Log: log}
 	go func() {
 		if err := srv.Serve(ctx, cfg.API.Socket); err != nil {
 			log.Error("api stopped", "socket", cfg.API.Socket, "error", err)
@@ -275,6 +298,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// (the XDP program is never detached by a stop).
 	bg.Stop(context.Background())
 	return err
+}
+
+// diffRunning asks the keepbitd serving socket what a reload of file
+// would change, and prints it.
+func diffRunning(ctx context.Context, socket, file string, out io.Writer) error {
+	body, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	changes, err := apiclient.New(socket).Diff(ctx, file, body)
+	if err != nil {
+		return fmt.Errorf("--against-running: %w", err)
+	}
+	return config.WriteChanges(out, changes)
 }
 
 // status is the STATUS= line systemctl status shows.

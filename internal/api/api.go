@@ -51,7 +51,11 @@ type Daemon struct {
 	Events *recorder.Recorder
 	// Reload re-reads the config file and applies it; a bad file changes
 	// nothing and its error is returned.
-	Reload  func(ctx context.Context) error
+	Reload func(ctx context.Context) error
+	// Diff parses a candidate config (name for its error messages, with
+	// the daemon's command-line overrides) and lists what a reload of it
+	// would change; nil answers 501.
+	Diff    func(name string, body []byte) ([]config.Change, error)
 	Started time.Time
 	Log     *slog.Logger
 }
@@ -194,6 +198,7 @@ func (s *server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/vip", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, http.StatusOK, vips(s.d.VRRP)) })
 	mux.HandleFunc("POST /v1/reload", s.reload)
 	mux.HandleFunc("POST /v1/check-config", s.checkConfig)
+	mux.HandleFunc("POST /v1/diff", s.diff)
 	mux.HandleFunc("POST /v1/services/{service}/backends/{addr}/{action}", s.admin)
 	mux.HandleFunc("GET /v1/services/{service}/backends/{addr}/live", s.live)
 	s.bgpRoutes(mux)
@@ -342,6 +347,36 @@ func (s *server) checkConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]int{"interfaces": len(cfg.Interfaces), "services": len(cfg.Services)})
+}
+
+// Diff is POST /v1/diff: what a reload of the posted config would change.
+type Diff struct {
+	Changes []config.Change `json:"changes"`
+}
+
+func (s *server) diff(w http.ResponseWriter, r *http.Request) {
+	if s.d.Diff == nil {
+		fail(w, http.StatusNotImplemented, errors.New("this daemon cannot diff configs"))
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+	if err != nil {
+		fail(w, http.StatusBadRequest, err)
+		return
+	}
+	name := r.URL.Query().Get("name")
+	if name == "" {
+		name = "<request>"
+	}
+	changes, err := s.d.Diff(name, body)
+	if err != nil {
+		fail(w, http.StatusUnprocessableEntity, err)
+		return
+	}
+	if changes == nil {
+		changes = []config.Change{}
+	}
+	writeJSON(w, http.StatusOK, Diff{Changes: changes})
 }
 
 func backendOf(w http.ResponseWriter, r *http.Request) (string, netip.Addr, bool) {

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/ownership"
 	"github.com/keepbit/keepbit/internal/recorder"
@@ -106,9 +107,25 @@ func testServer(t *testing.T) (*fakeCtl, *Daemon, http.Handler) {
 	rec.Add(recorder.Event{Kind: "reload"})
 	rec.Add(recorder.Event{Kind: "backend-down", Service: "web", Backend: "10.0.0.1"})
 	d := &Daemon{Events: rec, VRRP: fakeVRRP{}, Log: slog.New(slog.DiscardHandler), Started: time.Unix(1700000000, 0).UTC(),
-		Reload: func(ctx context.Context) error { return errors.New("config: services[0].vip: not an address") }}
+		Reload: func(ctx context.Context) error { return errors.New("config: services[0].vip: not an address") },
+		Diff: func(name string, body []byte) ([]config.Change, error) {
+			running, err := config.Parse("running.yaml", []byte(diffRunning))
+			if err != nil {
+				return nil, err
+			}
+			cand, err := config.Parse(name, body)
+			if err != nil {
+				return nil, err
+			}
+			return config.Diff(running, cand), nil
+		}}
 	return f, d, (&server{d: d, ctl: f}).routes()
 }
+
+const diffRunning = `interfaces: [{name: eth0}]
+services:
+  - {name: web, vip: 198.51.100.1, port: 80, backends: [{address: 10.0.0.1, mac: "02:00:00:00:00:01"}]}
+`
 
 // TestHandlers: status codes and JSON bodies of every route, bad requests
 // answered with a JSON error naming the parameter, before anything is
@@ -133,6 +150,10 @@ func TestHandlers(t *testing.T) {
 		{"GET", "/v1/events?after=x", "", 400, []string{`"error":"after: \"x\" is not an event number"`}},
 		{"POST", "/v1/reload", "", 422, []string{`"error":"config: services[0].vip: not an address"`}},
 		{"POST", "/v1/check-config", "services: [", 422, []string{`"error":`}},
+		{"POST", "/v1/diff", diffRunning, 200, []string{`{"changes":[]}`}},
+		{"POST", "/v1/diff", strings.Replace(diffRunning, `mac: "02:00:00:00:00:01"}`, `mac: "02:00:00:00:00:01", weight: 3}`, 1), 200,
+			[]string{`{"changes":[{"path":"services[web].backends[10.0.0.1].weight","op":"changed","before":"1","after":"3"}]}`}},
+		{"POST", "/v1/diff?name=new.yaml", "services: [", 422, []string{`"error":"new.yaml:`}},
 		{"POST", "/v1/services/web/backends/10.0.0.1/drain", "", 200, []string{`"action":"drain"`, `"backend":"10.0.0.1"`}},
 		{"POST", "/v1/services/web/backends/not-an-ip/drain", "", 400, []string{`"error":"backend: \"not-an-ip\" is not an address"`}},
 		{"POST", "/v1/services/web/backends/10.0.0.1/explode", "", 404, []string{`"error":"action \"explode\": want drain, enable or disable"`}},

@@ -152,7 +152,12 @@ func (c *Client) do(ctx context.Context, method, path string, v any) error {
 
 // send returns a 200 answer, or the error the daemon gave.
 func (c *Client) send(ctx context.Context, method, path string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://keepbitd"+path, http.NoBody)
+	return c.sendBody(ctx, method, path, http.NoBody)
+}
+
+// sendBody is send with a request body.
+func (c *Client) sendBody(ctx context.Context, method, path string, reqBody io.Reader) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://keepbitd"+path, reqBody)
 	if err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/keepbit/keepbit/internal/api"
+	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/control"
 	"github.com/keepbit/keepbit/internal/recorder"
 )
@@ -71,6 +72,12 @@ func TestCalls(t *testing.T) {
 		{"reload refused", 422, `{"error":"keepbit.yaml:3: services[0].vip: not an address"}` + "\n",
 			func(c *Client) (any, error) { return c.Reload(ctx) }, "POST /v1/reload", 0,
 			"keepbitd answered 422 Unprocessable Entity: keepbit.yaml:3: services[0].vip: not an address"},
+		{"diff", 200, `{"changes":[{"path":"node.hash_seed","op":"changed","before":"1","after":"2","effect":"restart"}]}`,
+			func(c *Client) (any, error) { return c.Diff(ctx, "new keepbit.yaml", []byte("node: {hash_seed: 2}")) }, "POST /v1/diff?name=new+keepbit.yaml",
+			[]config.Change{{Path: "node.hash_seed", Op: "changed", Before: "1", After: "2", Effect: "restart"}}, ""},
+		{"diff refused", 422, `{"error":"new.yaml:1: services: want a list"}`,
+			func(c *Client) (any, error) { return c.Diff(ctx, "new.yaml", []byte("services: 3")) }, "POST /v1/diff?name=new.yaml",
+			[]config.Change(nil), "keepbitd answered 422 Unprocessable Entity: new.yaml:1: services: want a list"},
 		{"drain", 200, `{"action":"drain"}`,
 			func(c *Client) (any, error) { return nil, c.SetAdmin(ctx, "web/x", "10.0.0.1", control.Draining) },
 			"POST /v1/services/web%2Fx/backends/10.0.0.1/drain", nil, ""},
