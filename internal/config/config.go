@@ -100,8 +100,8 @@ type Node struct {
 
 // Interface is a port the forwarder runs on.
 type Interface struct {
-	Name string `yaml:"name"`
-	Mode string `yaml:"mode"` // auto (default), native, generic
+	Name string     `yaml:"name"`
+	Mode AttachMode `yaml:"mode"` // auto (default), native, generic
 }
 
 type API struct {
@@ -170,13 +170,13 @@ type Service struct {
 	Name       string     `yaml:"name"`
 	VIP        netip.Addr `yaml:"vip"`
 	Port       uint16     `yaml:"port"` // 0 = every port
-	Protocol   string     `yaml:"protocol"`
+	Protocol   Protocol   `yaml:"protocol"`
 	Interface  string     `yaml:"interface"`
 	Forwarding string     `yaml:"forwarding"` // dsr (the only mode so far)
 	TableSize  uint32     `yaml:"table_size"`
 	// WhenAllDown: drop, pass (to the local stack) or keep-last (keep
 	// forwarding to the last healthy set).
-	WhenAllDown string `yaml:"when_all_down"`
+	WhenAllDown WhenAllDown `yaml:"when_all_down"`
 	// PanicThreshold in percent: when more than this share of backends is
 	// down, stop ejecting (0 = off).
 	PanicThreshold int       `yaml:"panic_threshold"`
@@ -195,7 +195,7 @@ type Service struct {
 // Backend is one real server of a service.
 type Backend struct {
 	Address   netip.Addr `yaml:"address"`
-	MAC       string     `yaml:"mac"` // empty: resolved from the neighbour table
+	MAC       MAC        `yaml:"mac"` // zero: resolved from the neighbour table
 	Weight    uint32     `yaml:"weight"`
 	Group     uint8      `yaml:"group"` // priority group, 0 most preferred
 	VLAN      uint16     `yaml:"vlan"`

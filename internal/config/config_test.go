@@ -106,6 +106,20 @@ func TestBadConfigs(t *testing.T) {
 			"k.yaml:10: services[0].backends[1].vlan: 5000 is outside 0-4094",
 		}},
 		{"bad MAC", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    backends: [{address: 10.0.0.1, mac: nope}]\n", []string{`k.yaml:5: services[0].backends[0].mac: "nope" is not an Ethernet address like 02:00:5e:10:00:01`}},
+		{"typed values, all reported", `interfaces: [{name: eth0, mode: turbo}]
+services:
+  - vip: 192.0.2.1
+    port: 80
+    protocol: sctp
+    when_all_down: panic
+    backends: [{address: 10.0.0.1, mac: "00:00:00:00:00:00", weight: 0}]
+`, []string{
+			`k.yaml:1: interfaces[0].mode: "turbo" is not one of auto, native, generic`,
+			`k.yaml:5: services[0].protocol: "sctp" is not one of tcp, udp, icmp, icmpv6`,
+			`k.yaml:6: services[0].when_all_down: "panic" is not one of drop, pass, keep-last`,
+			"k.yaml:7: services[0].backends[0].mac: 00:00:00:00:00:00 is the zero address",
+			"k.yaml:7: services[0].backends[0].weight: 0 is outside 1-65536",
+		}},
 		{"unknown backend field", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    backends: [{adress: 10.0.0.1}]\n", []string{"k.yaml:5: services[0].backends[0].adress: unknown field (known: address, check, group, mac, port, vlan, weight)"}},
 		{"backend check override invalid", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    backends:\n      - address: 10.0.0.1\n        check: {rise: 0}\n", []string{"k.yaml:7: services[0].backends[0].check.rise: 0, must be at least 1"}},
 		{"list where a value belongs", head + "log: {format: [a]}\n", []string{"k.yaml:2: log.format: want a single value, not a list or mapping"}},

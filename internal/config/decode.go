@@ -1,6 +1,7 @@
 package config
 
 import (
+	"encoding"
 	"fmt"
 	"net/netip"
 	"reflect"
@@ -18,6 +19,10 @@ type decoder struct {
 	file  string
 	errs  []error
 	lines map[string]int // field path -> line
+	// valueErrs counts errors of typed values (a bad MAC, an unknown
+	// protocol): the field keeps its zero value, so defaults and
+	// validation still run and every problem is reported at once.
+	valueErrs int
 }
 
 func (d *decoder) errorf(line int, path, format string, args ...any) {
@@ -52,6 +57,8 @@ var (
 	nodeType     = reflect.TypeFor[yaml.Node]()
 	durationType = reflect.TypeFor[time.Duration]()
 	addrType     = reflect.TypeFor[netip.Addr]()
+
+	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
 // decode stores n into v, which may already hold defaults: only the keys
@@ -89,6 +96,18 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			return
 		}
 		v.Set(reflect.ValueOf(a))
+		return
+	}
+
+	// Typed values (protocol, modes, MAC) check themselves.
+	if v.CanAddr() && v.Addr().Type().Implements(textUnmarshalerType) {
+		if !d.scalar(n, path) {
+			return
+		}
+		if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(n.Value)); err != nil {
+			d.errorf(n.Line, path, "%v", err)
+			d.valueErrs++
+		}
 		return
 	}
 

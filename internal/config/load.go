@@ -56,10 +56,10 @@ func Parse(file string, data []byte) (*Config, error) {
 	d := &decoder{file: file, lines: map[string]int{}}
 	cfg := &Config{}
 	d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
-	if len(d.errs) == 0 {
+	if len(d.errs) == d.valueErrs {
 		d.applyDefaults(cfg) // decodes the inherited checks
 	}
-	if len(d.errs) == 0 {
+	if len(d.errs) == d.valueErrs {
 		d.validate(cfg)
 	}
 	if len(d.errs) > 0 {
@@ -240,7 +240,6 @@ func (d *decoder) validate(c *Config) {
 			d.fail(p+".name", "%q is listed twice", ifc.Name)
 		}
 		ifaces[ifc.Name] = true
-		oneOf(d, p+".mode", ifc.Mode, "auto", "native", "generic")
 	}
 	if !filepath.IsAbs(c.API.Socket) {
 		d.fail("api.socket", "%q is not an absolute path", c.API.Socket)
@@ -267,7 +266,6 @@ func (d *decoder) validate(c *Config) {
 			d.fail(p+".vip", "required")
 			continue
 		}
-		oneOf(d, p+".protocol", s.Protocol, "tcp", "udp", "icmp", "icmpv6")
 		key := fmt.Sprintf("%s/%d/%s", s.VIP, s.Port, s.Protocol)
 		if other, dup := keys[key]; dup {
 			d.fail(p, "same VIP, port and protocol as service %q", other)
@@ -286,7 +284,6 @@ func (d *decoder) validate(c *Config) {
 		if s.TableSize > maglev.MaxSize || !maglev.IsPrime(s.TableSize) {
 			d.fail(p+".table_size", "%d is not a prime up to %d", s.TableSize, maglev.MaxSize)
 		}
-		oneOf(d, p+".when_all_down", s.WhenAllDown, "drop", "pass", "keep-last")
 		if s.PanicThreshold < 0 || s.PanicThreshold > 100 {
 			d.fail(p+".panic_threshold", "%d is not a percentage from 0 to 100", s.PanicThreshold)
 		}
@@ -310,13 +307,6 @@ func (d *decoder) validate(c *Config) {
 				d.fail(bp+".address", "%s is listed twice", b.Address)
 			}
 			addrs[b.Address] = true
-			if b.MAC != "" {
-				if hw, err := net.ParseMAC(b.MAC); err != nil || len(hw) != 6 {
-					d.fail(bp+".mac", "%q is not an Ethernet address like 02:00:5e:10:00:01", b.MAC)
-				} else if hw[0]&1 == 1 {
-					d.fail(bp+".mac", "%s is a multicast address", b.MAC)
-				}
-			}
 			if b.Weight < 1 || b.Weight > 65536 {
 				d.fail(bp+".weight", "%d is outside 1-65536", b.Weight)
 			}

@@ -22,19 +22,26 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-func attachMode(m string) loader.AttachMode {
+func attachMode(m config.AttachMode) loader.AttachMode {
 	switch m {
-	case "native":
+	case config.AttachNative:
 		return loader.AttachNative
-	case "generic":
+	case config.AttachGeneric:
 		return loader.AttachGeneric
 	}
 	return loader.AttachAuto
 }
 
-func protoOf(s string) loader.Proto {
-	p, _ := loader.ParseProto(s) // validated by config
-	return p
+func protoOf(p config.Protocol) loader.Proto {
+	switch p {
+	case config.UDP:
+		return loader.UDP
+	case config.ICMP:
+		return loader.ICMP
+	case config.ICMPv6:
+		return loader.ICMPv6
+	}
+	return loader.TCP
 }
 
 // Reload makes the running state match cfg, touching only what changed:
@@ -279,7 +286,7 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 			}
 		}
 		macChanged := bc.MAC != b.cfg.MAC
-		plans = append(plans, plan{b: b, bc: bc, macChanged: macChanged, lookup: bc.MAC == "" && (b.mac == nil || macChanged)})
+		plans = append(plans, plan{b: b, bc: bc, macChanged: macChanged, lookup: bc.MAC.IsZero() && (b.mac == nil || macChanged)})
 	}
 	c.mu.Unlock()
 	for i := range plans {
@@ -296,8 +303,8 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 		b.svc = s
 		b.cfg = p.bc
 		switch {
-		case p.bc.MAC != "":
-			b.mac, _ = net.ParseMAC(p.bc.MAC)
+		case !p.bc.MAC.IsZero():
+			b.mac = p.bc.MAC.HardwareAddr()
 		case p.mac != nil:
 			b.mac = p.mac
 		case p.macChanged:

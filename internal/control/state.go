@@ -47,7 +47,7 @@ var ErrDetachRequired = errors.New("the attached program stays as it is, across 
 // attachFixed refuses a reload that changes the mode of an interface
 // that stays in the config (it was ignored silently).
 func attachFixed(running, next []config.Interface) error {
-	was := map[string]string{}
+	was := map[string]config.AttachMode{}
 	for _, ifc := range running {
 		was[ifc.Name] = ifc.Mode
 	}
