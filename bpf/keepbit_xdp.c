@@ -90,8 +90,9 @@ int keepbit_xdp(struct xdp_md *ctx)
 
 	/* Fast path: an established flow in this CPU's cache, forwarded with
 	 * array lookups only. ICMP takes the slow path, where errors are
-	 * matched to the flow they quote. */
-	if (p.key.proto != IPPROTO_ICMP && p.key.proto != IPPROTO_ICMPV6) {
+	 * matched to the flow they quote; so does a TCP SYN, which opens a
+	 * connection or, on a known flow, retransmits an unanswered one. */
+	if (p.key.proto != IPPROTO_ICMP && p.key.proto != IPPROTO_ICMPV6 && !tcp_syn(p.key.proto, p.tcp_flags)) {
 		ce = flow_cache_hit(&p.key);
 		if (ce && flow_cache_account(ce, len) == 0) {
 			if (p.frag == FRAG_FIRST)
@@ -121,7 +122,7 @@ int keepbit_xdp(struct xdp_md *ctx)
 	may_share = icmp_error || fkey.proto == IPPROTO_UDP ||
 		    (fkey.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_FLAG_SYN));
 	count(&service_stats, sv.id, len);
-	if (choose_backend(&fkey, sv.id, len, !icmp_error, may_share, &ch) < 0)
+	if (choose_backend(&fkey, sv.id, len, !icmp_error, may_share, p.tcp_flags, &ch) < 0)
 		goto no_backend;
 	info_idx = ch.backend * 2 + ((ch.state & STATE_INFO_SLOT) ? 1 : 0);
 	bi = bpf_map_lookup_elem(&backends, &info_idx);

@@ -33,6 +33,13 @@ enum limits {
 	 * when bpf_ktime_get_coarse_ns() >> this changes between two of its
 	 * packets: at most every 2^28 ns (268 ms), like a flush. */
 	SHARE_SLOW_PERIOD_SHIFT = 28,
+	/* Passive detection: a TCP SYN (no ACK) for a flow first seen less
+	 * than this long ago, with fewer than SYN_RETRANS_MAX_PACKETS
+	 * packets so far (all SYNs: a completed handshake sends an ACK at
+	 * once), is the client retransmitting because the backend never
+	 * answered. Linux clients retransmit a SYN after 1 s. */
+	SYN_RETRANS_WINDOW_NS = 2000000000,
+	SYN_RETRANS_MAX_PACKETS = 8,
 	VIP_FILTER_WORDS = 1024, /* 65536-bit prefilter of VIP addresses */
 };
 
@@ -413,6 +420,17 @@ struct {
 	__type(key, __u32);
 	__type(value, struct counter);
 } backend_stats SEC(".maps");
+
+/* Retransmitted SYNs per backend ID (passive detection; select.h). In
+ * direct server return the backend's answers bypass this node, but the
+ * client's retransmissions of an unanswered SYN do not. Reset when an
+ * ID is given to a new backend, like backend_stats. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} backend_syn_retrans SEC(".maps");
 
 /* Keeps the other enums and records in BTF for bpf2go (see enum limits). */
 struct keepbit_abi {

@@ -24,6 +24,15 @@
 #define MAX_L4_OFFSET 1100
 
 #define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+
+/* tcp_syn: a connection request (SYN without ACK). Tested where needed
+ * rather than kept in a variable: a 0/1 flag would split the verifier's
+ * states on every path after it. */
+static __always_inline int tcp_syn(__u8 proto, __u8 flags)
+{
+	return proto == IPPROTO_TCP && (flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF

@@ -267,9 +267,10 @@ static __always_inline void flow_cache_fill(struct flow_key *key, __u32 svc_id, 
 /* choose_backend consults the flow table, then (may_share: not a TCP SYN,
  * which starts a new connection) the flows other nodes shared, then the
  * Maglev buffer, and records the choice in the flow table when learn is
- * set. */
+ * set. A TCP SYN (tcp_flags) that finds a young, SYN-only flow entry is
+ * counted as a retransmission against the backend the flow is on. */
 static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __u64 len, int learn,
-					  int may_share, struct choice *out)
+					  int may_share, __u8 tcp_flags, struct choice *out)
 {
 	struct flow_value *fv = bpf_map_lookup_elem(&flows, key);
 	struct settings_value *cfg;
@@ -291,6 +292,13 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 				 * packets cross into a new SHARE_SLOW_PERIOD. */
 				if ((now >> SHARE_SLOW_PERIOD_SHIFT) != (fv->last_seen_ns >> SHARE_SLOW_PERIOD_SHIFT))
 					share_report(key, svc_id, fv, now);
+				if (tcp_syn(key->proto, tcp_flags) && fv->packets < SYN_RETRANS_MAX_PACKETS &&
+				    now - fv->first_seen_ns < SYN_RETRANS_WINDOW_NS) {
+					__u64 *n = bpf_map_lookup_elem(&backend_syn_retrans, &id);
+
+					if (n)
+						(*n)++;
+				}
 				fv->last_seen_ns = now;
 				fv->packets++;
 				fv->bytes += len;

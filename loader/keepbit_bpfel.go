@@ -159,6 +159,8 @@ const (
 	keepbitLimitsFLOW_CACHE_FLUSH        keepbitLimits = 64
 	keepbitLimitsFLOW_CACHE_FLUSH_NS     keepbitLimits = 250000000
 	keepbitLimitsSHARE_SLOW_PERIOD_SHIFT keepbitLimits = 28
+	keepbitLimitsSYN_RETRANS_WINDOW_NS   keepbitLimits = 2000000000
+	keepbitLimitsSYN_RETRANS_MAX_PACKETS keepbitLimits = 8
 	keepbitLimitsVIP_FILTER_WORDS        keepbitLimits = 1024
 )
 
@@ -290,28 +292,29 @@ type keepbitVipValue struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	keepbitMapBackendState  = "backend_state"
-	keepbitMapBackendStats  = "backend_stats"
-	keepbitMapBackends      = "backends"
-	keepbitMapFlowCache     = "flow_cache"
-	keepbitMapFlowReports   = "flow_reports"
-	keepbitMapFlows         = "flows"
-	keepbitMapFrags         = "frags"
-	keepbitMapReasonStats   = "reason_stats"
-	keepbitMapServiceActive = "service_active"
-	keepbitMapServiceStats  = "service_stats"
-	keepbitMapServices      = "services"
-	keepbitMapSettings      = "settings"
-	keepbitMapShareSettings = "share_settings"
-	keepbitMapShareStats    = "share_stats"
-	keepbitMapSharedFlows   = "shared_flows"
-	keepbitMapTables        = "tables"
-	keepbitMapTxPorts       = "tx_ports"
-	keepbitMapVipFilter     = "vip_filter"
-	keepbitMapVips          = "vips"
-	keepbitProgKeepbitXdp   = "keepbit_xdp"
-	keepbitVarKeepbitAbi    = "keepbit_abi"
-	keepbitVarReasonCount   = "reason_count"
+	keepbitMapBackendState      = "backend_state"
+	keepbitMapBackendStats      = "backend_stats"
+	keepbitMapBackendSynRetrans = "backend_syn_retrans"
+	keepbitMapBackends          = "backends"
+	keepbitMapFlowCache         = "flow_cache"
+	keepbitMapFlowReports       = "flow_reports"
+	keepbitMapFlows             = "flows"
+	keepbitMapFrags             = "frags"
+	keepbitMapReasonStats       = "reason_stats"
+	keepbitMapServiceActive     = "service_active"
+	keepbitMapServiceStats      = "service_stats"
+	keepbitMapServices          = "services"
+	keepbitMapSettings          = "settings"
+	keepbitMapShareSettings     = "share_settings"
+	keepbitMapShareStats        = "share_stats"
+	keepbitMapSharedFlows       = "shared_flows"
+	keepbitMapTables            = "tables"
+	keepbitMapTxPorts           = "tx_ports"
+	keepbitMapVipFilter         = "vip_filter"
+	keepbitMapVips              = "vips"
+	keepbitProgKeepbitXdp       = "keepbit_xdp"
+	keepbitVarKeepbitAbi        = "keepbit_abi"
+	keepbitVarReasonCount       = "reason_count"
 )
 
 // loadKeepbit returns the embedded CollectionSpec for keepbit.
@@ -363,25 +366,26 @@ type keepbitProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type keepbitMapSpecs struct {
-	BackendState  *ebpf.MapSpec `ebpf:"backend_state"`
-	BackendStats  *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends      *ebpf.MapSpec `ebpf:"backends"`
-	FlowCache     *ebpf.MapSpec `ebpf:"flow_cache"`
-	FlowReports   *ebpf.MapSpec `ebpf:"flow_reports"`
-	Flows         *ebpf.MapSpec `ebpf:"flows"`
-	Frags         *ebpf.MapSpec `ebpf:"frags"`
-	ReasonStats   *ebpf.MapSpec `ebpf:"reason_stats"`
-	ServiceActive *ebpf.MapSpec `ebpf:"service_active"`
-	ServiceStats  *ebpf.MapSpec `ebpf:"service_stats"`
-	Services      *ebpf.MapSpec `ebpf:"services"`
-	Settings      *ebpf.MapSpec `ebpf:"settings"`
-	ShareSettings *ebpf.MapSpec `ebpf:"share_settings"`
-	ShareStats    *ebpf.MapSpec `ebpf:"share_stats"`
-	SharedFlows   *ebpf.MapSpec `ebpf:"shared_flows"`
-	Tables        *ebpf.MapSpec `ebpf:"tables"`
-	TxPorts       *ebpf.MapSpec `ebpf:"tx_ports"`
-	VipFilter     *ebpf.MapSpec `ebpf:"vip_filter"`
-	Vips          *ebpf.MapSpec `ebpf:"vips"`
+	BackendState      *ebpf.MapSpec `ebpf:"backend_state"`
+	BackendStats      *ebpf.MapSpec `ebpf:"backend_stats"`
+	BackendSynRetrans *ebpf.MapSpec `ebpf:"backend_syn_retrans"`
+	Backends          *ebpf.MapSpec `ebpf:"backends"`
+	FlowCache         *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowReports       *ebpf.MapSpec `ebpf:"flow_reports"`
+	Flows             *ebpf.MapSpec `ebpf:"flows"`
+	Frags             *ebpf.MapSpec `ebpf:"frags"`
+	ReasonStats       *ebpf.MapSpec `ebpf:"reason_stats"`
+	ServiceActive     *ebpf.MapSpec `ebpf:"service_active"`
+	ServiceStats      *ebpf.MapSpec `ebpf:"service_stats"`
+	Services          *ebpf.MapSpec `ebpf:"services"`
+	Settings          *ebpf.MapSpec `ebpf:"settings"`
+	ShareSettings     *ebpf.MapSpec `ebpf:"share_settings"`
+	ShareStats        *ebpf.MapSpec `ebpf:"share_stats"`
+	SharedFlows       *ebpf.MapSpec `ebpf:"shared_flows"`
+	Tables            *ebpf.MapSpec `ebpf:"tables"`
+	TxPorts           *ebpf.MapSpec `ebpf:"tx_ports"`
+	VipFilter         *ebpf.MapSpec `ebpf:"vip_filter"`
+	Vips              *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // keepbitVariableSpecs contains global variables before they are loaded into the kernel.
@@ -412,31 +416,33 @@ func (o *keepbitObjects) Close() error {
 //
 // It can be passed to loadKeepbitObjects or ebpf.CollectionSpec.LoadAndAssign.
 type keepbitMaps struct {
-	BackendState  *ebpf.Map `ebpf:"backend_state"`
-	BackendStats  *ebpf.Map `ebpf:"backend_stats"`
-	Backends      *ebpf.Map `ebpf:"backends"`
-	FlowCache     *ebpf.Map `ebpf:"flow_cache"`
-	FlowReports   *ebpf.Map `ebpf:"flow_reports"`
-	Flows         *ebpf.Map `ebpf:"flows"`
-	Frags         *ebpf.Map `ebpf:"frags"`
-	ReasonStats   *ebpf.Map `ebpf:"reason_stats"`
-	ServiceActive *ebpf.Map `ebpf:"service_active"`
-	ServiceStats  *ebpf.Map `ebpf:"service_stats"`
-	Services      *ebpf.Map `ebpf:"services"`
-	Settings      *ebpf.Map `ebpf:"settings"`
-	ShareSettings *ebpf.Map `ebpf:"share_settings"`
-	ShareStats    *ebpf.Map `ebpf:"share_stats"`
-	SharedFlows   *ebpf.Map `ebpf:"shared_flows"`
-	Tables        *ebpf.Map `ebpf:"tables"`
-	TxPorts       *ebpf.Map `ebpf:"tx_ports"`
-	VipFilter     *ebpf.Map `ebpf:"vip_filter"`
-	Vips          *ebpf.Map `ebpf:"vips"`
+	BackendState      *ebpf.Map `ebpf:"backend_state"`
+	BackendStats      *ebpf.Map `ebpf:"backend_stats"`
+	BackendSynRetrans *ebpf.Map `ebpf:"backend_syn_retrans"`
+	Backends          *ebpf.Map `ebpf:"backends"`
+	FlowCache         *ebpf.Map `ebpf:"flow_cache"`
+	FlowReports       *ebpf.Map `ebpf:"flow_reports"`
+	Flows             *ebpf.Map `ebpf:"flows"`
+	Frags             *ebpf.Map `ebpf:"frags"`
+	ReasonStats       *ebpf.Map `ebpf:"reason_stats"`
+	ServiceActive     *ebpf.Map `ebpf:"service_active"`
+	ServiceStats      *ebpf.Map `ebpf:"service_stats"`
+	Services          *ebpf.Map `ebpf:"services"`
+	Settings          *ebpf.Map `ebpf:"settings"`
+	ShareSettings     *ebpf.Map `ebpf:"share_settings"`
+	ShareStats        *ebpf.Map `ebpf:"share_stats"`
+	SharedFlows       *ebpf.Map `ebpf:"shared_flows"`
+	Tables            *ebpf.Map `ebpf:"tables"`
+	TxPorts           *ebpf.Map `ebpf:"tx_ports"`
+	VipFilter         *ebpf.Map `ebpf:"vip_filter"`
+	Vips              *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *keepbitMaps) Close() error {
 	return _KeepbitClose(
 		m.BackendState,
 		m.BackendStats,
+		m.BackendSynRetrans,
 		m.Backends,
 		m.FlowCache,
 		m.FlowReports,

@@ -46,6 +46,10 @@ type pkt struct {
 	src, dst string
 	l4       l4
 	payload  []byte
+	// syn: a TCP connection request (SYN). Otherwise a TCP segment is an
+	// ACK, as an established flow's packets are: a SYN always takes the
+	// program's slow path (passive detection counts retransmitted ones).
+	syn bool
 }
 
 func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
@@ -78,7 +82,7 @@ func transport(t testing.TB, p pkt, nl gopacket.NetworkLayer) []gopacket.Seriali
 	payload := gopacket.Payload(p.payload)
 	switch p.l4.proto {
 	case layers.IPProtocolTCP:
-		tcp := &layers.TCP{SrcPort: layers.TCPPort(p.l4.sport), DstPort: layers.TCPPort(p.l4.dport), SYN: true, Window: 64240, Seq: 1}
+		tcp := &layers.TCP{SrcPort: layers.TCPPort(p.l4.sport), DstPort: layers.TCPPort(p.l4.dport), SYN: p.syn, ACK: !p.syn, Window: 64240, Seq: 1}
 		_ = tcp.SetNetworkLayerForChecksum(nl)
 		return []gopacket.SerializableLayer{tcp, payload}
 	case layers.IPProtocolUDP:

@@ -504,6 +504,11 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, b.Addr, err)
 	}
+	noSyns := make([]uint64, len(zero))
+	if err := d.kernelWrite("backend_syn_retrans", func() error { return d.objs.BackendSynRetrans.Put(id, noSyns) }); err != nil {
+		d.freeBe = append(d.freeBe, id)
+		return fmt.Errorf("service %s: backend %s: reset SYN retransmissions: %w", svc.key, b.Addr, err)
+	}
 	if err := d.writeStateLocked(m); err != nil {
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, b.Addr, err)
