@@ -187,6 +187,9 @@ type Service struct {
 	// Predictive: flag (and drain) a degrading backend before its check
 	// fails; nil = off. See predict.go.
 	Predictive *Predictive `yaml:"predictive"`
+	// Passive: eject a backend whose clients retransmit their SYNs before
+	// its check fails; nil = off. See passive.go.
+	Passive *Passive `yaml:"passive"`
 
 	// Check is the effective check: defaults, then the service's own.
 	Check Check `yaml:"-"`

@@ -178,21 +178,10 @@ func (d *decoder) validateFlowSharing(c *Config) {
 	if fs.MaxRate < 1 || fs.MaxRate > 10_000_000 {
 		d.fail(p+".max_rate", "%d flows/s, want 1-10000000", fs.MaxRate)
 	}
-	durs := []struct {
-		field    string
-		v        time.Duration
-		min, max time.Duration
-	}{
-		{"batch_interval", fs.BatchInterval, 100 * time.Microsecond, time.Second},
-		{"warmup_timeout", fs.WarmupTimeout, 10 * time.Millisecond, 10 * time.Minute},
-		{"long_lived_after", fs.LongLivedAfter, time.Second, time.Hour},
-		{"refresh", fs.Refresh, time.Second, time.Hour},
-	}
-	for _, x := range durs {
-		if x.v < x.min || x.v > x.max {
-			d.fail(p+"."+x.field, "%v, want %v to %v", x.v, x.min, x.max)
-		}
-	}
+	durationIn(d, p+".batch_interval", fs.BatchInterval, 100*time.Microsecond, time.Second)
+	durationIn(d, p+".warmup_timeout", fs.WarmupTimeout, 10*time.Millisecond, 10*time.Minute)
+	durationIn(d, p+".long_lived_after", fs.LongLivedAfter, time.Second, time.Hour)
+	durationIn(d, p+".refresh", fs.Refresh, time.Second, time.Hour)
 }
 
 // parsePeer takes "addr" (with the default port) or "addr:port"

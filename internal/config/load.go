@@ -80,6 +80,7 @@ func (d *decoder) applyDefaults(c *Config) {
 	d.flowSharingDefaults(c)
 	d.drillDefaults(c)
 	d.predictDefaults(c)
+	d.passiveDefaults(c)
 	for i := range c.Interfaces {
 		if c.Interfaces[i].Mode == "" {
 			c.Interfaces[i].Mode = "auto"
@@ -221,6 +222,7 @@ func (d *decoder) validate(c *Config) {
 	d.validateFlowSharing(c)
 	d.validateDrills(c)
 	d.validatePredict(c)
+	d.validatePassive(c)
 	if !filepath.IsAbs(c.Node.PinRoot) {
 		d.fail("node.pin_root", "%q is not an absolute path", c.Node.PinRoot)
 	}

@@ -108,9 +108,8 @@ func (d *decoder) validatePredict(c *Config) {
 		if pr.MaxDrained < 1 {
 			d.fail(p+".max_drained", "%d: at least 1 (action flag drains nothing)", pr.MaxDrained)
 		}
-		if pr.WeightPercent < 1 || pr.WeightPercent > 99 {
-			d.fail(p+".weight_percent", "%d is outside 1-99", pr.WeightPercent)
-		} else if pr.Action == "weight" {
+		inRange(d, p+".weight_percent", pr.WeightPercent, 1, 99)
+		if pr.WeightPercent >= 1 && pr.WeightPercent <= 99 && pr.Action == "weight" {
 			// The others' weights are scaled up instead (weights are whole
 			// numbers, 1 by default), and must stay within the loader's
 			// 65536.
@@ -122,8 +121,7 @@ func (d *decoder) validatePredict(c *Config) {
 				}
 			}
 		}
-		if pr.MinSamples < 3 || pr.MinSamples > MaxPredictSamples {
-			d.fail(p+".min_samples", "%d is outside 3-%d", pr.MinSamples, MaxPredictSamples)
+		if inRange(d, p+".min_samples", pr.MinSamples, 3, MaxPredictSamples) {
 			continue
 		}
 		if pr.Window <= 0 || pr.Window > time.Hour {

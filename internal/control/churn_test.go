@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keepbit/keepbit/loader"
+	"github.com/keepbit/keepbit/probe"
 )
 
 // churnService is one service the churn test may configure, with the
@@ -30,7 +31,8 @@ type churnService struct {
 
 var churnServices = []churnService{
 	{name: "web", vip: "10.99.0.1", proto: "tcp", port: 80, net: "10.1.0", n: 8, core: 4, always: true},
-	{name: "api", vip: "10.99.0.1", proto: "tcp", port: 8080, net: "10.2.0", n: 6, policy: "    panic_threshold: 50\n"},
+	{name: "api", vip: "10.99.0.1", proto: "tcp", port: 8080, net: "10.2.0", n: 6,
+		policy: "    panic_threshold: 50\n    passive: {syn_retransmits: 3, window: 1s, hold: 1s, max_ejected: 2}\n"},
 	{name: "dns", vip: "10.99.0.2", proto: "udp", port: 53, net: "10.3.0", n: 5, policy: "    when_all_down: keep-last\n    check: {type: tcp}\n"},
 }
 
@@ -150,6 +152,32 @@ func TestControlPlaneChurn(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	})
+	var passives int
+	wg.Go(func() { // passive detection: counter readings and probe results for api
+		r := rand.New(rand.NewPCG(seed, 5))
+		api := churnServices[1]
+		counts := map[netip.Addr]loader.SynRetransmits{}
+		for ctx.Err() == nil {
+			i := r.IntN(api.n)
+			a := api.addr(i)
+			cnt := counts[a]
+			switch r.IntN(8) {
+			case 0: // the ID was given to another backend: counts restart
+				cnt = loader.SynRetransmits{ID: uint32(r.IntN(1000) + 1)}
+			default:
+				cnt.Count += uint64(r.IntN(3))
+			}
+			counts[a] = cnt
+			c.passiveObserve(api.name, counts, time.Now())
+			res := probe.Result{Check: api.name + "|" + a.String(), Start: time.Now(), Latency: time.Millisecond}
+			if r.IntN(3) == 0 {
+				res.Err = fmt.Errorf("timeout")
+			}
+			c.passiveResult(res)
+			passives++
+			time.Sleep(200 * time.Microsecond)
+		}
+	})
 	var rmu sync.Mutex
 	for range 2 { // API and metrics readers
 		wg.Go(func() {
@@ -172,7 +200,7 @@ func TestControlPlaneChurn(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	t.Logf("%d reloads, %d verdicts, %d operator commands, %d reader rounds", reloads, verdicts, ops, reads)
+	t.Logf("%d reloads, %d verdicts, %d operator commands, %d passive readings, %d reader rounds", reloads, verdicts, ops, passives, reads)
 	for _, dp := range c.dataplanes() {
 		if err := dp.Sync(); err != nil {
 			t.Fatal(err)

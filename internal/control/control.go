@@ -90,6 +90,7 @@ type backend struct {
 	heldUntil time.Time
 	spec      probe.Spec
 	pred      *predictState // predictive detection (predict.go); nil when off
+	passive   *passiveState // passive detection (passive.go); nil until sampled
 }
 
 // New opens (or adopts) the dataplane of every interface and applies cfg.
@@ -120,6 +121,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger, rec *recorde
 func (c *Controller) Run(ctx context.Context) error {
 	go func() { _ = c.sched.Run(ctx) }()
 	go c.resolveLoop(ctx)
+	go c.passiveLoop(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -130,6 +132,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			close(reply)
 		case r := <-c.results:
 			c.onResult(ctx, r)
+			c.passiveResult(r)
 			if c.ProbeObserver != nil {
 				service, backend, _ := strings.Cut(r.Check, "|")
 				c.ProbeObserver(service, backend, r)

@@ -122,7 +122,7 @@ func (c *Controller) settleLocked(s *service, first *backend, detect, decide tim
 		}
 		// A backend drained by prediction yields to a failure a policy
 		// refused (predict.go), so its service is re-settled then too.
-		again = try(first, detect, decide, true) || c.predictDrainedLocked(s)
+		again = try(first, detect, decide, true) || c.predictDrainedLocked(s) || c.passiveFlaggedLocked(s)
 	}
 	for pass := 0; again && pass <= len(s.order); pass++ {
 		again = false
@@ -189,6 +189,9 @@ func (c *Controller) desiredLocked(b *backend) (loader.State, string, string) {
 	}
 	if time.Now().Before(b.heldUntil) {
 		return loader.Down, "", b.reason
+	}
+	if st, reason, ok := c.passiveDesiredLocked(b); ok {
+		return st, "", reason
 	}
 	if st, reason, ok := c.predictDesiredLocked(b); ok {
 		return st, "", reason

@@ -128,7 +128,7 @@ func (c *Controller) onResult(ctx context.Context, r probe.Result) {
 		moves = c.settleLocked(b.svc, b, r.Start, time.Now())
 	case "weight":
 		c.predictWeightsLocked(b.svc) // says what it will do, in acted
-		go c.reapplyPredicted(ctx, b.svc.cfg.Name)
+		go c.reapply(ctx, b.svc.cfg.Name, "predictive weights applied")
 	}
 	ev := recorder.Event{Kind: "predict-recovered", Service: b.svc.cfg.Name, Backend: b.cfg.Address.String(), Reason: v.Reason,
 		Detect: r.Start, Decide: now}
@@ -238,27 +238,4 @@ func (c *Controller) predictWeightsLocked(s *service) func(*backend) uint32 {
 		}
 		return b.cfg.Weight * up
 	}
-}
-
-// reapplyPredicted re-applies service name with the weights prediction
-// gives its backends now (action weight). Like reapplyResolved, it looks
-// the service up under applyMu: a reload meanwhile may have removed it.
-func (c *Controller) reapplyPredicted(ctx context.Context, name string) {
-	c.applyMu.Lock()
-	defer c.applyMu.Unlock()
-	c.mu.Lock()
-	s := c.svcs[name]
-	var sc config.Service
-	if s != nil {
-		sc = s.cfg
-	}
-	c.mu.Unlock()
-	if s == nil || ctx.Err() != nil {
-		return
-	}
-	if err := c.applyService(ctx, sc, true); err != nil {
-		c.log.Warn("apply predictive weights", "service", name, "error", err)
-		return
-	}
-	c.log.Info("predictive weights applied", "service", name)
 }

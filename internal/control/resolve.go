@@ -87,11 +87,17 @@ func (c *Controller) resolveLoop(ctx context.Context) {
 }
 
 // reapplyResolved re-applies service name once some of its backends' MACs
-// are known. The service is looked up under applyMu: a reload that ran
-// while the resolver waited may have removed it or moved it to another
-// key, and re-applying the config of before would put the old service
-// back in the dataplane (and leave the new one unmanaged).
+// are known.
 func (c *Controller) reapplyResolved(ctx context.Context, name string) {
+	c.reapply(ctx, name, "backend MACs resolved")
+}
+
+// reapply re-applies service name from its running config (why: what
+// changed, for the log). The service is looked up under applyMu: a reload
+// that ran meanwhile may have removed it or moved it to another key, and
+// re-applying the config of before would put the old service back in the
+// dataplane (and leave the new one unmanaged).
+func (c *Controller) reapply(ctx context.Context, name, why string) {
 	c.applyMu.Lock()
 	defer c.applyMu.Unlock()
 	c.mu.Lock()
@@ -101,12 +107,12 @@ func (c *Controller) reapplyResolved(ctx context.Context, name string) {
 		sc = s.cfg
 	}
 	c.mu.Unlock()
-	if s == nil {
-		return // removed by a reload meanwhile
+	if s == nil || ctx.Err() != nil {
+		return // removed by a reload meanwhile, or stopping
 	}
 	if err := c.applyService(ctx, sc, true); err != nil {
-		c.log.Warn("apply service after MAC resolution", "service", name, "error", err)
-	} else {
-		c.log.Info("backend MACs resolved", "service", name)
+		c.log.Warn("re-apply service", "service", name, "why", why, "error", err)
+		return
 	}
+	c.log.Info(why, "service", name)
 }

@@ -39,6 +39,7 @@ type BackendStatus struct {
 	Reason  string
 	Since   time.Time
 	Predict *Prediction // nil unless the service has a predictive section
+	Passive *Passivity  // nil unless the service has a passive section
 }
 
 // ServiceStatus is one service as the daemon sees it.
@@ -66,7 +67,7 @@ func (c *Controller) Status() []ServiceStatus {
 		for _, addr := range s.order {
 			b := s.backends[addr]
 			ss.Backends = append(ss.Backends, BackendStatus{Address: addr, MAC: slices.Clone(b.mac), Weight: b.cfg.Weight, Group: b.cfg.Group,
-				Health: b.health, State: b.state, Admin: b.admin, Reason: b.reason, Since: b.since, Predict: c.predictionLocked(b)})
+				Health: b.health, State: b.state, Admin: b.admin, Reason: b.reason, Since: b.since, Predict: c.predictionLocked(b), Passive: c.passivityLocked(b)})
 		}
 		out = append(out, ss)
 	}
