@@ -109,14 +109,14 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			svcs = only
 		}
 		return c.print(svcs, func(w *tabwriter.Writer) {
-			fmt.Fprintln(w, "SERVICE\tKEY\tBACKEND\tSTATE\tHEALTH\tADMIN\tWEIGHT\tGROUP\tPACKETS\tPREDICT\tREASON")
+			fmt.Fprintln(w, "SERVICE\tKEY\tBACKEND\tSTATE\tHEALTH\tADMIN\tWEIGHT\tGROUP\tPACKETS\tDETECT\tREASON")
 			for _, s := range svcs {
 				for _, b := range s.ServiceStatus.Backends {
 					admin := b.Admin
 					if admin == "" {
 						admin = "-"
 					}
-					pred, reason := api.PredictColumn(b)
+					pred, reason := api.DetectColumn(b)
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", s.Name, s.Key, b.Address, b.State, b.Health, admin, b.Weight, b.Group, s.Backends[b.Address].Packets, pred, reason)
 				}
 			}

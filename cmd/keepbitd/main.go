@@ -250,6 +250,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		m := metrics.New(ctl, vr)
 		m.WatchDrills(drills)
 		m.WatchPredict(ctl)
+		m.WatchPassive(ctl)
 		m.WatchBGP(bg)
 		m.WatchFlowShare(share, ctl)
 		ctl.ProbeObserver = m.ObserveProbe

@@ -89,6 +89,9 @@ type Backend struct {
 	// Predict: predictive detection (predict.go); absent when the service
 	// has no predictive section.
 	Predict *Prediction `json:"predict,omitempty"`
+	// Passive: passive detection (passive.go); absent when the service
+	// has no passive section.
+	Passive *Passivity `json:"passive,omitempty"`
 }
 
 // ServiceStatus is a service and its backends in GET /v1/services.
@@ -114,7 +117,7 @@ func serviceStatus(ss control.ServiceStatus) ServiceStatus {
 			mac = b.MAC.String()
 		}
 		out.Backends = append(out.Backends, Backend{Address: b.Address.String(), MAC: mac, Weight: b.Weight, Group: b.Group,
-			Health: b.Health.String(), State: b.State.String(), Admin: string(b.Admin), Reason: b.Reason, Since: b.Since, Predict: prediction(b.Predict)})
+			Health: b.Health.String(), State: b.State.String(), Admin: string(b.Admin), Reason: b.Reason, Since: b.Since, Predict: prediction(b.Predict), Passive: passivity(b.Passive)})
 	}
 	return out
 }

@@ -50,6 +50,20 @@ func TestScrapePredict(t *testing.T) {
 		}
 		want[key+`,service="web"}`] = c.v
 	}
+	got := series(t, reg)
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
+		}
+	}
+	if n := len(got); n != 14 {
+		t.Errorf("%d series, want 14 (7 per backend of web, none for dns)", n)
+	}
+}
+
+// series gathers reg into name{labels} -> value.
+func series(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -71,12 +85,5 @@ func TestScrapePredict(t *testing.T) {
 			got[name+"}"] = v
 		}
 	}
-	for k, v := range want {
-		if g, ok := got[k]; !ok || g != v {
-			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
-		}
-	}
-	if n := len(got); n != 14 {
-		t.Errorf("%d series, want 14 (7 per backend of web, none for dns)", n)
-	}
+	return got
 }
