@@ -292,10 +292,23 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 				 * packets cross into a new SHARE_SLOW_PERIOD. */
 				if ((now >> SHARE_SLOW_PERIOD_SHIFT) != (fv->last_seen_ns >> SHARE_SLOW_PERIOD_SHIFT))
 					share_report(key, svc_id, fv, now);
-				if (tcp_syn(key->proto, tcp_flags) && fv->packets < SYN_RETRANS_MAX_PACKETS &&
-				    now - fv->first_seen_ns < SYN_RETRANS_WINDOW_NS) {
-					__u64 *n = bpf_map_lookup_elem(&backend_syn_retrans, &id);
+				if (tcp_syn(key->proto, tcp_flags)) {
+					__u64 *n;
 
+					/* Not a retry of the flow's own young SYN: a
+					 * new connection on a reused 5-tuple, placed
+					 * by the table like any new connection, not
+					 * by the entry an earlier connection left
+					 * (which the other node does not have: a
+					 * failover would move the connection). */
+					if (fv->packets >= SYN_RETRANS_MAX_PACKETS ||
+					    now - fv->first_seen_ns >= SYN_RETRANS_WINDOW_NS) {
+						fv->first_seen_ns = now;
+						fv->packets = 0;
+						fv->bytes = 0;
+						goto pick;
+					}
+					n = bpf_map_lookup_elem(&backend_syn_retrans, &id);
 					if (n)
 						(*n)++;
 				}
@@ -307,6 +320,7 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 		}
 	}
 
+pick:
 	/* Shared flows only on a miss: an entry this node learned, even a
 	 * stale one, means the flow was here and is re-picked here. */
 	if (fv || !may_share || share_lookup(key, out) < 0) {

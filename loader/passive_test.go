@@ -99,3 +99,66 @@ func TestSynRetransmits(t *testing.T) {
 		t.Errorf("SYN on an established flow counted (%d -> %d)", before, n)
 	}
 }
+
+// TestSynReusedTuple: a SYN on a flow entry that is not its own young
+// SYN (an established or old flow: the client reuses the 5-tuple for a
+// new connection) is placed by the Maglev table, whatever backend the
+// entry names; a young SYN retry keeps the entry's backend.
+func TestSynReusedTuple(t *testing.T) {
+	l := newLab(t)
+	key := svc("198.51.100.91", 80, TCP)
+	bs := []BackendSpec{backend("10.9.1.1", "02:cd:00:00:00:01"), backend("10.9.1.2", "02:cd:00:00:00:02"), backend("10.9.1.3", "02:cd:00:00:00:03")}
+	l.apply(key, ServiceSpec{Backends: bs})
+	macOf := map[string]netip.Addr{}
+	for _, b := range bs {
+		macOf[b.MAC.String()] = b.Addr
+	}
+	const vip, client = "198.51.100.91", "203.0.113.10"
+	for _, c := range []struct {
+		name    string
+		packets uint64        // the entry's packets so far
+		age     time.Duration // since the entry's first packet
+		want    string        // "entry": the backend the entry names; "table": Maglev's pick
+	}{
+		{"young SYN retry keeps the entry", 1, 0, "entry"},
+		{"established flow: a SYN is a new connection", 20, 0, "table"},
+		{"old flow: a SYN is a new connection", 1, 5 * time.Second, "table"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sport := uint16(4000 + c.packets + uint64(c.age/time.Second))
+			cp := netip.AddrPortFrom(netip.MustParseAddr(client), sport)
+			pick := l.maglevPick(key, cp, 80)
+			var other netip.Addr
+			for _, b := range bs {
+				if b.Addr != pick {
+					other = b.Addr
+					break
+				}
+			}
+			// An entry naming another backend than the table's pick.
+			now, err := monotonicNow()
+			must(t, err, "clock")
+			l.dp.mu.Lock()
+			m := l.dp.services[key].members[other]
+			id, inc := m.id, m.inc
+			l.dp.mu.Unlock()
+			k := flowKeyOf(client, vip, sport)
+			must(t, l.dp.objs.Flows.Put(&k, &keepbitFlowValue{Backend: id, Incarnation: inc, Packets: c.packets,
+				FirstSeenNs: now - uint64(c.age) - uint64(50*time.Millisecond), LastSeenNs: now}), "put entry") // the program's coarse clock lags a little
+			verdict, out := l.run(v4(t, pkt{src: client, dst: vip, l4: l4{layers.IPProtocolTCP, sport, 80}, syn: true}, 0))
+			if verdict != xdpTX {
+				t.Fatalf("verdict %s", verdictName(verdict))
+			}
+			got := macOf[net.HardwareAddr(out[:6]).String()]
+			want := map[string]netip.Addr{"entry": other, "table": pick}[c.want]
+			if got != want {
+				t.Fatalf("SYN went to %s, want %s (%s; table's pick %s, entry %s)", got, want, c.want, pick, other)
+			}
+			var v keepbitFlowValue
+			must(t, l.dp.objs.Flows.Lookup(&k, &v), "entry after")
+			if c.want == "table" && (v.Backend == id || v.Packets != 1) {
+				t.Fatalf("entry after a new connection: %+v, want the table's pick with 1 packet", v)
+			}
+		})
+	}
+}

@@ -11,6 +11,7 @@ package ownership
 import (
 	"github.com/keepbit/keepbit/internal/config"
 	"github.com/keepbit/keepbit/internal/recorder"
+	"net/netip"
 )
 
 // Health is what VIP ownership (VRRP tracking, BGP route health injection)
@@ -34,6 +35,13 @@ type Health interface {
 
 // Notifier runs an operator's notify hook for a flight-recorder event
 // (the controller's, so backend and VIP hooks run the same way).
+// FlowForgetter is a Health that can drop the flow state of VIPs this
+// node no longer holds (*control.Controller): the VRRP owner calls it when
+// an instance leaves master.
+type FlowForgetter interface {
+	ForgetFlows(vips []netip.Addr) (flows, cached int, err error)
+}
+
 type Notifier interface {
 	RunNotify(n config.Notify, e recorder.Event)
 }

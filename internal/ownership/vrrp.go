@@ -347,7 +347,23 @@ func (o *VRRP) onVRRP(r *vrrpRun, e vrrp.Event) {
 	r.mu.Lock()
 	r.last = e
 	notify := r.cfg.Notify
+	vips := slices.Clone(r.cfg.VIPs)
 	r.mu.Unlock()
+	if e.From == vrrp.Master && e.To != vrrp.Master || e.To == vrrp.Backup {
+		// The flows go on on the master, placed by its table: what this
+		// node learned of them (before it handed the VIPs over, or
+		// before it restarted) is wrong if the VIPs come back.
+		if f, ok := o.health.(FlowForgetter); ok {
+			go func() {
+				flows, cached, err := f.ForgetFlows(vips)
+				if err != nil {
+					o.log.Warn("forget the flows of a VIP handed over", "instance", e.Instance, "error", err)
+					return
+				}
+				o.log.Info("flows of a VIP handed over forgotten", "instance", e.Instance, "flows", flows, "cache_entries", cached)
+			}()
+		}
+	}
 	// The event happened when the machine changed state, not when it
 	// reaches the recorder: that is after the VIPs were taken or released
 	// and the first announcement went out, later still on a node that
