@@ -29,7 +29,7 @@ DEB_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0
 DEB_ARCH ?= $(shell $(GO) env GOARCH)
 PACKAGE_DIR ?= bin
 
-.PHONY: help generate check-generated build install package test test-deps bench lint clang demo demo-bgp churn
+.PHONY: help generate check-generated build install package failover-report test test-deps bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
@@ -91,6 +91,12 @@ UNIT_PACKAGES = $$($(GO) list ./... | grep -v /netns-tests)
 test: test-deps ## run every test under the race detector; as root this includes BPF and network-namespace tests (netns-tests last, alone)
 	$(GO) test $(TEST_FLAGS) $(UNIT_PACKAGES)
 	$(GO) test $(TEST_FLAGS) ./netns-tests/
+
+# Runs per scenario of the failover report.
+RUNS ?= 20
+failover-report: ## (root) every failure scenario RUNS times in the namespace lab with real keepbitd: docs/failover-report.md, .json, charts
+	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/failover-report
+	./bin/failover-report -runs $(RUNS) -keepbitd bin/keepbitd -out docs
 
 bench: ## run the benchmarks (packet cost vs baseline, state change, table switch, maglev)
 	$(GO) test $(BENCH_FLAGS) ./...

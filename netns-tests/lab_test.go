@@ -154,7 +154,7 @@ func binary(t testing.TB, name string) string {
 		if binaries.err != nil {
 			return
 		}
-		for _, cmd := range []string{"keepbitd", "keepbitctl"} {
+		for _, cmd := range []string{"keepbitd", "keepbitctl", "failover-report"} {
 			out, err := exec.Command("go", "build", "-o", filepath.Join(binaries.dir, cmd), "../cmd/"+cmd).CombinedOutput()
 			if err != nil {
 				binaries.err = fmt.Errorf("build %s: %v: %s", cmd, err, out)

@@ -37,6 +37,10 @@ type Config struct {
 	// Timeout bounds each dial and a new connection's whole exchange
 	// (default 2s).
 	Timeout time.Duration
+	// OnNew, when set, is told of every new connection as it ends: when
+	// it was opened, when it ended, the backend that answered ("" when
+	// it failed). It is called from the stream's goroutines, concurrently.
+	OnNew func(start, end time.Time, backend string)
 }
 
 // Cause is why a connection broke.
@@ -321,9 +325,16 @@ func (l *Load) stream(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			start := time.Now()
 			id, err := l.once(ctx)
 			if ctx.Err() != nil {
 				return // cut short by Stop: not the network's doing
+			}
+			if l.cfg.OnNew != nil {
+				if err != nil {
+					id = ""
+				}
+				l.cfg.OnNew(start, time.Now(), id)
 			}
 			l.mu.Lock()
 			defer l.mu.Unlock()

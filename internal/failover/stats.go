@@ -6,14 +6,16 @@ package failover
 
 import (
 	"fmt"
-	"slices"
 	"time"
+
+	"github.com/keepbit/keepbit/internal/connload"
 )
 
 // Percentile returns the p-th percentile (0..100) of ds by the
-// nearest-rank method: the smallest sample with at least p% of the
-// samples at or below it. Nearest-rank never invents a value that was not
-// measured, which matters when N is 20 and a p99 is the worst run.
+// nearest-rank method (connload.Percentile): the smallest sample with at
+// least p% of the samples at or below it. Nearest-rank never invents a
+// value that was not measured, which matters when N is 20 and a p99 is
+// the worst run.
 func Percentile(ds []time.Duration, p float64) (time.Duration, error) {
 	if len(ds) == 0 {
 		return 0, fmt.Errorf("percentile of no samples")
@@ -21,13 +23,7 @@ func Percentile(ds []time.Duration, p float64) (time.Duration, error) {
 	if p < 0 || p > 100 {
 		return 0, fmt.Errorf("percentile %v: outside 0..100", p)
 	}
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	rank := int(float64(len(s))*p/100 + 0.999999999)
-	if rank < 1 {
-		rank = 1
-	}
-	return s[rank-1], nil
+	return connload.Percentile(ds, p/100), nil
 }
 
 // Verdict compares a measured figure with its target; the report prints

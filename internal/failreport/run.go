@@ -1,0 +1,167 @@
+package failreport
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/keepbit/keepbit/internal/connload"
+	"github.com/keepbit/keepbit/internal/failover"
+	"github.com/keepbit/keepbit/internal/lab"
+)
+
+// Answer is one new connection of a run: opened and ended at (since the
+// failure was injected), and the backend that answered ("" failed).
+type Answer struct {
+	Start, End time.Duration
+	Backend    string
+}
+
+// Result is one run of a scenario.
+type Result struct {
+	failover.Run
+	Phases  failover.Phases `json:"phases"`
+	Answers []Answer        `json:"-"` // for the timeline chart
+	Failed  string          `json:"failed,omitempty"`
+	Handler string          `json:"handler,omitempty"` // the node whose event was measured
+	Err     string          `json:"error,omitempty"`
+	// Broken lists the long-lived connections lost: the client's port,
+	// the backends that answered it, why it broke.
+	Broken []string `json:"broken,omitempty"`
+}
+
+// Load is the client side of each run, as the issue sets it: a new
+// connection every millisecond and long-lived connections exchanging a
+// sequence number every 5 ms.
+type Load struct {
+	NewPerSecond float64       // default 1000
+	LongLived    int           // default 20
+	Interval     time.Duration // default 5ms
+	Before       time.Duration // load before the failure (default 300ms)
+	After        time.Duration // and after it (default 1.5s)
+}
+
+func (ld *Load) defaults() {
+	if ld.NewPerSecond == 0 {
+		ld.NewPerSecond = 1000
+	}
+	if ld.LongLived == 0 {
+		ld.LongLived = 20
+	}
+	if ld.Interval == 0 {
+		ld.Interval = 5 * time.Millisecond
+	}
+	if ld.Before == 0 {
+		ld.Before = 300 * time.Millisecond
+	}
+	if ld.After == 0 {
+		ld.After = 1500 * time.Millisecond
+	}
+}
+
+// Run runs sc once: load, failure, measurement, restore, settle.
+func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
+	ld.defaults()
+	master := L.Master(ctx)
+	if master == nil {
+		return Result{}, fmt.Errorf("%s: no VRRP master before the run", sc.Name)
+	}
+	var mu sync.Mutex
+	var news []struct {
+		start, end time.Time
+		backend    string
+	}
+	load, err := connload.Start(ctx, connload.Config{Target: fmt.Sprintf("%s:%d", VIP, Port),
+		Dial: lab.DialContext(L.Client.NS, time.Second), Conns: ld.LongLived, Interval: ld.Interval,
+		Rate: ld.NewPerSecond, Stall: 2 * time.Second, Timeout: 2 * time.Second,
+		OnNew: func(start, end time.Time, backend string) {
+			mu.Lock()
+			news = append(news, struct {
+				start, end time.Time
+				backend    string
+			}{start, end, backend})
+			mu.Unlock()
+		}})
+	if err != nil {
+		return Result{}, fmt.Errorf("%s: client load: %w", sc.Name, err)
+	}
+	time.Sleep(ld.Before)
+	load.ResetGaps()
+	failAt := time.Now()
+	failed, ierr := sc.Inject(ctx, L, master)
+	time.Sleep(ld.After)
+	rep := load.Stop()
+	res := Result{Failed: failed}
+	if ierr != nil {
+		res.Err = ierr.Error()
+	}
+	target := failed
+	if failed == "all" {
+		target = ""
+	}
+	res.Run = failover.RunFromLoad(rep, target)
+	for _, c := range rep.BrokenConns() {
+		res.Broken = append(res.Broken, fmt.Sprintf("%s on %v: %s (%s) at %v", c.Local, c.Backends, c.Broken, c.Err, c.BrokenAt.Sub(failAt).Round(time.Millisecond)))
+	}
+	if failed == "all" {
+		// Every connection was on a failed backend.
+		res.BrokenFailed, res.BrokenHealthy = res.BrokenFailed+res.BrokenHealthy, 0
+	}
+	mu.Lock()
+	for _, n := range news {
+		res.Answers = append(res.Answers, Answer{Start: n.start.Sub(failAt), End: n.end.Sub(failAt), Backend: n.backend})
+	}
+	mu.Unlock()
+	res.Gap = clientGap(res.Answers, rep, -50*time.Millisecond, ld.After)
+
+	if sc.Event != "" {
+		handler := master
+		if sc.Kind == failover.NodeFailure {
+			handler = L.Other(master)
+		}
+		res.Handler = handler.Name
+		if evs, err := handler.Events(ctx); err == nil {
+			if ph, err := failover.PhasesFrom(evs, sc.Event, failAt); err == nil {
+				res.Phases = ph
+			}
+		}
+	}
+	if err := sc.Restore(ctx, L, master); err != nil {
+		return res, fmt.Errorf("%s: restore: %w", sc.Name, err)
+	}
+	if err := L.Settle(ctx, 20*time.Second); err != nil {
+		return res, fmt.Errorf("%s: after the run: %w", sc.Name, err)
+	}
+	// Let the nodes' flows and neighbours settle before the next run.
+	time.Sleep(200 * time.Millisecond)
+	return res, nil
+}
+
+// clientGap is the longest time the client went without an answer: on
+// new connections, the longest interval between consecutive successful
+// answers (from `from` on, and to the end of the run), and on the
+// long-lived connections that survived, their longest pause.
+func clientGap(answers []Answer, rep connload.Report, from, to time.Duration) time.Duration {
+	var ends []time.Duration
+	for _, a := range answers {
+		if a.Backend != "" && a.End >= from {
+			ends = append(ends, a.End)
+		}
+	}
+	slices.Sort(ends)
+	var gap time.Duration
+	prev := from
+	for _, e := range ends {
+		gap = max(gap, e-prev)
+		prev = e
+	}
+	gap = max(gap, to-prev)
+	for _, c := range rep.Conns {
+		if c.Broken == "" {
+			gap = max(gap, c.MaxGap)
+		}
+	}
+	return gap
+}
