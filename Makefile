@@ -33,8 +33,8 @@ PACKAGE_DIR ?= bin
 
 # Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
-TEST_PACKAGES := keepalived bird2
-TEST_COMMANDS := keepalived bird
+TEST_PACKAGES := keepalived bird2 haproxy
+TEST_COMMANDS := keepalived bird haproxy
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -78,7 +78,7 @@ demo-bgp: test-deps ## (root) three active-active nodes behind a BIRD 2 router (
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbitctl ./cmd/keepbit-demo
 	./bin/keepbit-demo -bgp -keepbitd ./bin/keepbitd -keepbitctl ./bin/keepbitctl
 
-test-deps: ## as root, install what the privileged tests run against (keepalived, bird2) when missing
+test-deps: ## as root, install what the privileged tests run against (keepalived, bird2, haproxy) when missing
 	@missing=0; for c in $(TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
 	if [ "$$(id -u)" = 0 ] && [ $$missing = 1 ]; then \
 	  echo "installing $(TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); fi

@@ -38,7 +38,7 @@ const vip = "10.70.9.9"
 // (10.71.1.2), kb2 -- b2 (10.71.2.2). Backends hold the VIP on lo and
 // route back through the LB, as L2 DSR backends behind a router would.
 type lab struct {
-	t        *testing.T
+	t        testing.TB
 	client   netns.NsHandle
 	backends []*backendNS
 	dir      string // config, pins, binaries
@@ -61,14 +61,14 @@ func must(t testing.TB, err error, what string) {
 
 // veth joins this namespace (lbName, lbAddr) to ns (lbName+"p", peerAddr)
 // and brings ns's lo up.
-func veth(t *testing.T, lbName string, ns netns.NsHandle, lbAddr, peerAddr string) nslab.Link {
+func veth(t testing.TB, lbName string, ns netns.NsHandle, lbAddr, peerAddr string) nslab.Link {
 	v := privtest.Veth(t, nslab.VethEnd{NS: netns.None(), Name: lbName, Addrs: []string{lbAddr}},
 		nslab.VethEnd{NS: ns, Name: lbName + "p", Addrs: []string{peerAddr}})
 	privtest.SetUp(t, ns, "lo")
 	return v.B
 }
 
-func newLab(t *testing.T) *lab {
+func newLab(t testing.TB) *lab {
 	privtest.Require(t)
 	l := &lab{t: t, client: privtest.NewNS(t), dir: t.TempDir()}
 	privtest.Sysctl(t, netns.None(), map[string]string{"net/ipv4/ip_forward": "1"})
