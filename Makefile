@@ -31,7 +31,7 @@ PACKAGE_DIR ?= bin
 
 .PHONY: help generate check-generated build install package failover-report test test-deps bench lint clang demo demo-bgp churn
 
-# Peers the tests run against: keepalived (VRRP interop), BIRD 2 (BGP and BFD
+# Peers the tests run against: keepalived (VRRP interop), HAProxy (comparison), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
 TEST_PACKAGES := keepalived bird2 haproxy
 TEST_COMMANDS := keepalived bird haproxy
