@@ -199,12 +199,30 @@ func (c *Controller) passiveResult(r probe.Result) {
 // eject), if its service can spare it; ok false leaves b to the rest of
 // desiredLocked.
 func (c *Controller) passiveDesiredLocked(b *backend) (st loader.State, reason string, ok bool) {
-	s, p := b.svc, b.passive
-	pa := s.cfg.Passive
+	p, pa := b.passive, b.svc.cfg.Passive
 	if pa == nil || pa.Action != "eject" || p == nil || !p.ejected {
 		return 0, "", false
 	}
-	usable, ejected, total := 0, 0, len(s.backends)
+	acted, ok := spareLocked(b, "ejected", "by passive detection", "max_ejected", pa.MaxEjected, func(o *backend) bool {
+		return o.passive != nil && o.passive.ejected && o.passive.acted == "ejected"
+	})
+	p.acted = acted
+	if !ok {
+		return 0, "", false
+	}
+	return loader.Down, "passive: " + p.reason, true
+}
+
+// spareLocked decides whether b's service can spare b for a detector's
+// action (verb: "drained", "ejected"; by: the detector): capacity left
+// without b (backends taking new flows that no check has failed; one a
+// policy keeps up while failing is not capacity) must not be nothing,
+// nor beyond the panic threshold, and fewer than max of its backends may
+// be taken by the detector already (taken). acted says what happened, or
+// why not.
+func spareLocked(b *backend, verb, by, maxName string, max int, taken func(o *backend) bool) (acted string, ok bool) {
+	s := b.svc
+	usable, already, total := 0, 0, len(s.backends)
 	for _, o := range s.backends {
 		if o == b {
 			continue
@@ -212,22 +230,19 @@ func (c *Controller) passiveDesiredLocked(b *backend) (st loader.State, reason s
 		if o.state == loader.Up && o.health != probe.Down {
 			usable++
 		}
-		if o.passive != nil && o.passive.ejected && o.passive.acted == "ejected" {
-			ejected++
+		if taken(o) {
+			already++
 		}
 	}
 	switch t := s.cfg.PanicThreshold; {
 	case usable == 0:
-		p.acted = "not ejected: the last usable backend"
+		return "not " + verb + ": the last usable backend", false
 	case t > 0 && (total-usable)*100 > t*total:
-		p.acted = fmt.Sprintf("not ejected: %d of %d backends would be out, beyond the panic threshold of %d%%", total-usable, total, t)
-	case ejected >= pa.MaxEjected:
-		p.acted = fmt.Sprintf("not ejected: %d ejected by passive detection already (max_ejected %d)", ejected, pa.MaxEjected)
-	default:
-		p.acted = "ejected"
-		return loader.Down, "passive: " + p.reason, true
+		return fmt.Sprintf("not %s: %d of %d backends would be out, beyond the panic threshold of %d%%", verb, total-usable, total, t), false
+	case already >= max:
+		return fmt.Sprintf("not %s: %d %s %s already (%s %d)", verb, already, verb, by, maxName, max), false
 	}
-	return 0, "", false
+	return verb, true
 }
 
 // passiveFlaggedLocked reports whether a backend of s is flagged for

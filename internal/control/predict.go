@@ -149,32 +149,14 @@ func (c *Controller) predictDesiredLocked(b *backend) (st loader.State, reason s
 	if pr == nil || pr.Action != "drain" || p == nil || !p.degraded || b.health != probe.Up {
 		return 0, "", false
 	}
-	// Capacity left without b: backends taking new flows that no check
-	// has failed (one a policy keeps up while failing is not capacity).
-	usable, drained, total := 0, 0, len(s.backends)
-	for _, o := range s.backends {
-		if o == b {
-			continue
-		}
-		if o.state == loader.Up && o.health != probe.Down {
-			usable++
-		}
-		if o.state == loader.Draining && o.admin == Enabled && o.pred != nil && o.pred.degraded {
-			drained++
-		}
+	acted, ok := spareLocked(b, "drained", "by prediction", "max_drained", pr.MaxDrained, func(o *backend) bool {
+		return o.state == loader.Draining && o.admin == Enabled && o.pred != nil && o.pred.degraded
+	})
+	p.acted = acted
+	if !ok {
+		return 0, "", false
 	}
-	switch t := s.cfg.PanicThreshold; {
-	case usable == 0:
-		p.acted = "not drained: the last usable backend"
-	case t > 0 && (total-usable)*100 > t*total:
-		p.acted = fmt.Sprintf("not drained: %d of %d backends would be out, beyond the panic threshold of %d%%", total-usable, total, t)
-	case drained >= pr.MaxDrained:
-		p.acted = fmt.Sprintf("not drained: %d drained by prediction already (max_drained %d)", drained, pr.MaxDrained)
-	default:
-		p.acted = "drained"
-		return loader.Draining, "predictive: degraded: " + p.reason, true
-	}
-	return 0, "", false
+	return loader.Draining, "predictive: degraded: " + p.reason, true
 }
 
 // predictDrainedLocked reports whether prediction has drained a backend
