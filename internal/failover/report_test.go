@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -11,6 +12,7 @@ func TestSummarizeAndMarkdown(t *testing.T) {
 		{Gap: 10 * time.Millisecond},
 		{Gap: 35 * time.Millisecond, BrokenHealthy: 1},
 	}
+	falseDown := []Run{{Gap: 5 * time.Millisecond, BrokenHealthy: 3, FalseDown: 2}}
 	s, err := Summarize("backend killed", BackendFailure, runs)
 	if err != nil {
 		t.Fatal(err)
@@ -27,6 +29,17 @@ func TestSummarizeAndMarkdown(t *testing.T) {
 		"| backend killed | backend | 3 | 20ms | 35ms > 30ms: MISSED | 35ms | 1 | 2 | 1: MISSED |\n"
 	if got != wantMD {
 		t.Errorf("Markdown =\n%s\nwant\n%s", got, wantMD)
+	}
+	fd, err := Summarize("master frozen", NodeFailure, falseDown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fd.BrokenHealthy != 3 || fd.FalseDown != 2 {
+		t.Errorf("Summarize with false check failures = %+v, want 3 broken on healthy, 2 of them after a false down", fd)
+	}
+	wantRow := "| master frozen | node | 1 | 5ms | 5ms <= 40ms: met | 5ms | 0 | 0 | 3 (2 after a false check failure): MISSED |\n"
+	if got := Markdown([]Summary{fd}); !strings.HasSuffix(got, wantRow) {
+		t.Errorf("Markdown =\n%s\nwant the row\n%s", got, wantRow)
 	}
 	if _, err := Summarize("x", NodeFailure, nil); err == nil {
 		t.Error("Summarize with no runs: want an error")

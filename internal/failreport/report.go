@@ -138,7 +138,8 @@ func Markdown(r Report) string {
 	b.WriteString("Each run: a new connection every millisecond and long-lived connections exchanging a sequence number every 5 ms " +
 		"(internal/connload), the failure injected, the run measured for the time after it. **Client gap**: the longest time without a " +
 		"successful answer (new connections, and the long-lived connections that survived). **Broken**: long-lived connections lost, " +
-		"split by whether they were on the failed backend. Phases (ARCHITECTURE.md \"Timing words\") are measured from the injection, " +
+		"split by whether they were on the failed backend; \"after a false check failure\" counts those lost on a backend the scenario " +
+		"left alone but a node's check marked down (a check timing out on a loaded machine), which the JSON's events list for each such run. Phases (ARCHITECTURE.md \"Timing words\") are measured from the injection, " +
 		"from the flight recorder of the node that handled the failure.\n\n")
 	sums := make([]failover.Summary, len(r.Scenarios))
 	for i, s := range r.Scenarios {

@@ -30,6 +30,9 @@ type Result struct {
 	// Broken lists the long-lived connections lost: the client's port,
 	// the backends that answered it, why it broke.
 	Broken []string `json:"broken,omitempty"`
+	// Events: when a connection to a healthy backend broke, what every
+	// node's flight recorder holds for the run, so the JSON explains it.
+	Events []string `json:"events,omitempty"`
 }
 
 // Load is the client side of each run, as the issue sets it: a new
@@ -128,6 +131,15 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 			}
 		}
 	}
+	if res.BrokenHealthy > 0 {
+		var falseDown map[string]bool
+		res.Events, falseDown = L.eventsSince(ctx, failAt.Add(-ld.Before), failAt, failed)
+		for _, c := range rep.BrokenConns() {
+			if b := c.Backend(); b != failed && falseDown[b] {
+				res.FalseDown++
+			}
+		}
+	}
 	if err := sc.Restore(ctx, L, master); err != nil {
 		return res, fmt.Errorf("%s: restore: %w", sc.Name, err)
 	}
@@ -164,4 +176,45 @@ func clientGap(answers []Answer, rep connload.Report, from, to time.Duration) ti
 		}
 	}
 	return gap
+}
+
+// eventsSince lists every running node's flight-recorder events from
+// `from` on, times relative to failAt, and the backends other than
+// failed that a node marked down in that time (false check failures).
+func (L *Lab) eventsSince(ctx context.Context, from, failAt time.Time, failed string) ([]string, map[string]bool) {
+	names := map[string]string{}
+	for _, b := range L.Backends {
+		names[b.Addr.String()] = b.Name
+	}
+	falseDown := map[string]bool{}
+	type line struct {
+		at time.Time
+		s  string
+	}
+	var lines []line
+	for _, n := range L.Nodes {
+		if !n.Running() {
+			continue
+		}
+		evs, err := n.Events(ctx)
+		if err != nil {
+			lines = append(lines, line{from, fmt.Sprintf("%s: events: %v", n.Name, err)})
+			continue
+		}
+		for _, e := range evs {
+			if e.Time.Before(from) {
+				continue
+			}
+			if name := names[e.Backend]; e.Kind == "backend-down" && name != "" && name != failed && failed != "all" {
+				falseDown[name] = true
+			}
+			lines = append(lines, line{e.Time, fmt.Sprintf("%v %s %s %s %s %s", e.Time.Sub(failAt).Round(100*time.Microsecond), n.Name, e.Kind, e.Service, e.Backend, e.Reason)})
+		}
+	}
+	slices.SortStableFunc(lines, func(a, b line) int { return a.at.Compare(b.at) })
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = l.s
+	}
+	return out, falseDown
 }
