@@ -6,10 +6,12 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/keepbit/keepbit/internal/privtest"
 )
@@ -68,6 +70,36 @@ func newLab(t testing.TB) *lab {
 	t.Cleanup(func() { _ = dp.Close() })
 	l.dp = dp
 	return l
+}
+
+// pinOneCPU keeps the test's thread on one CPU until the test ends.
+// BPF_PROG_RUN runs on the calling CPU, and the flow cache is per CPU: a
+// test counting what one CPU's cache flushed (TestFlowTableCounts) fails
+// when the scheduler moves the thread between two runs. Call it before
+// newLab: helpers that spread work over the CPUs (fillFlows) read the
+// calling thread's affinity.
+func pinOneCPU(t testing.TB) {
+	t.Helper()
+	runtime.LockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("get affinity: %v", err)
+	}
+	cpu := 0
+	for !old.IsSet(cpu) && cpu < 1024 {
+		cpu++
+	}
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("pin to cpu %d: %v", cpu, err)
+	}
+	t.Cleanup(func() {
+		_ = unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	})
 }
 
 // run feeds one frame to the program as if it arrived on the lab's port.
