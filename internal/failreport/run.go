@@ -10,6 +10,7 @@ import (
 	"github.com/keepbit/keepbit/internal/connload"
 	"github.com/keepbit/keepbit/internal/failover"
 	"github.com/keepbit/keepbit/internal/lab"
+	"github.com/keepbit/keepbit/internal/recorder"
 )
 
 // Answer is one new connection of a run: opened and ended at (since the
@@ -91,6 +92,12 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 		return Result{}, fmt.Errorf("%s: client load: %w", sc.Name, err)
 	}
 	time.Sleep(ld.Before)
+	// A node failure may end the node's recorder with it (killed,
+	// restarted): keep what the nodes recorded up to the injection.
+	var before map[string][]recorder.Event
+	if sc.Kind == failover.NodeFailure {
+		before = L.nodeEvents(ctx)
+	}
 	load.ResetGaps()
 	failAt := time.Now()
 	failed, ierr := sc.Inject(ctx, L, master)
@@ -133,7 +140,7 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 	}
 	if res.BrokenHealthy > 0 {
 		var falseDown map[string]bool
-		res.Events, falseDown = L.eventsSince(ctx, failAt.Add(-ld.Before), failAt, failed)
+		res.Events, falseDown = L.eventsSince(ctx, before, failAt.Add(-ld.Before), failAt, failed)
 		for _, c := range rep.BrokenConns() {
 			if b := c.Backend(); b != failed && falseDown[b] {
 				res.FalseDown++
@@ -178,10 +185,25 @@ func clientGap(answers []Answer, rep connload.Report, from, to time.Duration) ti
 	return gap
 }
 
-// eventsSince lists every running node's flight-recorder events from
-// `from` on, times relative to failAt, and the backends other than
-// failed that a node marked down in that time (false check failures).
-func (L *Lab) eventsSince(ctx context.Context, from, failAt time.Time, failed string) ([]string, map[string]bool) {
+// nodeEvents is every running node's flight recorder, by node name.
+func (L *Lab) nodeEvents(ctx context.Context) map[string][]recorder.Event {
+	out := map[string][]recorder.Event{}
+	for _, n := range L.Nodes {
+		if !n.Running() {
+			continue
+		}
+		if evs, err := n.Events(ctx); err == nil {
+			out[n.Name] = evs
+		}
+	}
+	return out
+}
+
+// eventsSince lists the nodes' flight-recorder events (those kept before
+// the injection and those of the nodes running now) from `from` on, times
+// relative to failAt, and the backends other than failed that a node
+// marked down in that time (false check failures).
+func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Event, from, failAt time.Time, failed string) ([]string, map[string]bool) {
 	names := map[string]string{}
 	for _, b := range L.Backends {
 		names[b.Addr.String()] = b.Name
@@ -192,24 +214,25 @@ func (L *Lab) eventsSince(ctx context.Context, from, failAt time.Time, failed st
 		s  string
 	}
 	var lines []line
-	for _, n := range L.Nodes {
-		if !n.Running() {
-			continue
-		}
-		evs, err := n.Events(ctx)
-		if err != nil {
-			lines = append(lines, line{from, fmt.Sprintf("%s: events: %v", n.Name, err)})
-			continue
-		}
+	seen := map[string]bool{}
+	add := func(node string, evs []recorder.Event) {
 		for _, e := range evs {
-			if e.Time.Before(from) {
+			key := fmt.Sprintf("%s %d %d", node, e.Seq, e.Time.UnixNano())
+			if e.Time.Before(from) || seen[key] {
 				continue
 			}
+			seen[key] = true
 			if name := names[e.Backend]; e.Kind == "backend-down" && name != "" && name != failed && failed != "all" {
 				falseDown[name] = true
 			}
-			lines = append(lines, line{e.Time, fmt.Sprintf("%v %s %s %s %s %s", e.Time.Sub(failAt).Round(100*time.Microsecond), n.Name, e.Kind, e.Service, e.Backend, e.Reason)})
+			lines = append(lines, line{e.Time, fmt.Sprintf("%v %s %s %s %s %s", e.Time.Sub(failAt).Round(100*time.Microsecond), node, e.Kind, e.Service, e.Backend, e.Reason)})
 		}
+	}
+	for node, evs := range before {
+		add(node, evs)
+	}
+	for node, evs := range L.nodeEvents(ctx) {
+		add(node, evs)
 	}
 	slices.SortStableFunc(lines, func(a, b line) int { return a.at.Compare(b.at) })
 	out := make([]string, len(lines))
