@@ -44,5 +44,13 @@ func (l *bgpLab) explainBroken(t testing.TB, r connload.Report) {
 			out = err.Error() + ": " + out
 		}
 		t.Logf("forensics: %s flowshare: %s", n.name, strings.TrimSpace(out))
+		// The flight recorder says what the node decided and when: a
+		// backend that was down or not yet checked when ECMP brought it
+		// flows shows up here.
+		ev, err := l.ctl(i, "events")
+		if err != nil {
+			ev = err.Error() + ": " + ev
+		}
+		t.Logf("forensics: %s events:\n%s", n.name, strings.TrimSpace(ev))
 	}
 }

@@ -105,7 +105,8 @@ func (c *Controller) signalChanged() {
 }
 
 // Settled reports whether every backend has had enough check results for
-// a verdict (none is still "waiting for checks"). Until then a node's
+// a verdict (none is still "waiting for checks") and the dataplane holds
+// what those verdicts ask for. Until then a node's
 // dataplane may hold fewer backends up than its peers do, so its table
 // (and its use of shared flows, which need the backend up) can differ
 // from theirs: a node should not draw traffic before (see WaitSettled).
@@ -117,6 +118,12 @@ func (c *Controller) Settled() bool {
 			// A backend without a MAC yet is not in the dataplane: not
 			// settled either.
 			if b.admin == Enabled && (!b.inDP || b.health == probe.Unknown) {
+				return false
+			}
+			// A verdict is taken in two steps (health, then the write
+			// after the lock was let go): until the write, the table is
+			// not yet what the verdicts ask for.
+			if want, _, _ := c.desiredLocked(b); b.inDP && want != b.state {
 				return false
 			}
 		}

@@ -75,3 +75,43 @@ func TestHealthChanged(t *testing.T) {
 		t.Error("an interface without a dataplane is up")
 	}
 }
+
+// TestSettledWaitsForTheWrite: a check verdict lands in two steps (health
+// under the lock, then the dataplane write after re-taking it). A node
+// asking Settled in between was told yes while the backend was still down
+// in its table, announced, and the flows ECMP brought it for that backend
+// went to others and were reset (TestBGPNodeAdded, CI). Settled holds
+// until the dataplane holds what the verdicts ask for.
+func TestSettledWaitsForTheWrite(t *testing.T) {
+	addr := netip.MustParseAddr("10.0.0.1")
+	s := &service{cfg: config.Service{Name: "web"}, backends: map[netip.Addr]*backend{}}
+	b := &backend{svc: s, checkID: "web|10.0.0.1", cfg: config.Backend{Address: addr}, state: loader.Down, health: probe.Unknown, inDP: true}
+	s.backends[addr], s.order = b, []netip.Addr{addr}
+	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(64),
+		svcs: map[string]*service{"web": s}, byCheck: map[string]*backend{b.checkID: b}, overrides: map[string]map[netip.Addr]Admin{}}
+	c.writeState = func(*service, netip.Addr, loader.State) (loader.Change, error) {
+		return loader.Change{Returned: time.Now()}, nil
+	}
+	for _, st := range []struct {
+		name    string
+		do      func()
+		settled bool
+	}{
+		{"no verdict yet", func() {}, false},
+		{"verdict up, not yet written", func() { b.health = probe.Up }, false},
+		{"written", func() { c.settle(b, time.Time{}, time.Now()) }, true},
+		{"verdict down, not yet written", func() { b.health = probe.Down }, false},
+		{"written down", func() { c.settle(b, time.Time{}, time.Now()) }, true},
+		{"disabled by the operator while its check says up", func() {
+			b.health = probe.Up
+			if err := c.SetAdmin("web", addr, Disabled); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+	} {
+		st.do()
+		if got := c.Settled(); got != st.settled {
+			t.Errorf("%s: Settled %v, want %v (health %v, state %v)", st.name, got, st.settled, b.health, b.state)
+		}
+	}
+}
