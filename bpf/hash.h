@@ -27,9 +27,16 @@ static __always_inline __u32 flow_hash(const struct flow_key *key, __u32 seed)
 	const __u32 *w = (const __u32 *)key;
 	__u32 h = seed;
 
+	/* Each round runs where it is written: the empty volatile asm takes
+	 * h, so the round must be done by then, and keeps its place among the
+	 * volatile loads. Unconstrained, the compiler loads all ten words
+	 * first and spills them (up to 168 bytes of stack; a program and the
+	 * global functions it calls share 512). */
 #pragma unroll
-	for (int i = 0; i < (int)(sizeof(*key) / 4); i++)
-		h = murmur_round(h, w[i]);
+	for (int i = 0; i < (int)(sizeof(*key) / 4); i++) {
+		h = murmur_round(h, *(volatile const __u32 *)&w[i]);
+		asm volatile("" : "+r"(h));
+	}
 	h ^= sizeof(*key);
 	h ^= h >> 16;
 	h *= 0x85ebca6b;

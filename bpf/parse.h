@@ -75,7 +75,11 @@ struct ipv6_frag_hdr_ {
 	__be32 id;
 };
 
+/* The key comes first and the struct is 8-byte aligned: the flow cache
+ * compares keys as five u64 words, and the verifier refuses a misaligned
+ * stack read (parse_packet's caller keeps the whole struct on its stack). */
 struct packet {
+	struct flow_key key;
 	__u32 len;
 	__u32 l3_off;
 	__u32 l4_off;
@@ -87,8 +91,7 @@ struct packet {
 	__u8 tcp_flags;  /* TCP: flags byte (FIN 0x01, SYN 0x02, ...); 0 for a later fragment */
 	__u8 pad[3];
 	__u32 frag_id;
-	struct flow_key key;
-};
+} __attribute__((aligned(8)));
 
 /* parse_l2 fills tags, tci, l3_proto, l3_off. Returns -1 with *reason set
  * when the frame is not IP or is truncated. */

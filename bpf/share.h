@@ -112,12 +112,17 @@ __noinline int share_report(const struct flow_key *key, __u32 service, struct fl
 __noinline int share_lookup(const struct flow_key *key, struct choice *out)
 {
 	struct shared_flow_value *sv;
+	struct flow_key k;
 	__u32 id, st;
 	__u64 *word;
 
 	if (!key || !out || !share_enabled())
 		return -1;
-	sv = bpf_map_lookup_elem(&shared_flows, key);
+	/* A global function's pointer argument is plain memory to the
+	 * verifier, which before Linux 6.3 refuses it as a map key: look up
+	 * a copy on the stack (6.1 would not load the program otherwise). */
+	__builtin_memcpy(&k, key, sizeof(k));
+	sv = bpf_map_lookup_elem(&shared_flows, &k);
 	if (!sv)
 		return -1;
 	id = sv->backend;
