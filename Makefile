@@ -29,7 +29,7 @@ DEB_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0
 DEB_ARCH ?= $(shell $(GO) env GOARCH)
 PACKAGE_DIR ?= bin
 
-.PHONY: help generate check-generated build install package failover-report test test-deps bench lint clang demo demo-bgp churn
+.PHONY: help generate check-generated build install package failover-report test test-deps test-kernels bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), HAProxy (comparison), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
@@ -83,14 +83,26 @@ test-deps: ## as root, install what the privileged tests run against (keepalived
 	if [ "$$(id -u)" = 0 ] && [ $$missing = 1 ]; then \
 	  echo "installing $(TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); fi
 
+# make test-kernels: Debian's kernel packages booted in qemu (TCG; downloaded
+# into KERNEL_CACHE, never installed on the host), the loader's tests inside.
+KERNELS ?= 5.10 6.1 6.12
+KERNEL_TEST_PACKAGES := qemu-system-x86 busybox-static cpio xz-utils curl
+test-kernels: ## boot Debian's KERNELS (5.10 6.1 6.12) in qemu and run the loader's packet tests in each (RUN=. for all; 5.10 must be refused, clearly)
+	@command -v qemu-system-x86_64 >/dev/null && command -v cpio >/dev/null && command -v curl >/dev/null && ldd $$(command -v busybox || echo /nonexistent) 2>&1 | grep -q "not a dynamic" || \
+	  { [ "$$(id -u)" = 0 ] || { echo "test-kernels: as root, or install $(KERNEL_TEST_PACKAGES)"; exit 1; }; \
+	    echo "installing $(KERNEL_TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(KERNEL_TEST_PACKAGES); }
+	GO=$(GO) tools/test-kernels/run.sh $(KERNELS)
+
 # The end-to-end lab tests (netns-tests) run after the rest, alone: their
 # BFD timers (10-100 ms) and client gaps are timing measurements that the
 # loader's CPU-heavy tests running beside them on a 2-core machine would
 # distort (a starved daemon misses BFD packets and its routes flap).
 UNIT_PACKAGES = $$($(GO) list ./... | grep -v /netns-tests)
-test: test-deps ## run every test under the race detector; as root this includes BPF and network-namespace tests (netns-tests last, alone)
+test: test-deps ## run every test under the race detector; as root this includes BPF and network-namespace tests (netns-tests last, alone) and test-kernels
 	$(GO) test $(TEST_FLAGS) $(UNIT_PACKAGES)
 	$(GO) test $(TEST_FLAGS) ./netns-tests/
+	@if [ "$$(id -u)" = 0 ] || command -v qemu-system-x86_64 >/dev/null; then $(MAKE) --no-print-directory test-kernels; \
+	  else echo "test-kernels skipped: not root and no qemu-system-x86_64 (make test-kernels installs it as root)"; fi
 
 # Runs per scenario of the failover report.
 RUNS ?= 20

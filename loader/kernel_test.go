@@ -11,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/keepbit/keepbit/internal/privtest"
 )
@@ -107,11 +108,26 @@ func TestRequirementsMatchProgram(t *testing.T) {
 	}
 }
 
-// TestCheckKernelHere: this machine's kernel runs the forwarder, so the
-// check must pass here.
+// TestCheckKernelHere: a kernel at or above the minimum must pass the
+// check; an older one (make test-kernels boots 5.10) must be refused with
+// ErrKernelFeature and one sentence naming what is missing.
 func TestCheckKernelHere(t *testing.T) {
 	privtest.Require(t)
-	if err := CheckKernel(); err != nil {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
 		t.Fatal(err)
 	}
+	release := unix.ByteSliceToString(u.Release[:])
+	err := CheckKernel()
+	if !kernelLess(release, MinimumKernel()) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("kernel %s: supported (minimum %s)", release, MinimumKernel())
+		return
+	}
+	if !errors.Is(err, ErrKernelFeature) || !strings.Contains(err.Error(), "run a kernel of at least "+MinimumKernel()) {
+		t.Fatalf("kernel %s is below the minimum %s: CheckKernel = %v, want ErrKernelFeature naming the minimum", release, MinimumKernel(), err)
+	}
+	t.Logf("kernel %s is below the minimum %s: refused: %v", release, MinimumKernel(), err)
 }
