@@ -22,7 +22,7 @@ import (
 // measure.
 func TestFailoverReport(t *testing.T) {
 	privtest.Require(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 7*time.Minute)
 	defer cancel()
 	L, err := failreport.Build(ctx, failreport.Options{Keepbitd: keepbitd(t), Self: binary(t, "failover-report"),
 		CheckInterval: 20 * time.Millisecond, CheckTimeout: 20 * time.Millisecond})

@@ -20,14 +20,15 @@ func TestRunFromLoad(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		failed string
+		failed []string
 		want   Run
 	}{
-		{"backend b1 failed", "b1", Run{Gap: 25 * time.Millisecond, FailedNew: 3, BrokenFailed: 1, BrokenHealthy: 1}},
-		{"node failure: all count as healthy", "", Run{Gap: 25 * time.Millisecond, FailedNew: 3, BrokenHealthy: 2}},
+		{"backend b1 failed", []string{"b1"}, Run{Gap: 25 * time.Millisecond, FailedNew: 3, BrokenFailed: 1, BrokenHealthy: 1}},
+		{"group b1 and b2 lost", []string{"b1", "b2"}, Run{Gap: 25 * time.Millisecond, FailedNew: 3, BrokenFailed: 2}},
+		{"node failure: all count as healthy", nil, Run{Gap: 25 * time.Millisecond, FailedNew: 3, BrokenHealthy: 2}},
 	}
 	for _, c := range cases {
-		if got := RunFromLoad(r, c.failed); got != c.want {
+		if got := RunFromLoad(r, c.failed...); got != c.want {
 			t.Errorf("%s: got %+v, want %+v", c.name, got, c.want)
 		}
 	}

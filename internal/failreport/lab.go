@@ -78,6 +78,11 @@ type Lab struct {
 	Backends []*Backend
 	Nodes    []*Node
 	undo     func() error // of a partition in force
+	// The service's when_all_down ("" drop) and whether its last
+	// backend is a backup group (group 1) of its own: scenarios change
+	// them through Reconfigure.
+	policy      string
+	backupGroup bool
 }
 
 // Node is one Keepbit node: a namespace and its keepbitd.
@@ -157,8 +162,16 @@ func Build(ctx context.Context, opts Options) (_ *Lab, err error) {
 func (L *Lab) config(node string) string {
 	o := L.opts
 	var bs strings.Builder
-	for _, b := range L.Backends {
-		fmt.Fprintf(&bs, "      - {address: %s}\n", b.Addr)
+	for i, b := range L.Backends {
+		group := 0
+		if L.backupGroup && i == len(L.Backends)-1 {
+			group = 1
+		}
+		fmt.Fprintf(&bs, "      - {address: %s, group: %d}\n", b.Addr, group)
+	}
+	policy := L.policy
+	if policy == "" {
+		policy = "drop"
 	}
 	return fmt.Sprintf(`node: {name: %s, hash_seed: %d}
 interfaces: [{name: %s}]
@@ -171,7 +184,7 @@ services:
     vip: %s
     port: %d
     protocol: tcp
-    when_all_down: drop
+    when_all_down: %s
     backends:
 %svrrp:
   - name: vip
@@ -183,7 +196,7 @@ services:
     track:
       dataplane: {weight: 0}
       services: [{name: web, weight: 50}]
-`, node, hashSeed, ifname, o.CheckInterval, o.FastInterval, o.CheckTimeout, o.Rise, o.Fall, VIP, Port, bs.String(), o.Advert, VIP)
+`, node, hashSeed, ifname, o.CheckInterval, o.FastInterval, o.CheckTimeout, o.Rise, o.Fall, VIP, Port, policy, bs.String(), o.Advert, VIP)
 }
 
 // StartNode starts n's keepbitd and waits for its API socket.
@@ -321,6 +334,71 @@ func (L *Lab) unsettled(ctx context.Context) string {
 		return fmt.Sprintf("VRRP states %v", states)
 	}
 	return ""
+}
+
+// Reconfigure rewrites every node's config with the service's
+// when_all_down policy and backup group, and reloads the running nodes
+// (a node started later reads the same file). Nothing is written when
+// both are as they are.
+func (L *Lab) Reconfigure(ctx context.Context, policy string, backupGroup bool) error {
+	if policy == "drop" {
+		policy = ""
+	}
+	if L.policy == policy && L.backupGroup == backupGroup {
+		return nil
+	}
+	L.policy, L.backupGroup = policy, backupGroup
+	var errs []error
+	for _, n := range L.Nodes {
+		if err := os.WriteFile(n.cfg, []byte(L.config(n.Name)), 0o600); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !n.Running() {
+			continue
+		}
+		if _, err := n.API().Reload(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: reload: %w", n.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WaitBackends waits until every running node's dataplane holds each of
+// bs in state ("up", "down", ...), for at most 10 s.
+func (L *Lab) WaitBackends(ctx context.Context, state string, bs ...*Backend) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		why := ""
+		for _, n := range L.Nodes {
+			if !n.Running() {
+				continue
+			}
+			svcs, err := n.API().Services(ctx)
+			if err != nil || len(svcs) == 0 {
+				why = fmt.Sprintf("%s: services: %v", n.Name, err)
+				break
+			}
+			for _, b := range bs {
+				for _, st := range svcs[0].ServiceStatus.Backends {
+					if st.Address == b.Addr.String() && st.State != state {
+						why = fmt.Sprintf("%s: %s is %s", n.Name, b.Name, st.State)
+					}
+				}
+			}
+		}
+		if why == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("backends not %s within 10s: %s", state, why)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Events returns n's flight recorder.

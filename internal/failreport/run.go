@@ -2,8 +2,10 @@ package failreport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +74,13 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 	if master == nil {
 		return Result{}, fmt.Errorf("%s: no VRRP master before the run", sc.Name)
 	}
+	if sc.Prepare != nil {
+		if err := sc.Prepare(ctx, L, master); err != nil {
+			// Put the lab back for the next scenario before saying so.
+			rerr := sc.Restore(ctx, L, master)
+			return Result{}, errors.Join(fmt.Errorf("%s: prepare: %w", sc.Name, err), rerr)
+		}
+	}
 	var mu sync.Mutex
 	var news []struct {
 		start, end time.Time
@@ -107,11 +116,13 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 	if ierr != nil {
 		res.Err = ierr.Error()
 	}
-	target := failed
-	if failed == "all" {
-		target = ""
+	// failed: one backend, several (a group, comma-separated), "all",
+	// or none.
+	var targets []string
+	if failed != "" && failed != "all" {
+		targets = strings.Split(failed, ",")
 	}
-	res.Run = failover.RunFromLoad(rep, target)
+	res.Run = failover.RunFromLoad(rep, targets...)
 	for _, c := range rep.BrokenConns() {
 		res.Broken = append(res.Broken, fmt.Sprintf("%s on %v: %s (%s) at %v", c.Local, c.Backends, c.Broken, c.Err, c.BrokenAt.Sub(failAt).Round(time.Millisecond)))
 	}
@@ -140,9 +151,9 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 	}
 	if res.BrokenHealthy > 0 {
 		var falseDown map[string]bool
-		res.Events, falseDown = L.eventsSince(ctx, before, failAt.Add(-ld.Before), failAt, failed)
+		res.Events, falseDown = L.eventsSince(ctx, before, failAt.Add(-ld.Before), failAt, targets, failed == "all")
 		for _, c := range rep.BrokenConns() {
-			if b := c.Backend(); b != failed && falseDown[b] {
+			if b := c.Backend(); !slices.Contains(targets, b) && falseDown[b] {
 				res.FalseDown++
 			}
 		}
@@ -203,7 +214,7 @@ func (L *Lab) nodeEvents(ctx context.Context) map[string][]recorder.Event {
 // the injection and those of the nodes running now) from `from` on, times
 // relative to failAt, and the backends other than failed that a node
 // marked down in that time (false check failures).
-func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Event, from, failAt time.Time, failed string) ([]string, map[string]bool) {
+func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Event, from, failAt time.Time, failed []string, all bool) ([]string, map[string]bool) {
 	names := map[string]string{}
 	for _, b := range L.Backends {
 		names[b.Addr.String()] = b.Name
@@ -222,7 +233,7 @@ func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Even
 				continue
 			}
 			seen[key] = true
-			if name := names[e.Backend]; e.Kind == "backend-down" && name != "" && name != failed && failed != "all" {
+			if name := names[e.Backend]; e.Kind == "backend-down" && name != "" && !slices.Contains(failed, name) && !all {
 				falseDown[name] = true
 			}
 			lines = append(lines, line{e.Time, fmt.Sprintf("%v %s %s %s %s %s", e.Time.Sub(failAt).Round(100*time.Microsecond), node, e.Kind, e.Service, e.Backend, e.Reason)})

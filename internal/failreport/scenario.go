@@ -2,7 +2,9 @@ package failreport
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,6 +23,10 @@ type Scenario struct {
 	// Inject fails something and returns the backend it took out ("" for
 	// a node failure, or none).
 	Inject func(ctx context.Context, L *Lab, master *Node) (failed string, err error)
+	// Prepare (nil: nothing) sets the lab up before the client load
+	// starts: a config the scenario needs, or a backend already down
+	// for one that measures its return.
+	Prepare func(ctx context.Context, L *Lab, master *Node) error
 	// Restore puts the lab back; Run then waits for it to settle.
 	Restore func(ctx context.Context, L *Lab, master *Node) error
 }
@@ -84,21 +90,48 @@ func Scenarios() []Scenario {
 				return first(L).Name, L.Admin(ctx, first(L), "drain")
 			},
 			Restore: func(ctx context.Context, L *Lab, _ *Node) error { return L.Admin(ctx, first(L), "enable") }},
-		{Name: "all backends down (when_all_down: drop)", Kind: failover.BackendFailure, Event: "backend-down",
+		{Name: "backend returns", Kind: failover.BackendFailure, Event: "backend-up",
+			Prepare: func(ctx context.Context, L *Lab, _ *Node) error {
+				first(L).Signal(syscall.SIGKILL)
+				return L.WaitBackends(ctx, "down", first(L))
+			},
+			Inject: func(_ context.Context, L *Lab, _ *Node) (string, error) { return "", first(L).Start() },
+			Restore: func(_ context.Context, L *Lab, _ *Node) error { return restart(first(L)) }},
+		allDown("drop", restart),
+		allDown("pass", restart),
+		allDown("keep-last", restart),
+		{Name: "primary group lost (backup group takes over)", Kind: failover.BackendFailure, Event: "backend-down",
+			Prepare: func(ctx context.Context, L *Lab, _ *Node) error { return L.Reconfigure(ctx, "drop", true) },
 			Inject: func(_ context.Context, L *Lab, _ *Node) (string, error) {
-				for _, b := range L.Backends {
+				primary := L.Backends[:len(L.Backends)-1]
+				var names []string
+				for _, b := range primary {
+					b.Signal(syscall.SIGKILL)
+					names = append(names, b.Name)
+				}
+				return strings.Join(names, ","), nil
+			},
+			Restore: func(ctx context.Context, L *Lab, _ *Node) error { return restoreAll(ctx, L, restart) }},
+		{Name: "primary group returns", Kind: failover.BackendFailure, Event: "backend-up",
+			Prepare: func(ctx context.Context, L *Lab, _ *Node) error {
+				if err := L.Reconfigure(ctx, "drop", true); err != nil {
+					return err
+				}
+				primary := L.Backends[:len(L.Backends)-1]
+				for _, b := range primary {
 					b.Signal(syscall.SIGKILL)
 				}
-				return "all", nil
+				return L.WaitBackends(ctx, "down", primary...)
 			},
-			Restore: func(_ context.Context, L *Lab, _ *Node) error {
-				for _, b := range L.Backends {
-					if err := restart(b); err != nil {
-						return err
+			Inject: func(_ context.Context, L *Lab, _ *Node) (string, error) {
+				for _, b := range L.Backends[:len(L.Backends)-1] {
+					if err := b.Start(); err != nil {
+						return "", err
 					}
 				}
-				return nil
-			}},
+				return "", nil
+			},
+			Restore: func(ctx context.Context, L *Lab, _ *Node) error { return restoreAll(ctx, L, restart) }},
 		{Name: "Keepbit master frozen", Kind: failover.NodeFailure, Event: "vrrp-master",
 			Inject:  func(_ context.Context, _ *Lab, m *Node) (string, error) { m.Signal(syscall.SIGSTOP); return "", nil },
 			Restore: func(_ context.Context, L *Lab, m *Node) error { m.Signal(syscall.SIGCONT); return nil }},
@@ -140,6 +173,30 @@ func Scenarios() []Scenario {
 			},
 			Restore: func(context.Context, *Lab, *Node) error { return nil }},
 	}
+}
+
+// allDown kills every backend under the when_all_down policy.
+func allDown(policy string, restart func(*Backend) error) Scenario {
+	return Scenario{Name: "all backends down (when_all_down: " + policy + ")", Kind: failover.BackendFailure, Event: "backend-down",
+		Prepare: func(ctx context.Context, L *Lab, _ *Node) error { return L.Reconfigure(ctx, policy, false) },
+		Inject: func(_ context.Context, L *Lab, _ *Node) (string, error) {
+			for _, b := range L.Backends {
+				b.Signal(syscall.SIGKILL)
+			}
+			return "all", nil
+		},
+		Restore: func(ctx context.Context, L *Lab, _ *Node) error { return restoreAll(ctx, L, restart) }}
+}
+
+// restoreAll brings every backend back and the lab's config to its
+// default (drop, one group).
+func restoreAll(ctx context.Context, L *Lab, restart func(*Backend) error) error {
+	var errs []error
+	for _, b := range L.Backends {
+		errs = append(errs, restart(b))
+	}
+	errs = append(errs, L.Reconfigure(ctx, "drop", false))
+	return errors.Join(errs...)
 }
 
 // Select returns the scenarios whose names contain any of the filters
