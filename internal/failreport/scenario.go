@@ -95,7 +95,7 @@ func Scenarios() []Scenario {
 				first(L).Signal(syscall.SIGKILL)
 				return L.WaitBackends(ctx, "down", first(L))
 			},
-			Inject: func(_ context.Context, L *Lab, _ *Node) (string, error) { return "", first(L).Start() },
+			Inject:  func(_ context.Context, L *Lab, _ *Node) (string, error) { return "", first(L).Start() },
 			Restore: func(_ context.Context, L *Lab, _ *Node) error { return restart(first(L)) }},
 		allDown("drop", restart),
 		allDown("pass", restart),
