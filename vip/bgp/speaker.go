@@ -234,7 +234,8 @@ func (s *Speaker) kickAdmin() {
 // dropped and the session held down for good; a PeerDown right after a
 // PeerUp would likewise leave a session up that BFD says is down. A peer
 // re-created by SetPeers also starts with the admin state of its config,
-// not the hold. It ends with Stop.
+// not the hold. A state that holds is checked again every adminRetryMax,
+// since a request still queued in GoBGP can undo it. It ends with Stop.
 func (s *Speaker) adminLoop(ctx context.Context) {
 	defer close(s.adminDone)
 	backoff := adminRetryMin
@@ -257,13 +258,19 @@ func (s *Speaker) adminLoop(ctx context.Context) {
 			retry.Stop()
 			retry, retryC = nil, nil
 		}
+		wait := backoff
 		if s.reconcileAdmin(ctx) == 0 {
-			backoff = adminRetryMin
-			continue
+			// As wanted now, but a request sent earlier may still be
+			// queued in GoBGP and undo it when it runs (PeerDown, then
+			// PeerUp before the DisablePeer ran: ListPeer still says up,
+			// then the queued request takes the peer down). Look again
+			// every adminRetryMax for as long as the loop runs.
+			backoff, wait = adminRetryMin, adminRetryMax
+		} else {
+			backoff = min(2*backoff, adminRetryMax)
 		}
-		retry = time.NewTimer(backoff)
+		retry = time.NewTimer(wait)
 		retryC = retry.C
-		backoff = min(2*backoff, adminRetryMax)
 	}
 }
 
