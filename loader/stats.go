@@ -337,15 +337,33 @@ func (d *Dataplane) Services() []ServiceInfo {
 	defer d.mu.Unlock()
 	var out []ServiceInfo
 	for key, svc := range d.services {
-		si := ServiceInfo{Key: key, TableSize: svc.tableSize, Generation: svc.generation, NoBackend: svc.noBackend}
-		for _, m := range svc.members {
-			si.Backends = append(si.Backends, m.spec)
-		}
-		slices.SortFunc(si.Backends, func(a, b BackendSpec) int { return a.Addr.Compare(b.Addr) })
-		out = append(out, si)
+		out = append(out, infoLocked(key, svc))
 	}
 	slices.SortFunc(out, func(a, b ServiceInfo) int { return compareKeys(a.Key, b.Key) })
 	return out
+}
+
+// Service is Services' entry for one service (false: not configured). A
+// caller that wants one service asks for it alone: listing them all for
+// each of 1,000 services being created cost time quadratic in the count.
+func (d *Dataplane) Service(key ServiceKey) (ServiceInfo, bool) {
+	key.VIP = key.VIP.Unmap()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	svc, ok := d.services[key]
+	if !ok {
+		return ServiceInfo{}, false
+	}
+	return infoLocked(key, svc), true
+}
+
+func infoLocked(key ServiceKey, svc *service) ServiceInfo {
+	si := ServiceInfo{Key: key, TableSize: svc.tableSize, Generation: svc.generation, NoBackend: svc.noBackend}
+	for _, m := range svc.members {
+		si.Backends = append(si.Backends, m.spec)
+	}
+	slices.SortFunc(si.Backends, func(a, b BackendSpec) int { return a.Addr.Compare(b.Addr) })
+	return si
 }
 
 func compareKeys(a, b ServiceKey) int {

@@ -256,11 +256,9 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	}
 	// What an earlier keepbitd left in the dataplane, to resume from.
 	pinned := map[netip.Addr]loader.BackendSpec{}
-	for _, si := range dp.Services() {
-		if si.Key == key {
-			for _, b := range si.Backends {
-				pinned[b.Addr] = b
-			}
+	if si, ok := dp.Service(key); ok {
+		for _, b := range si.Backends {
+			pinned[b.Addr] = b
 		}
 	}
 
