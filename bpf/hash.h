@@ -65,5 +65,5 @@ static __always_inline __u32 flow_cache_index(const struct flow_key *key)
 
 	h ^= (w[4] ^ w[5] ^ w[6] ^ w[7]) * 0x85EBCA77u;
 	h ^= (w[8] ^ w[9]) * 0xC2B2AE3Du;
-	return (h ^ (h >> 15)) & (FLOW_CACHE_SIZE - 1);
+	return (h ^ (h >> 15)) & flow_cache_mask;
 }

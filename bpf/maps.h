@@ -23,7 +23,7 @@ enum limits {
 	MAX_PORTS = 64,
 	MAX_GROUPS = 8,
 	MAX_MEMBERS = 1024,       /* per service */
-	FLOW_CACHE_SIZE = 8192,   /* per CPU, power of two */
+	FLOW_CACHE_SIZE = 8192,   /* per CPU, power of two; default, the loader may resize */
 	FLOW_CACHE_FLUSH = 64,    /* packets between refreshes of the flow table */
 	/* ...or at most this long (bpf_ktime_get_coarse_ns): a slow flow's
 	 * last_seen lags by at most this much, so drain -wait and the LRU see
@@ -141,6 +141,11 @@ enum share_limits {
 
 /* Keeps enum reason in BTF so bpf2go emits it for the Go side. */
 const volatile enum reason reason_count = REASON_MAX;
+
+/* The flow cache's index mask: its size minus one. The loader sizes the
+ * cache at load time (Options.FlowCacheSize) and sets this to match; it is
+ * read-only once loaded, so the verifier sees a constant. */
+const volatile __u32 flow_cache_mask = FLOW_CACHE_SIZE - 1;
 
 
 struct service_key {

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -96,6 +98,20 @@ func TestAttachPinAdoptDetach(t *testing.T) {
 		if len(s.Backends) != 1 || s.Backends[0].Port != tp.lbb || s.Backends[0].MAC.String() != tp.backendMAC.String() {
 			t.Fatalf("adopted %s backends = %+v, want one via %s", s.Key, s.Backends, tp.lbb)
 		}
+	}
+	// Service(key) is the same entry (what keepbitd resumes from), also
+	// asked with the IPv4-mapped form of the VIP; an unknown key is not.
+	for _, s := range svcs {
+		mapped := s.Key
+		mapped.VIP = netip.AddrFrom16(s.Key.VIP.As16())
+		for _, k := range []ServiceKey{s.Key, mapped} {
+			if one, ok := dp.Service(k); !ok || !reflect.DeepEqual(one, s) {
+				t.Fatalf("Service(%s) = %+v, %v; want %+v", k, one, ok, s)
+			}
+		}
+	}
+	if _, ok := dp.Service(ServiceKey{VIP: netip.MustParseAddr("192.0.2.99"), Port: 80, Proto: TCP}); ok {
+		t.Fatal("Service of an unknown key says it exists")
 	}
 
 	// 4. The adopted state can be changed: add a second (down) backend.

@@ -51,6 +51,13 @@ type Options struct {
 	// FlowTableSize is the flow table's capacity; 0 keeps the default.
 	// It is fixed when the maps are first created.
 	FlowTableSize uint32
+	// FlowCacheSize is the per-CPU flow cache's entries (96 bytes each,
+	// per CPU), a power of two from MinFlowCacheSize to MaxFlowCacheSize;
+	// 0 keeps DefaultFlowCacheSize. Established flows beyond what the
+	// cache holds take the slow path (a flow table lookup) on every
+	// packet: size it for the flows a CPU sees at once. The cache is not
+	// pinned, so a restart may change it.
+	FlowCacheSize uint32
 	// FlowSharing configures the flow reports and the shared flow lookup
 	// (SetFlowSharing changes it later).
 	FlowSharing FlowSharing
@@ -291,6 +298,9 @@ func (d *Dataplane) load(ctx context.Context) error {
 	if d.opts.FlowTableSize > 0 {
 		spec.Maps[keepbitMapFlows].MaxEntries = d.opts.FlowTableSize
 		spec.Maps[keepbitMapSharedFlows].MaxEntries = d.opts.FlowTableSize
+	}
+	if err := sizeFlowCache(spec, d.opts.FlowCacheSize); err != nil {
+		return err
 	}
 	d.inner = spec.Maps[keepbitMapTables].InnerMap.Copy()
 

@@ -40,7 +40,7 @@ func (d *Dataplane) ForgetFlows(vips []netip.Addr) (flows, cached int, err error
 		flows++
 	}
 	var per []keepbitFlowCacheEntry
-	for idx := uint32(0); idx < uint32(keepbitLimitsFLOW_CACHE_SIZE); idx++ {
+	for idx := range d.objs.FlowCache.MaxEntries() {
 		if err := d.objs.FlowCache.Lookup(idx, &per); err != nil {
 			return flows, cached, fmt.Errorf("flow cache %d: %w", idx, err)
 		}

@@ -313,6 +313,7 @@ const (
 	keepbitMapVipFilter         = "vip_filter"
 	keepbitMapVips              = "vips"
 	keepbitProgKeepbitXdp       = "keepbit_xdp"
+	keepbitVarFlowCacheMask     = "flow_cache_mask"
 	keepbitVarKeepbitAbi        = "keepbit_abi"
 	keepbitVarReasonCount       = "reason_count"
 )
@@ -392,8 +393,9 @@ type keepbitMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type keepbitVariableSpecs struct {
-	KeepbitAbi  *ebpf.VariableSpec `ebpf:"keepbit_abi"`
-	ReasonCount *ebpf.VariableSpec `ebpf:"reason_count"`
+	FlowCacheMask *ebpf.VariableSpec `ebpf:"flow_cache_mask"`
+	KeepbitAbi    *ebpf.VariableSpec `ebpf:"keepbit_abi"`
+	ReasonCount   *ebpf.VariableSpec `ebpf:"reason_count"`
 }
 
 // keepbitObjects contains all objects after they have been loaded into the kernel.
@@ -467,8 +469,9 @@ func (m *keepbitMaps) Close() error {
 //
 // It can be passed to loadKeepbitObjects or ebpf.CollectionSpec.LoadAndAssign.
 type keepbitVariables struct {
-	KeepbitAbi  *ebpf.Variable `ebpf:"keepbit_abi"`
-	ReasonCount *ebpf.Variable `ebpf:"reason_count"`
+	FlowCacheMask *ebpf.Variable `ebpf:"flow_cache_mask"`
+	KeepbitAbi    *ebpf.Variable `ebpf:"keepbit_abi"`
+	ReasonCount   *ebpf.Variable `ebpf:"reason_count"`
 }
 
 // keepbitPrograms contains all programs after they have been loaded into the kernel.

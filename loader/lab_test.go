@@ -57,13 +57,21 @@ func addPort(t testing.TB, name string, hw net.HardwareAddr) int {
 
 func newLab(t testing.TB) *lab {
 	t.Helper()
+	return newLabWith(t, Options{})
+}
+
+// newLabWith is newLab with opts (its port, NoAttach and hash seed are the
+// lab's).
+func newLabWith(t testing.TB, opts Options) *lab {
+	t.Helper()
 	privtest.Require(t)
 	suffix := rand.Uint32() & 0xffffff
 	name := fmt.Sprintf("kbl%06x", suffix)
 	port2 := fmt.Sprintf("kbq%06x", suffix)
 	l := &lab{t: t, ifindex: addPort(t, name, lbMAC), port2: port2}
 	addPort(t, port2, port2MAC)
-	dp, err := Open(context.Background(), Options{Interface: name, NoAttach: true, HashSeed: 7})
+	opts.Interface, opts.NoAttach, opts.HashSeed = name, true, 7
+	dp, err := Open(context.Background(), opts)
 	if err != nil {
 		t.Fatalf("open dataplane: %v", err)
 	}

@@ -8,9 +8,12 @@ import (
 	"time"
 )
 
-// flowCacheIndex is bpf/hash.h's flow_cache_index, for tests that need two
-// flows on one cache slot.
-func flowCacheIndex(k *keepbitFlowKey) uint32 {
+// flowCacheIndex is bpf/hash.h's flow_cache_index for the default cache
+// size, for tests that need two flows on one cache slot.
+func flowCacheIndex(k *keepbitFlowKey) uint32 { return flowCacheHash(k) & (DefaultFlowCacheSize - 1) }
+
+// flowCacheHash is flow_cache_index before the mask.
+func flowCacheHash(k *keepbitFlowKey) uint32 {
 	var b [40]byte
 	copy(b[0:16], k.Src[:])
 	copy(b[16:32], k.Dst[:])
@@ -21,7 +24,7 @@ func flowCacheIndex(k *keepbitFlowKey) uint32 {
 	h := (w(0) ^ w(1) ^ w(2) ^ w(3)) * 0x9E3779B1
 	h ^= (w(4) ^ w(5) ^ w(6) ^ w(7)) * 0x85EBCA77
 	h ^= (w(8) ^ w(9)) * 0xC2B2AE3D
-	return (h ^ (h >> 15)) & (uint32(keepbitLimitsFLOW_CACHE_SIZE) - 1)
+	return h ^ (h >> 15)
 }
 
 // TestFlowReportCacheCollision: two long-lived flows on one slot of a

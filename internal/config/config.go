@@ -96,6 +96,11 @@ type Node struct {
 	// start only: a reload that changes them is refused (pin_root, like an
 	// interface's mode, takes a detach: a restart keeps the attached link).
 	StateDir string `yaml:"state_dir"`
+	// FlowCacheSize is the per-CPU flow cache's entries (a power of two,
+	// 256 to 1,048,576; 0: 8,192). An established flow the cache does not
+	// hold costs a flow table lookup on every packet; each entry costs 96
+	// bytes per CPU. Takes effect at start (a restart keeps forwarding).
+	FlowCacheSize uint32 `yaml:"flow_cache_size"`
 }
 
 // Interface is a port the forwarder runs on.

@@ -127,6 +127,7 @@ services:
 		{"metrics address", head + "metrics: {listen: nowhere}\n", []string{`k.yaml:2: metrics.listen: "nowhere" is not host:port or off`}},
 		{"duplicate key", head + "log: {level: info, level: warn}\n", []string{"k.yaml:2: log.level: given twice"}},
 		{"relative state dir", "node: {state_dir: var/keepbit}\n" + head, []string{`k.yaml:1: node.state_dir: "var/keepbit" is not an absolute path`}},
+		{"flow cache not a power of two", "node: {flow_cache_size: 10000}\n" + head, []string{`k.yaml:1: node.flow_cache_size: flow cache size 10000: want a power of two from 256 to 1048576`}},
 		{"mapped and plain address are one backend", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    backends:\n      - address: 10.0.0.1\n      - address: ::ffff:10.0.0.1\n",
 			[]string{"k.yaml:7: services[0].backends[1].address: 10.0.0.1 is listed twice"}},
 		{"mapped VIP is the IPv4 service", head + "services:\n  - {vip: 192.0.2.1, port: 80, name: a}\n  - {vip: \"::ffff:192.0.2.1\", port: 80, name: b}\n",

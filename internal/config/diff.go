@@ -46,7 +46,7 @@ func Diff(running, candidate *Config) []Change {
 // effect: the fields a reload refuses (control's start-only rules).
 func effect(path string) string {
 	switch {
-	case path == "node.hash_seed", path == "node.state_dir":
+	case path == "node.hash_seed", path == "node.state_dir", path == "node.flow_cache_size":
 		return "restart"
 	case path == "node.pin_root":
 		return "detach"

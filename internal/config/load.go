@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/keepbit/keepbit/internal/maglev"
+	"github.com/keepbit/keepbit/loader"
 	"github.com/keepbit/keepbit/probe"
 )
 
@@ -228,6 +229,9 @@ func (d *decoder) validate(c *Config) {
 	}
 	if !filepath.IsAbs(c.Node.StateDir) {
 		d.fail("node.state_dir", "%q is not an absolute path", c.Node.StateDir)
+	}
+	if err := loader.ValidFlowCacheSize(c.Node.FlowCacheSize); err != nil {
+		d.fail("node.flow_cache_size", "%v", err)
 	}
 	if len(c.Interfaces) == 0 {
 		d.fail("interfaces", "at least one interface is required")

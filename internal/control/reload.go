@@ -78,7 +78,7 @@ func (c *Controller) reloadLocked(ctx context.Context, cfg *config.Config) error
 			continue
 		}
 		dp, err := loader.Open(ctx, loader.Options{Interface: ifc.Name, PinRoot: cfg.Node.PinRoot, Mode: attachMode(ifc.Mode),
-			HashSeed: cfg.Node.HashSeed, Logger: c.log})
+			HashSeed: cfg.Node.HashSeed, FlowCacheSize: cfg.Node.FlowCacheSize, Logger: c.log})
 		if err != nil {
 			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}

@@ -118,6 +118,7 @@ func TestReloadRefusesStartOnlyFields(t *testing.T) {
 		// under the old one holds the interface): it takes a detach.
 		{"pin root", func(n *config.Node) { n.PinRoot = "/mnt/bpf" }, ErrDetachRequired, []string{"node.pin_root: changed from /sys/fs/bpf to /mnt/bpf: the attached program stays as it is, across restarts too, until it is detached"}},
 		{"state dir", func(n *config.Node) { n.StateDir = "/srv/keepbit" }, ErrRestartRequired, []string{"node.state_dir: changed from /var/lib/keepbit to /srv/keepbit: a restart is needed"}},
+		{"flow cache size", func(n *config.Node) { n.FlowCacheSize = 1 << 16 }, ErrRestartRequired, []string{"node.flow_cache_size: changed from 0 to 65536: a restart is needed"}},
 		{"two at once, both named", func(n *config.Node) { n.HashSeed, n.PinRoot = 9, "/x" }, ErrRestartRequired, []string{"node.hash_seed: changed from 7 to 9", "node.pin_root: changed from /sys/fs/bpf to /x"}},
 	}
 	for _, c := range cases {

@@ -31,6 +31,9 @@ func startOnly(running, next config.Node) error {
 	if running.PinRoot != next.PinRoot {
 		errs = append(errs, fmt.Errorf("node.pin_root: changed from %s to %s: %w", running.PinRoot, next.PinRoot, ErrDetachRequired))
 	}
+	if running.FlowCacheSize != next.FlowCacheSize {
+		errs = append(errs, fmt.Errorf("node.flow_cache_size: changed from %d to %d: %w", running.FlowCacheSize, next.FlowCacheSize, ErrRestartRequired))
+	}
 	if running.StateDir != next.StateDir {
 		errs = append(errs, fmt.Errorf("node.state_dir: changed from %s to %s: %w", running.StateDir, next.StateDir, ErrRestartRequired))
 	}

@@ -1,0 +1,99 @@
+package loader
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+// TestFlowCacheSize: the cache gets the size asked for and the program
+// indexes it with the matching mask, so an established flow is served
+// from the slot its hash names (with the default mask in a smaller cache
+// most slots would lie past the end and never hit).
+func TestFlowCacheSize(t *testing.T) {
+	cases := []struct {
+		size, want uint32
+		err        string
+	}{
+		{size: 0, want: DefaultFlowCacheSize},
+		{size: MinFlowCacheSize, want: MinFlowCacheSize},
+		{size: 1 << 15, want: 1 << 15},
+		{size: 1000, err: "flow cache size 1000: want a power of two"},
+		{size: 128, err: "flow cache size 128"},
+		{size: 1 << 21, err: "flow cache size 2097152"},
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprint(c.size), func(t *testing.T) {
+			if c.err != "" {
+				if err := ValidFlowCacheSize(c.size); err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("ValidFlowCacheSize: %v, want %q", err, c.err)
+				}
+				spec, err := loadKeepbit()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := sizeFlowCache(spec, c.size); err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("sizeFlowCache: %v, want %q", err, c.err)
+				}
+				return
+			}
+			pinOneCPU(t)
+			l := newLabWith(t, Options{FlowCacheSize: c.size})
+			if got := l.dp.objs.FlowCache.MaxEntries(); got != c.want {
+				t.Fatalf("cache has %d entries, want %d", got, c.want)
+			}
+			key := svc("198.51.100.61", 80, TCP)
+			b := backend("10.4.6.1", "02:ab:00:00:06:01")
+			l.apply(key, ServiceSpec{Backends: []BackendSpec{b}})
+			// Find a client whose slot differs under the default mask, so
+			// the test fails if the program kept it.
+			vip := netip.AddrPortFrom(key.VIP, 80)
+			var client netip.AddrPort
+			var fk *keepbitFlowKey
+			for p := uint16(1024); p != 0; p++ {
+				cl := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.61"), p)
+				k := &keepbitFlowKey{Src: addr16(cl.Addr()), Dst: addr16(vip.Addr()), Sport: hostToNet16(p), Dport: hostToNet16(80), Proto: uint8(TCP)}
+				if h := flowCacheHash(k); c.want == DefaultFlowCacheSize || h&(c.want-1) != h&(DefaultFlowCacheSize-1) {
+					client, fk = cl, k
+					break
+				}
+			}
+			for range 3 {
+				if got := l.chosen("198.51.100.61", client.Addr().String(), client.Port()); got != b.MAC.String() {
+					t.Fatalf("flow went to %s, want %s", got, b.MAC)
+				}
+			}
+			var per []keepbitFlowCacheEntry
+			idx := flowCacheHash(fk) & (c.want - 1)
+			if err := l.dp.objs.FlowCache.Lookup(idx, &per); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, e := range per {
+				found = found || (e.Key == *fk && e.PendingPackets > 0)
+			}
+			if !found {
+				t.Fatalf("no CPU's cache slot %d holds the flow with packets counted: %+v", idx, per)
+			}
+		})
+	}
+}
+
+// TestFlowCacheForget: ForgetFlows walks a resized cache to its end.
+func TestFlowCacheForget(t *testing.T) {
+	l := newLabWith(t, Options{FlowCacheSize: MinFlowCacheSize})
+	key := svc("198.51.100.62", 80, TCP)
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{backend("10.4.6.2", "02:ab:00:00:06:02")}})
+	for p := range uint16(64) {
+		l.chosen("198.51.100.62", "203.0.113.62", 2000+p)
+		l.chosen("198.51.100.62", "203.0.113.62", 2000+p)
+	}
+	flows, cached, err := l.dp.ForgetFlows([]netip.Addr{key.VIP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flows != 64 || cached == 0 {
+		t.Fatalf("forgot %d flows and %d cache entries, want 64 and some", flows, cached)
+	}
+}
