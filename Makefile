@@ -7,7 +7,8 @@ BPF_CLANG ?= clang-16
 BPF_STRIP ?= llvm-strip-16
 BPF_PACKAGES := clang-16 llvm-16 libbpf-dev
 BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
-GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfel.go loader/baseline_bpfel.o
+GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/baseline_bpfel.go loader/baseline_bpfel.o \
+  internal/loadgen/sender_bpfel.go internal/loadgen/sender_bpfel.o internal/loadgen/sink_bpfel.go internal/loadgen/sink_bpfel.o
 # -race: every package runs under the race detector (the loader, control and
 # VIP tests interleave writers and readers on purpose).
 TEST_FLAGS ?= -count=1 -timeout 45m -race
@@ -29,7 +30,7 @@ DEB_VERSION ?= 0.1.0+git$(shell git rev-parse --short HEAD 2>/dev/null || echo 0
 DEB_ARCH ?= $(shell $(GO) env GOARCH)
 PACKAGE_DIR ?= bin
 
-.PHONY: help generate check-generated build install package failover-report test test-deps test-kernels bench lint clang demo demo-bgp churn
+.PHONY: help generate check-generated build install package failover-report bench-compare test test-deps test-kernels bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), HAProxy (comparison), BIRD 2 (BGP and BFD
 # interop, the upstream router of the BGP lab). Package name = command name.
@@ -43,8 +44,8 @@ clang: ## install the pinned clang and BPF headers with apt-get when missing
 	@command -v $(BPF_CLANG) >/dev/null && command -v $(BPF_STRIP) >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] || \
 	  { echo "installing $(BPF_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BPF_PACKAGES); }
 
-generate: clang ## regenerate the bpf2go output (loader/*_bpfel.*) from bpf/*.c
-	cd loader && BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./...
+generate: clang ## regenerate the bpf2go output (loader/*_bpfel.*, internal/loadgen/*_bpfel.*) from bpf/*.c
+	BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./loader ./internal/loadgen
 
 check-generated: ## fail when the committed bpf2go output does not match bpf/*.c (needs clang)
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp $(GENERATED) $$tmp/ && \
@@ -109,6 +110,10 @@ RUNS ?= 20
 failover-report: ## (root) every failure scenario RUNS times in the namespace lab with real keepbitd: docs/failover-report.md, .json, charts
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/failover-report
 	./bin/failover-report -runs $(RUNS) -keepbitd bin/keepbitd -out docs
+
+bench-compare: ## (root) Keepbit's forwarding rate next to the machine's ceiling, one run: BENCHMARKS.md, docs/benchmarks/
+	$(GO) build -o bin/ ./cmd/bench-compare
+	./bin/bench-compare $(BENCH_COMPARE_FLAGS)
 
 bench: ## run the benchmarks (packet cost vs baseline, state change, table switch, maglev)
 	$(GO) test $(BENCH_FLAGS) ./...

@@ -22,12 +22,12 @@ import (
 const benchRepeat = 20000
 
 func baselineProgram(b *testing.B) *ebpf.Program {
-	var objs baselineObjects
-	if err := loadBaselineObjects(&objs, nil); err != nil {
-		b.Fatalf("load baseline: %v", err)
+	prog, err := LoadBaseline()
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.Cleanup(func() { objs.Close() })
-	return objs.BaselineXdp
+	b.Cleanup(func() { prog.Close() })
+	return prog
 }
 
 func benchLab(b *testing.B) *lab {

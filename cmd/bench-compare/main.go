@@ -1,0 +1,73 @@
+// bench-compare measures Keepbit's forwarding rate next to the machine's
+// ceiling (the baseline MAC-swap program on the same kind of port) in one
+// run, and writes BENCHMARKS.md, docs/benchmarks/throughput.json and the
+// chart. Run it as root on an otherwise idle machine (make bench-compare).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/keepbit/keepbit/internal/machine"
+	"github.com/keepbit/keepbit/internal/throughput"
+	"github.com/keepbit/keepbit/loader"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-compare:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("bench-compare", flag.ContinueOnError)
+	d := fs.Duration("duration", time.Second, "length of one measurement")
+	repeats := fs.Int("repeats", 5, "measurements per case and side, alternating ceiling and Keepbit")
+	perRun := fs.Uint("per-run", 1<<16, "frames per BPF_PROG_RUN")
+	services := fs.Int("services", 1000, "services in the many-services case")
+	cache := fs.Uint("flow-cache", 0, "the dataplane's per-CPU flow cache entries (0: the default)")
+	only := fs.String("cases", "", "comma-separated parts of case names to run (default: all)")
+	root := fs.String("out", ".", "repository root to write BENCHMARKS.md and docs/benchmarks/ under")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *perRun == 0 || *perRun > 1<<24 {
+		return fmt.Errorf("-per-run %d: want 1 .. %d", *perRun, 1<<24)
+	}
+	opts := throughput.Options{Duration: *d, Repeats: *repeats, PerRun: uint32(*perRun), Services: *services,
+		FlowCacheSize: uint32(*cache),
+		Progress:      func(s string) { fmt.Fprintln(out, s) }}
+	if *only != "" {
+		opts.Only = strings.Split(*only, ",")
+	}
+	rep := throughput.Report{Machine: machine.This(strings.TrimSpace("bench-compare " + strings.Join(args, " "))),
+		Settings: fmt.Sprintf("%d repeats of %v per case and side, %d frames per run, many-services case with %d services "+
+			"(Maglev tables of %d slots), flow cache %s", *repeats, *d, *perRun, *services, throughput.ManyTableSize, cacheText(uint32(*cache)))}
+	res, err := throughput.Run(ctx, opts)
+	if err != nil {
+		return err
+	}
+	rep.Results = res
+	if err := throughput.Write(*root, rep); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "wrote %s, %s, %s\n", throughput.MarkdownPath, throughput.JSONPath, throughput.ChartPath)
+	return nil
+}
+
+func cacheText(n uint32) string {
+	if n == 0 {
+		n = loader.DefaultFlowCacheSize
+	}
+	return fmt.Sprintf("%d entries per CPU", n)
+}
