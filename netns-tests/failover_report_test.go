@@ -55,14 +55,19 @@ func TestFailoverReport(t *testing.T) {
 		// A check that times out on a working backend (a loaded CI
 		// machine) takes that backend's connections down with it: a
 		// detection error the report counts apart and this test logs.
-		// Every other healthy connection lost is a failover defect.
-		if s.BrokenHealthy > s.FalseDown {
-			t.Errorf("%s: %d long-lived connections on healthy backends broken (%d after a false check failure)", sc.Name, s.BrokenHealthy, s.FalseDown)
+		// So does a backup that misses the master's adverts and takes the
+		// VIP in a backend scenario (counted apart as well: the flows
+		// it maps with a table changed since they began are lost, which
+		// the report says). Every other healthy connection lost is a
+		// failover defect.
+		if s.BrokenHealthy > s.FalseDown+s.AfterMove {
+			t.Errorf("%s: %d long-lived connections on healthy backends broken (%d after a false check failure, %d after an unplanned VIP move)",
+				sc.Name, s.BrokenHealthy, s.FalseDown, s.AfterMove)
 		}
 		for i, r := range results {
 			if r.BrokenHealthy > 0 {
-				t.Logf("%s run %d: %d broken on healthy backends (%d after a false check failure):\n%s\nevents:\n%s", sc.Name, i+1,
-					r.BrokenHealthy, r.FalseDown, strings.Join(r.Broken, "\n"), strings.Join(r.Events, "\n"))
+				t.Logf("%s run %d: %d broken on healthy backends (%d after a false check failure, %d after an unplanned VIP move):\n%s\nevents:\n%s",
+					sc.Name, i+1, r.BrokenHealthy, r.FalseDown, r.AfterMove, strings.Join(r.Broken, "\n"), strings.Join(r.Events, "\n"))
 			}
 		}
 		if s.GapMax > time.Second && !strings.HasPrefix(sc.Name, "all backends down") {

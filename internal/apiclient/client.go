@@ -36,6 +36,15 @@ func New(socket string) *Client {
 		}}}}
 }
 
+// WithTimeout bounds every call, reading the answer included, to d: for
+// callers that must not wait on a daemon that accepts connections but
+// does not run (stopped with SIGSTOP, or wedged). Not for following
+// events, which stream for as long as the caller wants.
+func (c *Client) WithTimeout(d time.Duration) *Client {
+	c.http.Timeout = d
+	return c
+}
+
 // Error is an answer other than 200 OK.
 type Error struct {
 	Code    int    // HTTP status code

@@ -34,6 +34,12 @@ type Run struct {
 	// although the scenario left it alone (a check that failed on a
 	// working backend: a detection error, not a failover one).
 	FalseDown int
+	// AfterMove: of BrokenHealthy and not FalseDown, those lost after the
+	// VIP moved between nodes in a scenario that fails no node (a backup
+	// that missed the master's adverts on a loaded machine took over).
+	// The new owner maps flows with its own table: one that changed since
+	// a flow began (a backend or group returned) moves that flow.
+	AfterMove int
 }
 
 // Summary is one scenario's figures over all its runs.
@@ -46,6 +52,7 @@ type Summary struct {
 	BrokenFailed           int
 	BrokenHealthy          int
 	FalseDown              int // of BrokenHealthy: after a false check failure
+	AfterMove              int // of BrokenHealthy: after an unplanned VIP move
 }
 
 // Summarize folds a scenario's runs into its figures.
@@ -62,6 +69,7 @@ func Summarize(name string, kind Kind, runs []Run) (Summary, error) {
 		s.BrokenFailed += r.BrokenFailed
 		s.BrokenHealthy += r.BrokenHealthy
 		s.FalseDown += r.FalseDown
+		s.AfterMove += r.AfterMove
 	}
 	s.GapP50, _ = Percentile(gaps, 50)
 	s.GapP99, _ = Percentile(gaps, 99)
@@ -78,8 +86,15 @@ func Markdown(sums []Summary) string {
 		if s.BrokenHealthy > 0 {
 			healthy = fmt.Sprintf("%d: MISSED", s.BrokenHealthy)
 		}
+		var why []string
 		if s.FalseDown > 0 {
-			healthy = fmt.Sprintf("%d (%d after a false check failure): MISSED", s.BrokenHealthy, s.FalseDown)
+			why = append(why, fmt.Sprintf("%d after a false check failure", s.FalseDown))
+		}
+		if s.AfterMove > 0 {
+			why = append(why, fmt.Sprintf("%d after an unplanned VIP move", s.AfterMove))
+		}
+		if len(why) > 0 {
+			healthy = fmt.Sprintf("%d (%s): MISSED", s.BrokenHealthy, strings.Join(why, ", "))
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d | %v | %s | %v | %d | %d | %s |\n",
 			s.Name, s.Kind, s.Runs, s.GapP50, Verdict(s.GapP99, s.Kind.Target()), s.GapMax,

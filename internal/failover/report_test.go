@@ -41,6 +41,20 @@ func TestSummarizeAndMarkdown(t *testing.T) {
 	if got := Markdown([]Summary{fd}); !strings.HasSuffix(got, wantRow) {
 		t.Errorf("Markdown =\n%s\nwant the row\n%s", got, wantRow)
 	}
+	moved, err := Summarize("primary group returns", BackendFailure, []Run{
+		{Gap: 5 * time.Millisecond, BrokenHealthy: 4, FalseDown: 1, AfterMove: 2},
+		{Gap: 5 * time.Millisecond, BrokenHealthy: 3, AfterMove: 3},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if moved.BrokenHealthy != 7 || moved.FalseDown != 1 || moved.AfterMove != 5 {
+		t.Errorf("Summarize with unplanned VIP moves = %+v, want 7 broken on healthy, 1 after a false down, 5 after a move", moved)
+	}
+	wantRow = "| primary group returns | backend | 2 | 5ms | 5ms <= 30ms: met | 5ms | 0 | 0 | 7 (1 after a false check failure, 5 after an unplanned VIP move): MISSED |\n"
+	if got := Markdown([]Summary{moved}); !strings.HasSuffix(got, wantRow) {
+		t.Errorf("Markdown =\n%s\nwant the row\n%s", got, wantRow)
+	}
 	if _, err := Summarize("x", NodeFailure, nil); err == nil {
 		t.Error("Summarize with no runs: want an error")
 	}

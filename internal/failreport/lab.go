@@ -265,8 +265,13 @@ func (L *Lab) NodeLog(n *Node) string {
 	return s
 }
 
-// API is n's control API.
-func (n *Node) API() *apiclient.Client { return apiclient.New(n.sock) }
+// nodeCallTimeout bounds each API call to a node: a node frozen by a
+// scenario (SIGSTOP) still accepts connections on its socket (the
+// kernel's backlog) and never answers, and the report must not wait on it.
+const nodeCallTimeout = 3 * time.Second
+
+// API is n's control API, every call bounded by nodeCallTimeout.
+func (n *Node) API() *apiclient.Client { return apiclient.New(n.sock).WithTimeout(nodeCallTimeout) }
 
 // Master is the node that says it is VRRP master (nil: none).
 func (L *Lab) Master(ctx context.Context) *Node {

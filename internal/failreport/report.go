@@ -6,18 +6,17 @@ import (
 	"image/color"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
 	"github.com/keepbit/keepbit/internal/failover"
+	"github.com/keepbit/keepbit/internal/machine"
 )
 
 // ScenarioReport is one scenario's runs and figures.
@@ -35,14 +34,7 @@ type ScenarioReport struct {
 }
 
 // Machine says where the report ran.
-type Machine struct {
-	CPUs    int    `json:"cpus"`
-	CPU     string `json:"cpu"`
-	Kernel  string `json:"kernel"`
-	Go      string `json:"go"`
-	Date    string `json:"date"`
-	Command string `json:"command"`
-}
+type Machine = machine.Info
 
 // Report is the whole report.
 type Report struct {
@@ -52,21 +44,7 @@ type Report struct {
 }
 
 // ThisMachine describes the machine and the command.
-func ThisMachine(command string) Machine {
-	var u unix.Utsname
-	_ = unix.Uname(&u)
-	m := Machine{CPUs: runtime.NumCPU(), Kernel: unix.ByteSliceToString(u.Release[:]), Go: runtime.Version(),
-		Date: time.Now().UTC().Format(time.RFC3339), Command: command}
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return m
-}
+func ThisMachine(command string) Machine { return machine.This(command) }
 
 // Summarize folds a scenario's results.
 func Summarize(sc Scenario, results []Result, errs []string) (ScenarioReport, error) {

@@ -98,7 +98,9 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 			mu.Unlock()
 		}})
 	if err != nil {
-		return Result{}, fmt.Errorf("%s: client load: %w", sc.Name, err)
+		// Prepare may have taken backends down (the primary group lost
+		// before it returns): put the lab back, or it never settles again.
+		return Result{}, errors.Join(fmt.Errorf("%s: client load: %w", sc.Name, err), sc.Restore(ctx, L, master))
 	}
 	time.Sleep(ld.Before)
 	// A node failure may end the node's recorder with it (killed,
@@ -151,10 +153,19 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 	}
 	if res.BrokenHealthy > 0 {
 		var falseDown map[string]bool
-		res.Events, falseDown = L.eventsSince(ctx, before, failAt.Add(-ld.Before), failAt, targets, failed == "all")
+		var moved bool
+		res.Events, falseDown, moved = L.eventsSince(ctx, before, failAt.Add(-ld.Before), failAt, targets, failed == "all")
+		// A node failure moves the VIP on purpose: its losses stay
+		// unexplained.
+		moved = moved && sc.Kind != failover.NodeFailure
 		for _, c := range rep.BrokenConns() {
-			if b := c.Backend(); !slices.Contains(targets, b) && falseDown[b] {
+			b := c.Backend()
+			switch {
+			case slices.Contains(targets, b):
+			case falseDown[b]:
 				res.FalseDown++
+			case moved:
+				res.AfterMove++
 			}
 		}
 	}
@@ -213,13 +224,15 @@ func (L *Lab) nodeEvents(ctx context.Context) map[string][]recorder.Event {
 // eventsSince lists the nodes' flight-recorder events (those kept before
 // the injection and those of the nodes running now) from `from` on, times
 // relative to failAt, and the backends other than failed that a node
-// marked down in that time (false check failures).
-func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Event, from, failAt time.Time, failed []string, all bool) ([]string, map[string]bool) {
+// marked down in that time (false check failures), and whether a node
+// became VRRP master in that time.
+func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Event, from, failAt time.Time, failed []string, all bool) ([]string, map[string]bool, bool) {
 	names := map[string]string{}
 	for _, b := range L.Backends {
 		names[b.Addr.String()] = b.Name
 	}
 	falseDown := map[string]bool{}
+	moved := false
 	type line struct {
 		at time.Time
 		s  string
@@ -236,6 +249,7 @@ func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Even
 			if name := names[e.Backend]; e.Kind == "backend-down" && name != "" && !slices.Contains(failed, name) && !all {
 				falseDown[name] = true
 			}
+			moved = moved || e.Kind == "vrrp-master"
 			lines = append(lines, line{e.Time, fmt.Sprintf("%v %s %s %s %s %s", e.Time.Sub(failAt).Round(100*time.Microsecond), node, e.Kind, e.Service, e.Backend, e.Reason)})
 		}
 	}
@@ -250,5 +264,5 @@ func (L *Lab) eventsSince(ctx context.Context, before map[string][]recorder.Even
 	for i, l := range lines {
 		out[i] = l.s
 	}
-	return out, falseDown
+	return out, falseDown, moved
 }
