@@ -101,6 +101,7 @@ type Dataplane struct {
 	seq      []uint32 // last state word sequence written per backend ID
 	ports    map[uint32]bool
 	dirty    map[ServiceKey]bool
+	building int                    // services rebuildDirty took from dirty and has not written yet
 	filter   [vipFilterWords]uint64 // what vip_filter holds
 
 	// Grace periods. XDP runs under rcu_read_lock, so once an RCU grace

@@ -840,22 +840,45 @@ func (d *Dataplane) Sync() error {
 }
 
 func (d *Dataplane) rebuildDirty() error {
+	// Callers hold applyMu, so no service is added or removed meanwhile.
 	d.mu.Lock()
-	var todo []*service
+	todo := map[ServiceKey]*service{}
 	for key := range d.dirty {
 		if s, ok := d.services[key]; ok {
-			todo = append(todo, s)
+			todo[key] = s
 		}
 		delete(d.dirty, key)
 	}
+	d.building += len(todo)
 	d.mu.Unlock()
 	var errs []error
-	for _, s := range todo {
-		if _, err := d.writeTable(s, time.Now()); err != nil {
+	for key, s := range todo {
+		_, err := d.writeTable(s, time.Now())
+		d.mu.Lock()
+		d.building--
+		if err != nil {
+			// Stale still: the next change or Sync tries again, and
+			// TablesCurrent keeps saying so meanwhile.
+			d.dirty[key] = true
 			errs = append(errs, err)
 		}
+		d.mu.Unlock()
 	}
 	return errors.Join(errs...)
+}
+
+// TablesCurrent reports whether every service's lookup table is built
+// from its members' states as they are now. A state change takes effect at
+// once for the member it names (a member down is skipped by the packet
+// path), but a member coming up joins its service's table only when the
+// table is rebuilt, which happens after SetBackendState returns: until
+// then new flows that the rebuilt table would give it go to the others.
+// A node must not draw traffic before this holds, or the flows that its
+// peers send to that member it sends elsewhere.
+func (d *Dataplane) TablesCurrent() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.dirty) == 0 && d.building == 0
 }
 
 func (d *Dataplane) rebuildLoop() {

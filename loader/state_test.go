@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/gopacket/layers"
 )
@@ -236,5 +237,63 @@ func TestFlowTableCounts(t *testing.T) {
 	if st.Backends[key][b.Addr].Packets != sent || st.Services[key].Packets != sent {
 		t.Errorf("backend counter %d, service counter %d, want %d each (counters are exact)",
 			st.Backends[key][b.Addr].Packets, st.Services[key].Packets, sent)
+	}
+}
+
+// TestTablesCurrent: a backend that comes up takes new flows only once its
+// service's table is rebuilt, after SetBackendState returned; until then
+// TablesCurrent says the tables are stale (a node joining BGP waits for it,
+// or it sends the flows its peers give that backend elsewhere).
+func TestTablesCurrent(t *testing.T) {
+	l := newLab(t)
+	key := svc("198.51.100.22", 80, TCP)
+	a := backend("10.2.1.1", "02:bd:00:00:00:01")
+	b := backend("10.2.1.2", "02:bd:00:00:00:02").state(Down)
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{a, b}})
+	if err := l.dp.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if !l.dp.TablesCurrent() {
+		t.Fatal("TablesCurrent false after Sync")
+	}
+	// newFlows sends n new flows from a fresh client and counts them by MAC.
+	client := 0
+	newFlows := func(n int) map[string]int {
+		client++
+		got := map[string]int{}
+		for sport := range uint16(n) {
+			got[l.chosen("198.51.100.22", fmt.Sprintf("203.0.113.%d", 100+client), 20000+sport)]++
+		}
+		return got
+	}
+
+	l.dp.applyMu.Lock() // holds off the background rebuild
+	held := true
+	defer func() {
+		if held {
+			l.dp.applyMu.Unlock()
+		}
+	}()
+	if _, err := l.dp.SetBackendState(key, b.Addr, Up); err != nil {
+		t.Fatal(err)
+	}
+	if l.dp.TablesCurrent() {
+		t.Error("TablesCurrent true with b up and its table not rebuilt")
+	}
+	if got := newFlows(200); got[b.MAC.String()] != 0 || got[a.MAC.String()] != 200 {
+		t.Errorf("before the rebuild: new flows went %v, want all 200 to a (%s): b is in no table yet", got, a.MAC)
+	}
+	l.dp.applyMu.Unlock()
+	held = false
+
+	deadline := time.Now().Add(10 * time.Second)
+	for !l.dp.TablesCurrent() {
+		if time.Now().After(deadline) {
+			t.Fatal("TablesCurrent still false 10s after the rebuild was let go")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if got := newFlows(200); got[b.MAC.String()] < 60 || got[a.MAC.String()] < 60 {
+		t.Errorf("after the rebuild: new flows went %v, want them spread over a and b", got)
 	}
 }

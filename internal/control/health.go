@@ -106,7 +106,9 @@ func (c *Controller) signalChanged() {
 
 // Settled reports whether every backend has had enough check results for
 // a verdict (none is still "waiting for checks") and the dataplane holds
-// what those verdicts ask for. Until then a node's
+// what those verdicts ask for: each backend's state written and each
+// service's table rebuilt from those states (a backend that came up is in
+// no table until then). Until then a node's
 // dataplane may hold fewer backends up than its peers do, so its table
 // (and its use of shared flows, which need the backend up) can differ
 // from theirs: a node should not draw traffic before (see WaitSettled).
@@ -126,6 +128,9 @@ func (c *Controller) Settled() bool {
 			if want, _, _ := c.desiredLocked(b); b.inDP && want != b.state {
 				return false
 			}
+		}
+		if s.dp != nil && !s.dp.TablesCurrent() {
+			return false
 		}
 	}
 	return true
