@@ -22,14 +22,15 @@ import (
 )
 
 // previousProgram is the commit before the newest one that changed the
-// XDP program (bpf/ or its committed object), so an upgrade from it
-// replaces one program by another and adopts an older map layout.
+// XDP program's committed object, so an upgrade from it replaces one
+// program by another and adopts an older map layout. The object, not
+// bpf/: that directory also holds the load generator's programs.
 // KEEPBIT_UPGRADE_FROM names another commit.
 func previousProgram(t *testing.T) string {
 	if ref := os.Getenv("KEEPBIT_UPGRADE_FROM"); ref != "" {
 		return ref
 	}
-	out, err := exec.Command("git", "-C", "..", "log", "-n1", "--format=%H", "HEAD", "--", "bpf", "loader/keepbit_bpfel.o").Output()
+	out, err := exec.Command("git", "-C", "..", "log", "-n1", "--format=%H", "HEAD", "--", "loader/keepbit_bpfel.o").Output()
 	if err != nil || len(bytes.TrimSpace(out)) == 0 {
 		t.Fatalf("find the last commit that changed the program (a shallow clone has no history: fetch it or set KEEPBIT_UPGRADE_FROM): %v", err)
 	}
@@ -71,7 +72,17 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	ref := previousProgram(t)
 	old := buildAt(t, ref)
 	t.Logf("upgrading from %s", ref)
-	cfg := l.writeConfig(`  - name: stream
+	// Checks that a loaded CI machine cannot fail by accident (a 40 ms
+	// timeout can): this test is about what the upgrade itself does to
+	// the backends' states, and it fails on any backend taken down.
+	head := l.configHead()
+	const fast, slow = "interval: 50ms, timeout: 40ms, rise: 2, fall: 2", "interval: 200ms, timeout: 190ms, rise: 1, fall: 5"
+	if !strings.Contains(head, fast) {
+		t.Fatalf("the lab's check defaults changed: %s", head)
+	}
+	cfg := l.putConfig(strings.Replace(head, fast, slow, 1) + `      - {address: 10.71.1.2, port: kb1}
+      - {address: 10.71.2.2, port: kb2}
+  - name: stream
     vip: ` + vip + `
     port: 9000
     protocol: udp
