@@ -39,14 +39,16 @@ func (n *fakeNotifier) kinds() map[string]int {
 func TestSchedule(t *testing.T) {
 	f := newFakeCtl(recorder.New(1024), map[netip.Addr]loader.State{b1: loader.Up, b2: loader.Up})
 	defer close(f.quit)
-	d := newDrills(f, NodeOwners{}, Options{Window: 20 * time.Millisecond})
+	// A window the fake's traffic samples fill even on a loaded CI
+	// machine under -race (20 ms once saw no sample after the restore).
+	d := newDrills(f, NodeOwners{}, Options{Window: 60 * time.Millisecond})
 	n := &fakeNotifier{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	s := NewSchedule(ctx, d, n, d.log)
 	hook := config.Notify{Command: "/bin/true", Timeout: time.Second}
 	cfg := &config.Config{Drills: []config.Drill{
-		{Kind: "backend", Service: "web", Backend: b1, Every: 300 * time.Millisecond, For: 100 * time.Millisecond, Notify: hook},
+		{Kind: "backend", Service: "web", Backend: b1, Every: 400 * time.Millisecond, For: 100 * time.Millisecond, Notify: hook},
 		// Node drills have nothing to hand off here: refused, notified.
 		{Kind: "node", Every: 250 * time.Millisecond, For: 100 * time.Millisecond, Notify: hook},
 	}}
