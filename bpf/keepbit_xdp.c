@@ -15,6 +15,18 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#ifdef KEEPBIT_COMPAT
+/* The compatible build's hand-over of the parsed packet to slow_path (see
+ * maps.h): one slot per CPU, which a program run keeps to itself. Scratch
+ * space, not state: the loader does not pin it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct packet);
+} packet_scratch SEC(".maps");
+#endif
+
 /* track_fragment remembers the ports of a first fragment so the later
  * fragments of the same datagram, which carry none, take the same flow. */
 static __always_inline void track_fragment(struct packet *p)
@@ -49,7 +61,8 @@ static __always_inline int recall_fragment(struct packet *p)
 	return 0;
 }
 
-/* slow_path forwards a packet the flow cache did not answer: ICMP errors
+/* slow_path (slow_path_of is its body) forwards a packet the flow cache did
+ * not answer: ICMP errors
  * steered to the flow they quote, the service lookup, the flow table or
  * shared flows or Maglev, the cache fill. Returns the XDP action, counted.
  *
@@ -62,7 +75,7 @@ static __always_inline int recall_fragment(struct packet *p)
  * stack, ~4 ns per established packet (~24 -> ~28 ns under prog.Run): a
  * copy made only for the call kept it in registers but did not fit the
  * 512 bytes of stack that the program and its calls share. */
-__noinline int slow_path(struct xdp_md *ctx, struct packet *p)
+static __always_inline int slow_path_of(struct xdp_md *ctx, struct packet *p)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -122,6 +135,20 @@ pass:
 	return XDP_PASS;
 }
 
+#ifdef KEEPBIT_COMPAT
+__noinline int slow_path(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+
+	return slow_path_of(ctx, bpf_map_lookup_elem(&packet_scratch, &zero));
+}
+#else
+__noinline int slow_path(struct xdp_md *ctx, struct packet *p)
+{
+	return slow_path_of(ctx, p);
+}
+#endif
+
 SEC("xdp")
 int keepbit_xdp(struct xdp_md *ctx)
 {
@@ -172,7 +199,17 @@ int keepbit_xdp(struct xdp_md *ctx)
 			return action;
 		}
 	}
+#ifdef KEEPBIT_COMPAT
+	{
+		__u32 zero = 0;
+
+		if (bpf_map_update_elem(&packet_scratch, &zero, &p, BPF_ANY))
+			goto pass;
+	}
+	return slow_path(ctx);
+#else
 	return slow_path(ctx, &p);
+#endif
 
 pass:
 	count(&reason_stats, reason, len);

@@ -12,6 +12,24 @@
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
 
+/* Two builds of one source. The default needs Linux 5.17 (bpf_loop, the
+ * coarse clock, pointer arguments of global functions). KEEPBIT_COMPAT
+ * builds the variant the loader picks on an older kernel, down to 5.10:
+ * the fine clock (bpf_ktime_get_coarse_ns is 5.11), bounded loops in a
+ * global function of scalars for the member scan (bpf_loop is 5.17), and
+ * global functions whose only pointer is the context (pointer arguments
+ * are 5.12): slow_path reads the packet from a per-CPU scratch slot and the
+ * flow-sharing helpers are static calls. Same maps, same records. */
+#ifdef KEEPBIT_COMPAT
+#define now_ns() bpf_ktime_get_ns()
+#define KEEPBIT_SUBPROG static __always_inline
+#define KEEPBIT_REPORT_FN static __noinline
+#else
+#define now_ns() bpf_ktime_get_coarse_ns()
+#define KEEPBIT_SUBPROG __noinline
+#define KEEPBIT_REPORT_FN __noinline
+#endif
+
 /* Limits and layout constants are enums, not macros, so that they reach
  * BTF and bpf2go emits them for the loader (keepbit_abi below);
  * loader/abi_test.go checks the loader's constants against them. */
@@ -23,14 +41,15 @@ enum limits {
 	MAX_PORTS = 64,
 	MAX_GROUPS = 8,
 	MAX_MEMBERS = 1024,       /* per service */
+	SCAN_CHUNK = 64,          /* members per scan_chunk call (compatible build) */
 	FLOW_CACHE_SIZE = 8192,   /* per CPU, power of two; default, the loader may resize */
 	FLOW_CACHE_FLUSH = 64,    /* packets between refreshes of the flow table */
-	/* ...or at most this long (bpf_ktime_get_coarse_ns): a slow flow's
+	/* ...or at most this long (now_ns): a slow flow's
 	 * last_seen lags by at most this much, so drain -wait and the LRU see
 	 * it live. */
 	FLOW_CACHE_FLUSH_NS = 250000000,
 	/* A flow that misses the flow cache is checked for a flow report
-	 * when bpf_ktime_get_coarse_ns() >> this changes between two of its
+	 * when now_ns() >> this changes between two of its
 	 * packets: at most every 2^28 ns (268 ms), like a flush. */
 	SHARE_SLOW_PERIOD_SHIFT = 28,
 	/* Passive detection: a TCP SYN (no ACK) for a flow first seen less
@@ -197,7 +216,7 @@ struct __attribute__((aligned(4))) flow_key {
 struct flow_value {
 	__u32 backend;
 	__u32 incarnation;
-	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns() */
+	__u64 last_seen_ns; /* now_ns(): CLOCK_MONOTONIC */
 	__u64 packets;      /* approximate: plain adds from every CPU */
 	__u64 bytes;
 	__u64 first_seen_ns; /* when this node learned the flow */
@@ -246,7 +265,7 @@ struct flow_cache_entry {
 	__u16 pad;
 	__u32 pending_packets; /* not yet added to the flow table entry */
 	__u64 pending_bytes;
-	__u64 last_flush_ns;   /* bpf_ktime_get_coarse_ns() of the last flush */
+	__u64 last_flush_ns;   /* now_ns() of the last flush */
 };
 
 struct frag_key {

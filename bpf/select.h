@@ -95,6 +95,37 @@ struct scan_ctx {
 	struct choice found;
 };
 
+#ifdef KEEPBIT_COMPAT
+/* scan_chunk returns the first member usable for a new flow among the
+ * group's positions from..from+SCAN_CHUNK-1 (counted from start, wrapping
+ * at len) of the group of len members at base (0: none). A global function
+ * of scalars, so the verifier walks its loop once, not once per call site
+ * and path; and a chunk, not the whole group, because a verifier before
+ * 5.17 pays several hundred instructions per iteration: a 1,024-member
+ * loop took 5.10 to 656k of its 1M. */
+__noinline int scan_chunk(__u32 table_idx, __u32 base, __u32 len, __u32 start, __u32 from)
+{
+	__u64 word = 0;
+	__u32 m, pos, id;
+	void *tbl;
+
+	tbl = bpf_map_lookup_elem(&tables, &table_idx);
+	if (!tbl || len > MAX_MEMBERS || start >= len || from >= len)
+		return 0;
+	m = table_get(tbl, TBL_SIZE);
+	for (__u32 i = 0; i < SCAN_CHUNK; i++) {
+		if (from + i >= len)
+			break;
+		pos = start + from + i;
+		if (pos >= len)
+			pos -= len;
+		id = table_get(tbl, TBL_HDR + m + base + pos);
+		if (usable_for_new(id, &word))
+			return (int)id;
+	}
+	return 0;
+}
+#else
 static long scan_member(__u64 i, void *arg)
 {
 	struct scan_ctx *s = arg;
@@ -117,6 +148,7 @@ static long scan_member(__u64 i, void *arg)
 	}
 	return 0;
 }
+#endif
 
 /* choose_new picks a backend for a flow with no usable flow entry.
  * Returns 0 with *out set, or -1 when the service has no usable backend. */
@@ -156,11 +188,29 @@ static __always_inline int choose_new(__u32 svc_id, __u32 hash, struct choice *o
 		s.base = prev;
 		s.len = end - prev;
 		s.start = hash % s.len;
+#ifdef KEEPBIT_COMPAT
+		/* The state word is read again here: the scan returns the ID
+		 * only, and a state changed in between is taken as it is now. */
+		id = 0;
+		for (__u32 c = 0; c < MAX_MEMBERS / SCAN_CHUNK; c++) {
+			if (c * SCAN_CHUNK >= s.len)
+				break;
+			id = (__u32)scan_chunk(s.table_idx, s.base, s.len, s.start, c * SCAN_CHUNK);
+			if (id)
+				break;
+		}
+		if (usable_for_new(id, &word)) {
+			out->backend = id;
+			out->state = word;
+			return 0;
+		}
+#else
 		bpf_loop(s.len, scan_member, &s, 0);
 		if (s.found.backend) {
 			*out = s.found;
 			return 0;
 		}
+#endif
 		prev = end;
 	}
 	return -1;
@@ -198,7 +248,7 @@ static __always_inline struct flow_cache_entry *flow_cache_hit(struct flow_key *
  * takes the slow path. */
 static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 len)
 {
-	__u64 now = bpf_ktime_get_coarse_ns();
+	__u64 now = now_ns();
 	struct flow_value *fv;
 
 	e->pending_packets++;
@@ -261,7 +311,7 @@ static __always_inline void flow_cache_fill(struct flow_key *key, __u32 svc_id, 
 	e->vlan = bi->vlan;
 	e->pending_packets = 0;
 	e->pending_bytes = 0;
-	e->last_flush_ns = bpf_ktime_get_coarse_ns();
+	e->last_flush_ns = now_ns();
 }
 
 /* choose_backend consults the flow table, then (may_share: not a TCP SYN,
@@ -286,7 +336,7 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 			out->backend = id;
 			out->state = *st;
 			if (learn) {
-				now = bpf_ktime_get_coarse_ns();
+				now = now_ns();
 				/* The cache flush reports flows; a flow that keeps
 				 * missing the cache is reported from here, when its
 				 * packets cross into a new SHARE_SLOW_PERIOD. */
@@ -333,7 +383,7 @@ pick:
 	if (!learn)
 		return 0;
 
-	now = bpf_ktime_get_coarse_ns();
+	now = now_ns();
 	if (fv) {
 		/* Re-selection: the old backend went down or its ID was reused. */
 		fv->backend = out->backend;

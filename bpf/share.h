@@ -70,7 +70,7 @@ static __always_inline __u32 table_slot(__u32 svc_id, const struct flow_key *key
  * (LongLived), at most once per refresh_ns. A full ring buffer costs the
  * report, never the packet: it is counted and retried later. Returns 1 when
  * a report was written. */
-__noinline int share_report(const struct flow_key *key, __u32 service, struct flow_value *fv, __u64 now)
+KEEPBIT_REPORT_FN int share_report(const struct flow_key *key, __u32 service, struct flow_value *fv, __u64 now)
 {
 	struct share_settings_value *cfg;
 	struct flow_report *r;
@@ -109,7 +109,7 @@ __noinline int share_report(const struct flow_key *key, __u32 service, struct fl
  * another node has the flow on, if that backend's ID still has the
  * incarnation the entry was written for and may keep established flows
  * (up or draining). Returns 0 with *out set, -1 to fall back to Maglev. */
-__noinline int share_lookup(const struct flow_key *key, struct choice *out)
+KEEPBIT_SUBPROG int share_lookup(const struct flow_key *key, struct choice *out)
 {
 	struct shared_flow_value *sv;
 	struct flow_key k;
@@ -121,8 +121,15 @@ __noinline int share_lookup(const struct flow_key *key, struct choice *out)
 	/* A global function's pointer argument is plain memory to the
 	 * verifier, which before Linux 6.3 refuses it as a map key: look up
 	 * a copy on the stack (6.1 would not load the program otherwise). */
+#ifdef KEEPBIT_COMPAT
+	/* Inlined there: key is the caller's own stack, and the copy would
+	 * cost stack that the compatible build does not have to spare. */
+	(void)k;
+	sv = bpf_map_lookup_elem(&shared_flows, key);
+#else
 	__builtin_memcpy(&k, key, sizeof(k));
 	sv = bpf_map_lookup_elem(&shared_flows, &k);
+#endif
 	if (!sv)
 		return -1;
 	id = sv->backend;

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -58,6 +59,9 @@ type Options struct {
 	// packet: size it for the flows a CPU sees at once. The cache is not
 	// pinned, so a restart may change it.
 	FlowCacheSize uint32
+	// Program is the build of the forwarder to load; ProgramAuto (the
+	// zero value) picks the newest the kernel runs.
+	Program Program
 	// FlowSharing configures the flow reports and the shared flow lookup
 	// (SetFlowSharing changes it later).
 	FlowSharing FlowSharing
@@ -78,6 +82,7 @@ type Dataplane struct {
 	adopted bool
 	running bool // the background loops were started
 	progID  ebpf.ProgramID
+	program Program // the build loaded (Options.Program resolved)
 	// nl asks the kernel about the interface in the network namespace
 	// Open ran in, whichever thread asks (CheckAlive).
 	nl *netlink.Handle
@@ -245,6 +250,11 @@ func Open(ctx context.Context, opts Options) (*Dataplane, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	// Kernels before 5.11 charge maps to RLIMIT_MEMLOCK, which the flow
+	// table alone exceeds (a no-op on later ones).
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("lift the memlock limit for BPF maps: %w", err)
+	}
 	ifc, err := net.InterfaceByName(opts.Interface)
 	if err != nil {
 		return nil, fmt.Errorf("interface %q: %w", opts.Interface, err)
@@ -292,10 +302,15 @@ func PinDir(root, iface string) string {
 }
 
 func (d *Dataplane) load(ctx context.Context) error {
-	spec, err := loadKeepbit()
+	prog, err := ChooseProgram(d.opts.Program)
+	if err != nil {
+		return err
+	}
+	spec, err := programSpec(prog)
 	if err != nil {
 		return fmt.Errorf("load BPF spec: %w", err)
 	}
+	d.program = prog
 	if d.opts.FlowTableSize > 0 {
 		spec.Maps[keepbitMapFlows].MaxEntries = d.opts.FlowTableSize
 		spec.Maps[keepbitMapSharedFlows].MaxEntries = d.opts.FlowTableSize
@@ -524,6 +539,12 @@ func RemovePinned(root, iface string) error {
 		if err != nil {
 			return fmt.Errorf("load pinned link: %w", err)
 		}
+		// Detached explicitly: dropping the last reference detaches too,
+		// but Linux 5.10 still showed the program attached right after.
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			l.Close()
+			return fmt.Errorf("detach link: %w", err)
+		}
 		if err := l.Unpin(); err != nil {
 			l.Close()
 			return fmt.Errorf("unpin link: %w", err)
@@ -535,3 +556,6 @@ func RemovePinned(root, iface string) error {
 	}
 	return nil
 }
+
+// Program is the build of the forwarder this dataplane loaded.
+func (d *Dataplane) Program() Program { return d.program }

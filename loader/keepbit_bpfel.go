@@ -155,6 +155,7 @@ const (
 	keepbitLimitsMAX_PORTS               keepbitLimits = 64
 	keepbitLimitsMAX_GROUPS              keepbitLimits = 8
 	keepbitLimitsMAX_MEMBERS             keepbitLimits = 1024
+	keepbitLimitsSCAN_CHUNK              keepbitLimits = 64
 	keepbitLimitsFLOW_CACHE_SIZE         keepbitLimits = 8192
 	keepbitLimitsFLOW_CACHE_FLUSH        keepbitLimits = 64
 	keepbitLimitsFLOW_CACHE_FLUSH_NS     keepbitLimits = 250000000

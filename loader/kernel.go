@@ -19,19 +19,28 @@ type Requirement struct {
 	Kernel string
 	probe  func() error
 
+	// Program is the build that needs it ("" both; see Program).
+	Program Program
+
 	// What the program uses that needs it (TestRequirementsMatchProgram
-	// keeps the table and the object in step).
+	// keeps the table and the objects in step).
 	helper  asm.BuiltinFunc
 	mapType ebpf.MapType
 }
 
-// Requirements is what the committed XDP program needs of the kernel,
-// newest first within each kind. The minimum kernel is the newest of
-// them.
+// Requirements is what the committed XDP programs need of the kernel,
+// newest first within each kind. The compatible build's needs (Program ""
+// or ProgramCompat) are the minimum: the newest of them is the minimum
+// kernel. The current build's own (ProgramCurrent) decide which of the two
+// runs (ChooseProgram).
 func Requirements() []Requirement {
 	helper := func(h asm.BuiltinFunc, kernel string) Requirement {
 		return Requirement{Feature: "the " + strings.TrimPrefix(h.String(), "Fn") + " helper", Kernel: kernel, helper: h,
 			probe: func() error { return features.HaveProgramHelper(ebpf.XDP, h) }}
+	}
+	only := func(p Program, r Requirement) Requirement {
+		r.Program = p
+		return r
 	}
 	mapType := func(mt ebpf.MapType, kernel string) Requirement {
 		return Requirement{Feature: mt.String() + " maps", Kernel: kernel, mapType: mt,
@@ -41,8 +50,9 @@ func Requirements() []Requirement {
 		{Feature: "XDP programs", Kernel: "4.8", probe: func() error { return features.HaveProgramType(ebpf.XDP) }},
 		{Feature: "programs of 1 million instructions", Kernel: "5.2", probe: features.HaveLargeInstructions},
 		{Feature: "bounded loops", Kernel: "5.3", probe: features.HaveBoundedLoops},
-		helper(asm.FnLoop, "5.17"),
-		helper(asm.FnKtimeGetCoarseNs, "5.11"),
+		only(ProgramCurrent, helper(asm.FnLoop, "5.17")),
+		only(ProgramCurrent, helper(asm.FnKtimeGetCoarseNs, "5.11")),
+		only(ProgramCompat, helper(asm.FnKtimeGetNs, "4.1")),
 		helper(asm.FnRingbufReserve, "5.8"),
 		helper(asm.FnRingbufSubmit, "5.8"),
 		helper(asm.FnRedirectMap, "4.14"),
@@ -65,19 +75,26 @@ func Requirements() []Requirement {
 // needs.
 var ErrKernelFeature = errors.New("kernel feature missing")
 
-// CheckKernel probes the running kernel for every Requirement and names
-// the first one missing, with the kernel that has it, in one sentence.
+// CheckKernel probes the running kernel for every Requirement of the
+// compatible build (the minimum) and names the first one missing, with the
+// kernel that has it, in one sentence.
 func CheckKernel() error {
+	return checkKernel(Requirements(), kernelRelease())
+}
+
+func kernelRelease() string {
 	var u unix.Utsname
-	release := "?"
-	if unix.Uname(&u) == nil {
-		release = unix.ByteSliceToString(u.Release[:])
+	if unix.Uname(&u) != nil {
+		return "?"
 	}
-	return checkKernel(Requirements(), release)
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 func checkKernel(reqs []Requirement, release string) error {
 	for _, r := range reqs {
+		if r.Program == ProgramCurrent {
+			continue
+		}
 		err := r.probe()
 		switch {
 		case err == nil:
@@ -91,11 +108,12 @@ func checkKernel(reqs []Requirement, release string) error {
 	return nil
 }
 
-// MinimumKernel is the oldest Linux release that has every Requirement.
+// MinimumKernel is the oldest Linux release that runs the forwarder (its
+// compatible build).
 func MinimumKernel() string {
 	min := "0"
 	for _, r := range Requirements() {
-		if kernelLess(min, r.Kernel) {
+		if r.Program != ProgramCurrent && kernelLess(min, r.Kernel) {
 			min = r.Kernel
 		}
 	}

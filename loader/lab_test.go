@@ -2,11 +2,14 @@ package loader
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
+	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -23,7 +26,51 @@ type lab struct {
 	dp      *Dataplane
 	ifindex int
 	port2   string
+	// noContext: run frames without an xdp_md (newLabWithoutContext).
+	noContext bool
 }
+
+// testProgram is the build the lab loads: KEEPBIT_TEST_PROGRAM (auto,
+// current or compat) runs the loader's tests on a build of choice, so
+// that the compatible build's packet path is tested on this kernel too
+// (make test does).
+func testProgram(t testing.TB) Program {
+	p, err := ParseProgram(os.Getenv("KEEPBIT_TEST_PROGRAM"))
+	if err != nil {
+		t.Fatalf("KEEPBIT_TEST_PROGRAM: %v", err)
+	}
+	return p
+}
+
+// xdpContextRuns reports whether BPF_PROG_RUN takes an xdp_md for an XDP
+// program (Linux 5.15), which the lab's frames need to name their ingress
+// port; older kernels refuse it with EINVAL.
+func xdpContextRuns(t testing.TB) bool {
+	t.Helper()
+	ok, err := xdpContextProbe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok
+}
+
+// xdpContextProbe asks the kernel once per test binary.
+var xdpContextProbe = sync.OnceValues(func() (bool, error) {
+	prog, err := LoadBaseline()
+	if err != nil {
+		return false, err
+	}
+	defer prog.Close()
+	in := make([]byte, 64)
+	_, err = prog.Run(&ebpf.RunOptions{Data: in, Context: xdpMD{DataEnd: uint32(len(in))}})
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, unix.EINVAL):
+		return false, nil
+	}
+	return false, fmt.Errorf("BPF_PROG_RUN with an xdp_md: %w", err)
+})
 
 // xdpMD is struct xdp_md as BPF_PROG_RUN takes it.
 type xdpMD struct {
@@ -60,11 +107,34 @@ func newLab(t testing.TB) *lab {
 	return newLabWith(t, Options{})
 }
 
+// newLabWithoutContext is a lab whose frames run without an xdp_md, as on
+// kernels before 5.15: their ingress is the loopback device, so a frame
+// for a backend on the lab's port is redirected there (XDP_REDIRECT), not
+// sent back (XDP_TX).
+func newLabWithoutContext(t testing.TB, opts Options) *lab {
+	t.Helper()
+	privtest.Require(t)
+	l := buildLab(t, opts)
+	l.noContext = true
+	return l
+}
+
 // newLabWith is newLab with opts (its port, NoAttach and hash seed are the
 // lab's).
 func newLabWith(t testing.TB, opts Options) *lab {
 	t.Helper()
 	privtest.Require(t)
+	if !xdpContextRuns(t) {
+		t.Skipf("kernel %s lacks BPF_PROG_RUN with an xdp_md (Linux 5.15), which this test's frames need to name their ingress port; TestForwardWithoutContext tests the forwarder here", kernelRelease())
+	}
+	return buildLab(t, opts)
+}
+
+func buildLab(t testing.TB, opts Options) *lab {
+	t.Helper()
+	if opts.Program == ProgramAuto {
+		opts.Program = testProgram(t)
+	}
 	suffix := rand.Uint32() & 0xffffff
 	name := fmt.Sprintf("kbl%06x", suffix)
 	port2 := fmt.Sprintf("kbq%06x", suffix)
@@ -114,8 +184,10 @@ func pinOneCPU(t testing.TB) {
 func (l *lab) run(in []byte) (uint32, []byte) {
 	l.t.Helper()
 	out := make([]byte, len(in)+256)
-	ctx := xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(l.ifindex)}
-	opts := ebpf.RunOptions{Data: in, DataOut: out, Context: ctx}
+	opts := ebpf.RunOptions{Data: in, DataOut: out}
+	if !l.noContext {
+		opts.Context = xdpMD{DataEnd: uint32(len(in)), IngressIfindex: uint32(l.ifindex)}
+	}
 	verdict, err := l.dp.objs.KeepbitXdp.Run(&opts)
 	if err != nil {
 		l.t.Fatalf("BPF_PROG_RUN: %v", err)

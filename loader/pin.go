@@ -16,13 +16,19 @@ import (
 // here: a map added to bpf/maps.h is pinned, adopted and (when an older
 // pin directory lacks it) created with no change to the loader.
 
+// scratchMap: a map that holds nothing across a program run (the
+// compatible build's packet hand-over): not pinned, not adopted, and
+// absent from the current build, so not among d.objs either; the program
+// holds it.
+func scratchMap(name string) bool { return name == "packet_scratch" }
+
 // pinnedMapNames returns the maps of spec that are pinned, sorted. Maps
 // whose names start with a dot (.rodata and friends) hold the program's
 // constants: they belong to one program load and are not shared.
 func pinnedMapNames(spec *ebpf.CollectionSpec) []string {
 	var names []string
 	for name := range spec.Maps {
-		if !strings.HasPrefix(name, ".") {
+		if !strings.HasPrefix(name, ".") && !scratchMap(name) {
 			names = append(names, name)
 		}
 	}

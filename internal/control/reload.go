@@ -82,7 +82,7 @@ func (c *Controller) reloadLocked(ctx context.Context, cfg *config.Config) error
 		if err != nil {
 			return fmt.Errorf("interface %s: %w", ifc.Name, err)
 		}
-		c.log.Info("dataplane ready", "interface", ifc.Name, "mode", dp.Mode(), "adopted", dp.Adopted())
+		c.log.Info("dataplane ready", "interface", ifc.Name, "mode", dp.Mode(), "adopted", dp.Adopted(), "program", dp.Program())
 		c.mu.Lock()
 		c.dps[ifc.Name] = dp
 		c.mu.Unlock()
