@@ -158,3 +158,39 @@ func TestForwardWithoutContext(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelMemory: the kernel's charge for each service's two table
+// buffers (8 bytes per 4-byte slot: the kernel rounds array values up to
+// 8, plus at most a few pages), summed over services of two table sizes, and the program's own
+// maps by name.
+func TestKernelMemory(t *testing.T) {
+	l := newLab(t)
+	a := backend("10.2.5.1", "02:bf:00:00:00:01")
+	big, small := uint32(65537), uint32(2053)
+	l.apply(svc("198.51.100.25", 80, TCP), ServiceSpec{Backends: []BackendSpec{a}, TableSize: big})
+	l.apply(svc("198.51.100.25", 443, TCP), ServiceSpec{Backends: []BackendSpec{a}, TableSize: big})
+	l.apply(svc("198.51.100.26", 80, TCP), ServiceSpec{Backends: []BackendSpec{a}, TableSize: small})
+	m, err := l.dp.KernelMemory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Services != 3 {
+		t.Errorf("Services = %d, want 3", m.Services)
+	}
+	// Each buffer holds a header, table_size slots and the members; the
+	// kernel stores an array's 4-byte values in 8 bytes each.
+	least := uint64(2*2*big+2*small) * 8
+	if most := least + 6*(4*4096+uint64(keepbitTableLayoutTBL_HDR+64)*8); m.Tables < least || m.Tables > most {
+		t.Errorf("Tables = %d bytes, want %d to %d (6 buffers of 8-byte slots)", m.Tables, least, most)
+	}
+	if m.Maps["flows"] == 0 || m.Maps["flow_cache"] == 0 || m.Maps["backend_state"] == 0 {
+		t.Errorf("Maps = %v, want the flow table, flow cache and backend states among them", m.Maps)
+	}
+	if _, ok := m.Maps["tables"]; !ok {
+		t.Errorf("Maps = %v: no outer tables map", m.Maps)
+	}
+	if m.Total() <= m.Tables || m.PerService() != m.Tables/3 {
+		t.Errorf("Total %d, PerService %d for Tables %d", m.Total(), m.PerService(), m.Tables)
+	}
+	t.Logf("kernel memory: %d services, tables %d KiB (%d KiB per service), total %d KiB", m.Services, m.Tables>>10, m.PerService()>>10, m.Total()>>10)
+}

@@ -82,7 +82,8 @@ type Dataplane struct {
 	adopted bool
 	running bool // the background loops were started
 	progID  ebpf.ProgramID
-	program Program // the build loaded (Options.Program resolved)
+	program Program              // the build loaded (Options.Program resolved)
+	maps    map[string]*ebpf.Map // the collection's maps by name (owned by objs)
 	// nl asks the kernel about the interface in the network namespace
 	// Open ran in, whichever thread asks (CheckAlive).
 	nl *netlink.Handle

@@ -68,6 +68,7 @@ func (d *Dataplane) loadCollection(spec *ebpf.CollectionSpec, opts *ebpf.Collect
 		return nil, fmt.Errorf("read program info: %w", err)
 	}
 	d.progID, _ = info.ID()
+	d.maps = maps
 	return maps, nil
 }
 

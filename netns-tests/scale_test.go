@@ -2,7 +2,9 @@ package netnstests
 
 import (
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -59,7 +61,7 @@ func benchScale(b *testing.B, services, perService int) {
 		fmt.Fprintf(&sb, `node: {hash_seed: 7, pin_root: %s/bpf, state_dir: %s/state}
 interfaces: [{name: kbs0}]
 api: {socket: %s/keepbit.sock}
-metrics: {listen: "off"}
+metrics: {listen: "127.0.0.1:19469"}
 log: {format: json, level: info}
 defaults:
   table_size: 2053
@@ -103,6 +105,7 @@ services:
 		b.Fatalf("%d of %d backends up after %v", n, services*perService, allUp)
 	}
 	rss := vmRSS(d.cmd.Process.Pid)
+	kernel, tables := scrapeKernelMemory(b, "http://127.0.0.1:19469/metrics")
 
 	write(5)
 	from := d.mark()
@@ -114,6 +117,8 @@ services:
 	b.ReportMetric(loaded.Seconds(), "load-s")
 	b.ReportMetric(allUp.Seconds(), "all-up-s")
 	b.ReportMetric(float64(rss)/1024, "rss-MiB")
+	b.ReportMetric(float64(kernel)/(1<<20), "kernel-MiB")
+	b.ReportMetric(float64(tables)/float64(services)/1024, "tables-KiB/service")
 	b.ReportMetric(float64(reload.Milliseconds()), "reload-ms")
 }
 
@@ -126,4 +131,37 @@ func vmRSS(pid int) int {
 		}
 	}
 	return 0
+}
+
+// scrapeKernelMemory sums keepbitd's keepbit_kernel_memory_bytes series:
+// every map, and the table buffers alone.
+func scrapeKernelMemory(b *testing.B, url string) (total, tables uint64) {
+	b.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		b.Fatalf("scrape %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		b.Fatalf("scrape %s: %v", url, err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, "keepbit_kernel_memory_bytes{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			b.Fatalf("metric line %q: %v", line, err)
+		}
+		total += uint64(v)
+		if strings.Contains(line, `map="table_buffers"`) {
+			tables += uint64(v)
+		}
+	}
+	if tables == 0 {
+		b.Fatalf("no keepbit_kernel_memory_bytes{map=\"table_buffers\"} in %s (HTTP %s): %.600s", url, resp.Status, body)
+	}
+	return total, tables
 }

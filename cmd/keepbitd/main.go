@@ -251,6 +251,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		m.WatchDrills(drills)
 		m.WatchPredict(ctl)
 		m.WatchPassive(ctl)
+		m.WatchKernelMemory(ctl)
 		m.WatchBGP(bg)
 		m.WatchFlowShare(share, ctl)
 		ctl.ProbeObserver = m.ObserveProbe

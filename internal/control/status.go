@@ -127,6 +127,25 @@ func (c *Controller) Counters() Counters {
 	return out
 }
 
+// KernelMemory reads, per interface, what the kernel charged for the
+// dataplane's maps; an interface whose maps could not be read is in the
+// second map with the reason.
+func (c *Controller) KernelMemory() (map[string]loader.KernelMemory, map[string]error) {
+	c.mu.Lock()
+	dps := maps.Clone(c.dps)
+	c.mu.Unlock()
+	out, failed := map[string]loader.KernelMemory{}, map[string]error{}
+	for iface, dp := range dps {
+		km, err := dp.KernelMemory()
+		if err != nil {
+			failed[iface] = err
+			continue
+		}
+		out[iface] = km
+	}
+	return out, failed
+}
+
 // Flows returns the limit flows with the most packets over every
 // dataplane.
 func (c *Controller) Flows(limit int) ([]loader.Flow, error) {
