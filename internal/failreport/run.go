@@ -67,6 +67,10 @@ func (ld *Load) defaults() {
 	}
 }
 
+// loadAttempts bounds how often Run opens the client load before the
+// failure is injected.
+const loadAttempts = 3
+
 // Run runs sc once: load, failure, measurement, restore, settle.
 func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 	ld.defaults()
@@ -86,7 +90,7 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 		start, end time.Time
 		backend    string
 	}
-	load, err := connload.Start(ctx, connload.Config{Target: fmt.Sprintf("%s:%d", VIP, Port),
+	cfg := connload.Config{Target: fmt.Sprintf("%s:%d", VIP, Port),
 		Dial: lab.DialContext(L.Client.NS, time.Second), Conns: ld.LongLived, Interval: ld.Interval,
 		Rate: ld.NewPerSecond, Stall: 2 * time.Second, Timeout: 2 * time.Second,
 		OnNew: func(start, end time.Time, backend string) {
@@ -96,11 +100,28 @@ func (L *Lab) Run(ctx context.Context, sc Scenario, ld Load) (Result, error) {
 				backend    string
 			}{start, end, backend})
 			mu.Unlock()
-		}})
-	if err != nil {
-		// Prepare may have taken backends down (the primary group lost
-		// before it returns): put the lab back, or it never settles again.
-		return Result{}, errors.Join(fmt.Errorf("%s: client load: %w", sc.Name, err), sc.Restore(ctx, L, master))
+		}}
+	var load *connload.Load
+	var err error
+	for attempt := 1; ; attempt++ {
+		load, err = connload.Start(ctx, cfg)
+		if err == nil {
+			break
+		}
+		// Nothing is injected yet: a connection lost while the load
+		// opens its connections is the lab's own noise (a check timing
+		// out on a loaded machine moves a healthy backend's flows; CI
+		// saw one reset so), not the scenario's. Open them again.
+		if attempt == loadAttempts || ctx.Err() != nil {
+			// Prepare may have taken backends down (the primary group
+			// lost before it returns): put the lab back, or it never
+			// settles again.
+			return Result{}, errors.Join(fmt.Errorf("%s: client load (%d attempts): %w", sc.Name, attempt, err), sc.Restore(ctx, L, master))
+		}
+		mu.Lock()
+		news = nil
+		mu.Unlock()
+		time.Sleep(500 * time.Millisecond)
 	}
 	time.Sleep(ld.Before)
 	// A node failure may end the node's recorder with it (killed,
