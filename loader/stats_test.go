@@ -204,8 +204,14 @@ func TestReadersDoNotBlockFailover(t *testing.T) {
 			// for the rest of a walk (Flows: 0.2-2 s, 10 s with -race), so
 			// the caller spent most of the run blocked, and its longest
 			// call was about a walk.
-			if len(took) < 20 {
-				t.Errorf("only %d state changes during %d walks: they waited for the reader", len(took), walks)
+			// Few changes alone do not mean they waited: on a loaded CI
+			// machine the writer's 50 us sleeps overslept to ~17 ms (17
+			// changes, 0.35 ms of 289 in SetBackendState). Whether they
+			// waited is the share of the run spent inside the call, and
+			// its longest call, below; a handful of changes is enough to
+			// read those.
+			if len(took) < 5 {
+				t.Errorf("only %d state changes during %d walks: too few to tell whether they waited for the reader", len(took), walks)
 			}
 			if frac := float64(blocked) / float64(elapsed); frac > 0.25 {
 				t.Errorf("%.0f%% of the run spent inside SetBackendState: it waited for the reader", 100*frac)
