@@ -40,6 +40,10 @@ func TestBGPLabStaticECMP(t *testing.T) {
 		for _, be := range l.backends[:l.inConfig] {
 			n.d.waitLog(l.t, from, 10*time.Second, map[string]string{"msg": "backend up", "backend": be.addr})
 		}
+		// A backend joins its service's table at the rebuild after the
+		// verdict is logged; static routes do not wait for it as BGP
+		// does (Settled).
+		time.Sleep(300 * time.Millisecond)
 	}
 
 	step("spread over nodes and backends", func(t *testing.T) {
