@@ -125,7 +125,7 @@ func TestProbeKinds(t *testing.T) {
 			if err := c.spec.Validate(); err != nil {
 				t.Fatalf("spec: %v", err)
 			}
-			p, err := newProber(c.spec)
+			p, err := newProber(c.spec, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -162,7 +162,7 @@ func TestProbeICMP(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			sp := base(ICMP, netip.AddrPortFrom(netip.MustParseAddr(c.target), 0))
-			p, err := newProber(sp)
+			p, err := newProber(sp, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

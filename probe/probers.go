@@ -30,11 +30,14 @@ type prober interface {
 	probe(ctx context.Context) error
 }
 
-func newProber(s Spec) (prober, error) {
+// newProber makes the prober of s; half-open checks share syn's engine.
+func newProber(s Spec, syn *synEngines) (prober, error) {
 	d := dialer(s)
 	switch s.Kind {
 	case TCP:
 		return tcpProber{d: d, addr: s.Target.String()}, nil
+	case TCPHalfOpen:
+		return newSynProber(s, syn)
 	case HTTP, HTTPS:
 		return newHTTPProber(s, d)
 	case UDP:

@@ -55,6 +55,8 @@ type Scheduler struct {
 	// recorded and before its event is delivered.
 	beforeDeliver func(Event)
 
+	syn synEngines // half-open checks' raw sockets, closed when Run ends
+
 	mu     sync.Mutex
 	checks map[string]*check
 	due    dueHeap
@@ -95,7 +97,7 @@ func (s *Scheduler) Add(id string, spec Spec) error {
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("check %s: %w", id, err)
 	}
-	p, err := newProber(spec)
+	p, err := newProber(spec, &s.syn)
 	if err != nil {
 		return fmt.Errorf("check %s: %w", id, err)
 	}
@@ -152,6 +154,7 @@ func (s *Scheduler) poke() {
 
 // Run keeps the timetable until ctx ends.
 func (s *Scheduler) Run(ctx context.Context) error {
+	defer s.syn.close()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {

@@ -14,12 +14,15 @@ import (
 type Kind string
 
 const (
-	TCP   Kind = "tcp"   // connect succeeds
-	HTTP  Kind = "http"  // request answered with an expected status (and body)
-	HTTPS Kind = "https" // same over TLS, certificate verified by default
-	UDP   Kind = "udp"   // payload sent, reply containing the expected text
-	ICMP  Kind = "icmp"  // echo request answered (ICMPv6 for IPv6 targets)
-	Exec  Kind = "exec"  // command exits 0
+	TCP Kind = "tcp" // connect succeeds
+	// TCPHalfOpen: a SYN answered by a SYN-ACK, from a raw socket; the
+	// backend's application never sees a connection (needs CAP_NET_RAW).
+	TCPHalfOpen Kind = "tcp-half-open"
+	HTTP        Kind = "http"  // request answered with an expected status (and body)
+	HTTPS       Kind = "https" // same over TLS, certificate verified by default
+	UDP         Kind = "udp"   // payload sent, reply containing the expected text
+	ICMP        Kind = "icmp"  // echo request answered (ICMPv6 for IPv6 targets)
+	Exec        Kind = "exec"  // command exits 0
 )
 
 // Spec describes one health check.
@@ -67,7 +70,7 @@ type Spec struct {
 // Validate checks s; errors name the field.
 func (s *Spec) Validate() error {
 	switch s.Kind {
-	case TCP, HTTP, HTTPS, UDP:
+	case TCP, TCPHalfOpen, HTTP, HTTPS, UDP:
 		if !s.Target.Addr().IsValid() || s.Target.Port() == 0 {
 			return fmt.Errorf("target: %s needs address:port", s.Kind)
 		}
@@ -80,9 +83,9 @@ func (s *Spec) Validate() error {
 			return errors.New("command: required for exec checks")
 		}
 	case "":
-		return errors.New("type: required (tcp, http, https, udp, icmp, exec)")
+		return errors.New("type: required (tcp, tcp-half-open, http, https, udp, icmp, exec)")
 	default:
-		return fmt.Errorf("type: %q is not tcp, http, https, udp, icmp or exec", s.Kind)
+		return fmt.Errorf("type: %q is not tcp, tcp-half-open, http, https, udp, icmp or exec", s.Kind)
 	}
 	switch {
 	case s.Interval < time.Millisecond:

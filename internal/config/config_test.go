@@ -86,7 +86,7 @@ func TestBadConfigs(t *testing.T) {
 		{"flap half set", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    flap: {transitions: 3}\n", []string{"k.yaml:5: services[0].flap: needs transitions (at least 2), within and hold_down together"}},
 		{"bad duration", head + "services:\n  - vip: 192.0.2.1\n    check: {interval: soon}\n", []string{`k.yaml:4: services[0].check.interval: "soon" is not a duration like 250ms or 2s`}},
 		{"check timeout longer than interval", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check:\n      interval: 100ms\n      timeout: 1s\n", []string{"k.yaml:7: services[0].check.timeout: 1s is longer than the interval 100ms"}},
-		{"check type", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check: {type: smtp}\n", []string{`k.yaml:5: services[0].check.type: "smtp" is not tcp, http, https, udp, icmp or exec`}},
+		{"check type", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check: {type: smtp}\n", []string{`k.yaml:5: services[0].check.type: "smtp" is not tcp, tcp-half-open, http, https, udp, icmp or exec`}},
 		{"port-0 service needs a check port", head + "services:\n  - vip: 192.0.2.1\n", []string{"k.yaml:3: services[0].check.port: the service has port 0: the check needs a port of its own"}},
 		{"backend errors, all reported", head + `services:
   - vip: 192.0.2.1

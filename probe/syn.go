@@ -1,0 +1,603 @@
+package probe
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// A half-open check (tcp-half-open) sends a bare SYN from a raw socket and
+// takes a SYN-ACK as up and an RST as refused. No socket, no handshake and
+// no connection reach the backend's application: at 10,000 checks a
+// connect() per probe is the cost that saturates a small machine.
+//
+// One engine serves every half-open check of a scheduler:
+//   - a few source ports are reserved by TCP sockets that are bound and
+//     never listen, so no other local socket takes them, and the kernel
+//     itself answers each SYN-ACK with the RST that releases the backend's
+//     half-open connection (no listener or connection matches);
+//   - one raw receive socket per family, with a socket filter that lets
+//     through only SYN or RST segments to the reserved ports, so the
+//     machine's other TCP traffic never reaches user space;
+//   - raw send sockets, one per interface (and source, for IPv6).
+//
+// A probe's SYN carries a random sequence number; the answer's
+// acknowledgement number (sequence + 1), its source and its ports find the
+// waiting probe.
+
+// synSourcePorts is how many source ports the engine takes turns on. More
+// than one keeps two probes of the same target from using one four-tuple
+// back to back while the backend may still hold the first.
+const synSourcePorts = 16
+
+// synRefresh is how long a route's source address is trusted before it is
+// looked up again (IPv4: the checksum covers it).
+const synRefresh = 10 * time.Second
+
+type synKey struct {
+	remote netip.AddrPort
+	local  uint16
+	seq    uint32
+}
+
+type synSender struct {
+	family int
+	source netip.Addr
+	iface  string
+}
+
+type synEngine struct {
+	ports   []uint16
+	holders []int // the bound sockets that keep ports ours
+
+	recv4, recv6 *os.File // nil when the family is unavailable
+
+	turn atomic.Uint32
+
+	mu      sync.Mutex
+	pending map[synKey]chan error
+	senders map[synSender]*os.File
+	closed  bool
+	done    sync.WaitGroup
+}
+
+// synEngines creates the engine on the first half-open check and closes it
+// with its scheduler.
+type synEngines struct {
+	mu     sync.Mutex
+	e      *synEngine
+	closed bool
+}
+
+func (h *synEngines) get() (*synEngine, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, errors.New("the scheduler has stopped")
+	}
+	if h.e == nil {
+		e, err := newSynEngine()
+		if err != nil {
+			return nil, err
+		}
+		h.e = e
+	}
+	return h.e, nil
+}
+
+func (h *synEngines) close() {
+	h.mu.Lock()
+	e := h.e
+	h.e, h.closed = nil, true
+	h.mu.Unlock()
+	if e != nil {
+		e.close()
+	}
+}
+
+func newSynEngine() (e *synEngine, err error) {
+	e = &synEngine{pending: map[synKey]chan error{}, senders: map[synSender]*os.File{}}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	for range synSourcePorts {
+		fd, port, err := reservePort()
+		if err != nil {
+			return nil, fmt.Errorf("reserve a source port: %w", err)
+		}
+		e.holders = append(e.holders, fd)
+		e.ports = append(e.ports, port)
+	}
+	e.recv4, err = synReceiver(unix.AF_INET, e.ports)
+	if err != nil {
+		return nil, fmt.Errorf("raw TCP socket (needs CAP_NET_RAW): %w", err)
+	}
+	// IPv6 may be disabled on the host; IPv6 checks then fail by name.
+	e.recv6, _ = synReceiver(unix.AF_INET6, e.ports)
+	for _, f := range []*os.File{e.recv4, e.recv6} {
+		if f != nil {
+			e.done.Add(1)
+			go e.receive(f, f == e.recv4)
+		}
+	}
+	return e, nil
+}
+
+// reservePort binds a TCP socket to an ephemeral port of both families (one
+// of them where the host has no IPv6) and never listens on it.
+func reservePort() (int, uint16, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		if err = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err == nil {
+			err = unix.Bind(fd, &unix.SockaddrInet6{})
+		}
+		if err != nil {
+			unix.Close(fd)
+			return -1, 0, err
+		}
+	} else {
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return -1, 0, err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{}); err != nil {
+			unix.Close(fd)
+			return -1, 0, err
+		}
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return -1, 0, err
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet6:
+		return fd, uint16(sa.Port), nil
+	case *unix.SockaddrInet4:
+		return fd, uint16(sa.Port), nil
+	}
+	unix.Close(fd)
+	return -1, 0, errors.New("bound socket has no port")
+}
+
+// synFilter accepts TCP segments to one of ports with SYN or RST set.
+// IPv4 raw sockets see the IP header, IPv6 ones start at TCP.
+func synFilter(ports []uint16, ipHeader bool) ([]unix.SockFilter, error) {
+	prog := []bpf.Instruction{bpf.LoadConstant{Dst: bpf.RegX, Val: 0}}
+	if ipHeader {
+		prog[0] = bpf.LoadMemShift{Off: 0} // X = IPv4 header length
+	}
+	prog = append(prog, bpf.LoadIndirect{Off: 2, Size: 2}) // destination port
+	for i, p := range ports {
+		// A match skips the rest of the chain and the drop after it.
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: uint32(p), SkipTrue: uint8(len(ports) - i)})
+	}
+	prog = append(prog,
+		bpf.RetConstant{Val: 0},
+		bpf.LoadIndirect{Off: 13, Size: 1}, // flags
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: tcpSYN | tcpRST, SkipFalse: 1},
+		bpf.RetConstant{Val: 128}, // IPv4 header (<= 60) and the TCP header
+		bpf.RetConstant{Val: 0},
+	)
+	return assemble(prog)
+}
+
+func assemble(prog []bpf.Instruction) ([]unix.SockFilter, error) {
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	return out, nil
+}
+
+func attachFilter(fd int, f []unix.SockFilter) error {
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]})
+}
+
+const (
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+func synReceiver(family int, ports []uint16) (*os.File, error) {
+	filter, err := synFilter(ports, family == unix.AF_INET)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return nil, err
+	}
+	if err := attachFilter(fd, filter); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("socket filter: %w", err)
+	}
+	// A round of 10,000 checks answers in a burst.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	return os.NewFile(uintptr(fd), "tcp-half-open"), nil
+}
+
+func (e *synEngine) receive(f *os.File, ipHeader bool) {
+	defer e.done.Done()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 256)
+	for {
+		var n int
+		var from unix.Sockaddr
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			if ipHeader {
+				// The source is in the header: no address to convert.
+				n, rerr = unix.Read(int(fd), buf)
+			} else {
+				n, from, rerr = unix.Recvfrom(int(fd), buf, 0)
+			}
+			return rerr != unix.EAGAIN
+		})
+		if err != nil {
+			return // closed
+		}
+		if rerr != nil {
+			continue
+		}
+		key, flags, ok := parseAnswer(buf[:n], from, ipHeader)
+		if !ok {
+			continue
+		}
+		var verdict error
+		switch {
+		case flags&tcpRST != 0:
+			verdict = fmt.Errorf("refused: RST: %w", syscall.ECONNREFUSED)
+		case flags&(tcpSYN|tcpACK) == tcpSYN|tcpACK:
+		default:
+			continue
+		}
+		e.mu.Lock()
+		ch := e.pending[key]
+		delete(e.pending, key)
+		e.mu.Unlock()
+		if ch != nil {
+			ch <- verdict
+		}
+	}
+}
+
+// parseAnswer reads who answered which SYN: the answer acknowledges the
+// SYN's sequence number + 1.
+func parseAnswer(b []byte, from unix.Sockaddr, ipHeader bool) (synKey, uint8, bool) {
+	var src netip.Addr
+	if ipHeader {
+		if len(b) < 20 || b[0]>>4 != 4 {
+			return synKey{}, 0, false
+		}
+		ihl := int(b[0]&0x0f) * 4
+		if ihl < 20 || len(b) < ihl+20 {
+			return synKey{}, 0, false
+		}
+		src = netip.AddrFrom4([4]byte(b[12:16]))
+		b = b[ihl:]
+	} else {
+		sa, ok := from.(*unix.SockaddrInet6)
+		if !ok || len(b) < 20 {
+			return synKey{}, 0, false
+		}
+		src = netip.AddrFrom16(sa.Addr)
+	}
+	key := synKey{
+		remote: netip.AddrPortFrom(src, binary.BigEndian.Uint16(b[0:])),
+		local:  binary.BigEndian.Uint16(b[2:]),
+		seq:    binary.BigEndian.Uint32(b[8:]) - 1,
+	}
+	return key, b[13], true
+}
+
+func (e *synEngine) close() {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.closed = true
+	senders := e.senders
+	e.senders = nil
+	e.mu.Unlock()
+	for _, f := range []*os.File{e.recv4, e.recv6} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	e.done.Wait()
+	for _, f := range senders {
+		f.Close()
+	}
+	for _, fd := range e.holders {
+		unix.Close(fd)
+	}
+}
+
+// sender returns the raw socket that sends for family, source and iface.
+// IPv4 sends whole packets (IP_HDRINCL: the checksum needs the source, so
+// the prober chooses it); IPv6 lets the kernel add the header and the
+// checksum, from a socket bound to the source when one is set.
+func (e *synEngine) sender(k synSender) (*os.File, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, errors.New("the scheduler has stopped")
+	}
+	if f := e.senders[k]; f != nil {
+		return f, nil
+	}
+	proto := unix.IPPROTO_RAW
+	if k.family == unix.AF_INET6 {
+		proto = unix.IPPROTO_TCP
+	}
+	fd, err := unix.Socket(k.family, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, fmt.Errorf("raw socket (needs CAP_NET_RAW): %w", err)
+	}
+	if err := configureSender(fd, k); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "tcp-half-open-send")
+	e.senders[k] = f
+	return f, nil
+}
+
+func configureSender(fd int, k synSender) error {
+	if k.iface != "" {
+		if err := unix.BindToDevice(fd, k.iface); err != nil {
+			return fmt.Errorf("interface: %w", err)
+		}
+	}
+	if k.family == unix.AF_INET {
+		return nil
+	}
+	// An IPv6 TCP raw socket also receives every TCP segment: this one
+	// only sends.
+	drop, err := assemble([]bpf.Instruction{bpf.RetConstant{Val: 0}})
+	if err == nil {
+		err = attachFilter(fd, drop)
+	}
+	if err != nil {
+		return fmt.Errorf("socket filter: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_CHECKSUM, 16); err != nil {
+		return fmt.Errorf("checksum offset: %w", err)
+	}
+	if k.source.IsValid() {
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: k.source.As16()}); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+	}
+	return nil
+}
+
+type synProber struct {
+	engine *synEngine
+	spec   Spec
+	target netip.AddrPort // unmapped, without zone
+	zone   uint32         // IPv6 link-local scope
+
+	mu       sync.Mutex
+	source   netip.Addr // IPv4: the route's source, looked up again on failures
+	resolved time.Time
+}
+
+func newSynProber(s Spec, engines *synEngines) (prober, error) {
+	if engines == nil {
+		return nil, errors.New("type: tcp-half-open needs a scheduler")
+	}
+	e, err := engines.get()
+	if err != nil {
+		return nil, fmt.Errorf("type: tcp-half-open: %w", err)
+	}
+	addr := s.Target.Addr()
+	p := &synProber{engine: e, spec: s, target: netip.AddrPortFrom(addr.Unmap().WithZone(""), s.Target.Port())}
+	if p.target.Addr().Is6() {
+		if e.recv6 == nil {
+			return nil, errors.New("target: IPv6 is not available on this host")
+		}
+		if zone := addr.Zone(); zone != "" {
+			ifi, err := net.InterfaceByName(zone)
+			if err != nil {
+				return nil, fmt.Errorf("target: zone %q: %w", zone, err)
+			}
+			p.zone = uint32(ifi.Index)
+		}
+	}
+	return p, nil
+}
+
+func (p *synProber) probe(ctx context.Context) error {
+	e := p.engine
+	local := e.ports[e.turn.Add(1)%uint32(len(e.ports))]
+	seq := rand.Uint32()
+	key := synKey{remote: p.target, local: local, seq: seq}
+	answer := make(chan error, 1)
+	e.mu.Lock()
+	e.pending[key] = answer
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.pending, key)
+		e.mu.Unlock()
+	}()
+	err := p.send(local, seq)
+	if err == nil {
+		select {
+		case err = <-answer:
+		case <-ctx.Done():
+			err = fmt.Errorf("no SYN-ACK or RST: %w", ctx.Err())
+		}
+	}
+	if err != nil {
+		// The route may have changed: look the source up again, at most
+		// once a second (a down backend fails every probe).
+		p.mu.Lock()
+		if time.Since(p.resolved) > time.Second {
+			p.resolved = time.Time{}
+		}
+		p.mu.Unlock()
+	}
+	return err
+}
+
+func (p *synProber) send(local uint16, seq uint32) error {
+	dst := p.target.Addr()
+	if dst.Is6() {
+		f, err := p.engine.sender(synSender{family: unix.AF_INET6, source: p.spec.Source, iface: p.spec.Interface})
+		if err != nil {
+			return err
+		}
+		seg := synSegment(local, p.target.Port(), seq)
+		return sendRaw(f, seg, &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: p.zone})
+	}
+	src, err := p.sourceAddr()
+	if err != nil {
+		return err
+	}
+	f, err := p.engine.sender(synSender{family: unix.AF_INET, iface: p.spec.Interface})
+	if err != nil {
+		return err
+	}
+	return sendRaw(f, synPacket4(src, dst, local, p.target.Port(), seq), &unix.SockaddrInet4{Addr: dst.As4()})
+}
+
+func (p *synProber) sourceAddr() (netip.Addr, error) {
+	if p.spec.Source.IsValid() {
+		return p.spec.Source.Unmap(), nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.source.IsValid() && time.Since(p.resolved) < synRefresh {
+		return p.source, nil
+	}
+	src, err := routeSource(p.target.Addr(), p.spec.Interface)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("source address for %s: %w", p.target.Addr(), err)
+	}
+	p.source, p.resolved = src, time.Now()
+	return src, nil
+}
+
+// routeSource asks the kernel which source address it would use towards
+// dst: a connected UDP socket sends nothing.
+func routeSource(dst netip.Addr, iface string) (netip.Addr, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer unix.Close(fd)
+	if iface != "" {
+		if err := unix.BindToDevice(fd, iface); err != nil {
+			return netip.Addr{}, fmt.Errorf("interface: %w", err)
+		}
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: 9, Addr: dst.As4()}); err != nil {
+		return netip.Addr{}, err
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	sa4, ok := sa.(*unix.SockaddrInet4)
+	if !ok {
+		return netip.Addr{}, errors.New("no IPv4 source")
+	}
+	return netip.AddrFrom4(sa4.Addr), nil
+}
+
+func sendRaw(f *os.File, pkt []byte, to unix.Sockaddr) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), pkt, 0, to)
+		return serr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("send SYN: %w", serr)
+	}
+	return nil
+}
+
+// synSegment is a SYN with an MSS option (a SYN without options looks
+// like a scanner to some middleboxes); its checksum is left 0.
+func synSegment(sport, dport uint16, seq uint32) []byte {
+	b := make([]byte, 24)
+	binary.BigEndian.PutUint16(b[0:], sport)
+	binary.BigEndian.PutUint16(b[2:], dport)
+	binary.BigEndian.PutUint32(b[4:], seq)
+	b[12] = 6 << 4 // data offset: 6 words
+	b[13] = tcpSYN
+	binary.BigEndian.PutUint16(b[14:], 64240) // window
+	copy(b[20:], []byte{2, 4, 0x05, 0xb4})    // MSS 1460
+	return b
+}
+
+// synPacket4 is an IPv4 packet holding a SYN, TCP checksum included; the
+// kernel fills in the IP identification and header checksum.
+func synPacket4(src, dst netip.Addr, sport, dport uint16, seq uint32) []byte {
+	seg := synSegment(sport, dport, seq)
+	b := make([]byte, 20+len(seg))
+	b[0] = 0x45
+	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+	b[6] = 0x40 // don't fragment
+	b[8] = 64   // TTL
+	b[9] = unix.IPPROTO_TCP
+	s4, d4 := src.As4(), dst.As4()
+	copy(b[12:], s4[:])
+	copy(b[16:], d4[:])
+	copy(b[20:], seg)
+	binary.BigEndian.PutUint16(b[36:], tcpChecksum4(s4, d4, b[20:]))
+	return b
+}
+
+func tcpChecksum4(src, dst [4]byte, seg []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	add(src[:])
+	add(dst[:])
+	sum += unix.IPPROTO_TCP + uint32(len(seg))
+	add(seg)
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
