@@ -76,21 +76,27 @@ type service struct {
 }
 
 type backend struct {
-	svc       *service
-	cfg       config.Backend
-	checkID   string
-	mac       net.HardwareAddr
-	inDP      bool // in the dataplane's spec (needs a MAC)
-	health    probe.State
-	state     loader.State // what the dataplane holds
-	admin     Admin
-	reason    string
-	since     time.Time
-	flaps     []time.Time
-	heldUntil time.Time
-	spec      probe.Spec
-	pred      *predictState // predictive detection (predict.go); nil when off
-	passive   *passiveState // passive detection (passive.go); nil until sampled
+	svc *service
+	// cfg points into the running config's backends (never modified; a
+	// reload points it at the new config's): a copy per backend was a
+	// tenth of the daemon's memory at 16,000 backends.
+	cfg *config.Backend
+	// checked and checkedPort are what the scheduler's check was made
+	// from (nil: none yet); a pointer, like cfg, not a copy of the spec.
+	checked     *config.Backend
+	checkedPort uint16
+	checkID     string
+	mac         net.HardwareAddr
+	inDP        bool // in the dataplane's spec (needs a MAC)
+	health      probe.State
+	state       loader.State // what the dataplane holds
+	admin       Admin
+	reason      string
+	since       time.Time
+	flaps       []time.Time
+	heldUntil   time.Time
+	pred        *predictState // predictive detection (predict.go); nil when off
+	passive     *passiveState // passive detection (passive.go); nil until sampled
 }
 
 // New opens (or adopts) the dataplane of every interface and applies cfg.
@@ -196,4 +202,12 @@ func (c *Controller) Close() {
 		}
 	}
 	c.dps = map[string]*loader.Dataplane{}
+}
+
+// checkSpec is the check the scheduler was given for b.
+func (b *backend) checkSpec() (probe.Spec, bool) {
+	if b.checked == nil {
+		return probe.Spec{}, false
+	}
+	return b.checked.Check.Spec(b.checked.Address, b.checkedPort), true
 }

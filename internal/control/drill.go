@@ -56,7 +56,8 @@ func (c *Controller) DrillRestore(service string, addr netip.Addr) error {
 	var id string
 	var spec probe.Spec
 	if err == nil {
-		id, spec = b.checkID, b.spec
+		id = b.checkID
+		spec, _ = b.checkSpec()
 	}
 	c.mu.Unlock()
 	if err != nil {

@@ -36,9 +36,11 @@ func TestDrillDownRestore(t *testing.T) {
 	}()
 	a1 := netip.MustParseAddr("10.0.0.1")
 	b := s.backends[a1]
-	b.spec = probe.Spec{Kind: probe.Exec, Target: netip.AddrPortFrom(a1, 80), Command: "/bin/true", Interval: 50 * time.Millisecond,
-		Timeout: 50 * time.Millisecond, Rise: 2, Fall: 2}
-	if err := c.sched.Add(b.checkID, b.spec); err != nil {
+	b.checked = &config.Backend{Address: a1, Check: config.Check{Type: "exec", Command: "/bin/true", Interval: 50 * time.Millisecond,
+		Timeout: 50 * time.Millisecond, Rise: 2, Fall: 2}}
+	b.checkedPort = 80
+	spec, _ := b.checkSpec()
+	if err := c.sched.Add(b.checkID, spec); err != nil {
 		t.Fatal(err)
 	}
 	c.onProbe(probe.Event{Check: "web|10.0.0.2", To: probe.Up, Decide: time.Now()})

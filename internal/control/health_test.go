@@ -20,7 +20,7 @@ func TestHealthChanged(t *testing.T) {
 	addr := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}) }
 	s := &service{cfg: config.Service{Name: "web"}, backends: map[netip.Addr]*backend{}}
 	for i := 1; i <= 2; i++ {
-		b := &backend{svc: s, checkID: "web|" + addr(i).String(), cfg: config.Backend{Address: addr(i)}, state: loader.Down, inDP: true}
+		b := &backend{svc: s, checkID: "web|" + addr(i).String(), cfg: &config.Backend{Address: addr(i)}, state: loader.Down, inDP: true}
 		s.backends[addr(i)], s.order = b, append(s.order, addr(i))
 	}
 	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(64),
@@ -85,7 +85,7 @@ func TestHealthChanged(t *testing.T) {
 func TestSettledWaitsForTheWrite(t *testing.T) {
 	addr := netip.MustParseAddr("10.0.0.1")
 	s := &service{cfg: config.Service{Name: "web"}, backends: map[netip.Addr]*backend{}}
-	b := &backend{svc: s, checkID: "web|10.0.0.1", cfg: config.Backend{Address: addr}, state: loader.Down, health: probe.Unknown, inDP: true}
+	b := &backend{svc: s, checkID: "web|10.0.0.1", cfg: &config.Backend{Address: addr}, state: loader.Down, health: probe.Unknown, inDP: true}
 	s.backends[addr], s.order = b, []netip.Addr{addr}
 	c := &Controller{log: slog.New(slog.NewTextHandler(io.Discard, nil)), rec: recorder.New(64),
 		svcs: map[string]*service{"web": s}, byCheck: map[string]*backend{b.checkID: b}, overrides: map[string]map[netip.Addr]Admin{}}

@@ -42,7 +42,7 @@ func TestDesiredState(t *testing.T) {
 			s := &service{cfg: c.cfg, backends: map[netip.Addr]*backend{}}
 			var b0 *backend
 			for i := range 4 {
-				b := &backend{svc: s, cfg: config.Backend{Address: netip.MustParseAddr(fmt.Sprintf("10.0.0.%d", i+1))}, state: loader.Down}
+				b := &backend{svc: s, cfg: &config.Backend{Address: netip.MustParseAddr(fmt.Sprintf("10.0.0.%d", i+1))}, state: loader.Down}
 				if i == 0 {
 					b.admin, b.health, b.state = c.admin, c.health, c.state
 					if c.held {
@@ -73,7 +73,7 @@ func TestFlapHoldDown(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := &service{cfg: config.Service{Name: "web", Flap: config.Flap{Transitions: 3, Within: 200 * time.Millisecond, HoldDown: time.Minute}},
 				backends: map[netip.Addr]*backend{}}
-			b := &backend{svc: s, checkID: "web|10.0.0.1", cfg: config.Backend{Address: netip.MustParseAddr("10.0.0.1")}}
+			b := &backend{svc: s, checkID: "web|10.0.0.1", cfg: &config.Backend{Address: netip.MustParseAddr("10.0.0.1")}}
 			s.backends[b.cfg.Address] = b
 			ctl := &Controller{svcs: map[string]*service{"web": s}, byCheck: map[string]*backend{b.checkID: b}}
 			for i, to := range []probe.State{probe.Up, probe.Down, probe.Up} {

@@ -86,7 +86,7 @@ func (c *Controller) onResult(ctx context.Context, r probe.Result) {
 		c.mu.Unlock()
 		return
 	}
-	if n := config.PredictRing(b.svc.cfg, b.cfg); b.pred == nil || b.pred.ring != n {
+	if n := config.PredictRing(b.svc.cfg, *b.cfg); b.pred == nil || b.pred.ring != n {
 		// A new ring (first result, or a reload changed the window or the
 		// interval): the verdict and the newest results carry over.
 		p := &predictState{hist: predict.NewHistory(n), ring: n}

@@ -266,14 +266,15 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	// under c.mu; only the neighbour-table lookups run outside it.
 	type plan struct {
 		b          *backend
-		bc         config.Backend
+		bc         *config.Backend
 		lookup     bool
 		macChanged bool
 		mac        net.HardwareAddr
 	}
 	c.mu.Lock()
 	plans := make([]plan, 0, len(sc.Backends))
-	for _, bc := range sc.Backends {
+	for i := range sc.Backends {
+		bc := &sc.Backends[i]
 		b := s.backends[bc.Address]
 		if b == nil {
 			b = &backend{svc: s, checkID: sc.Name + "|" + bc.Address.String(), state: loader.Down, health: probe.Unknown, since: time.Now(), reason: "waiting for checks",
@@ -283,13 +284,17 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 				b.mac = p.MAC
 			}
 		}
-		macChanged := bc.MAC != b.cfg.MAC
+		var oldMAC config.MAC
+		if b.cfg != nil {
+			oldMAC = b.cfg.MAC
+		}
+		macChanged := bc.MAC != oldMAC
 		plans = append(plans, plan{b: b, bc: bc, macChanged: macChanged, lookup: bc.MAC.IsZero() && (b.mac == nil || macChanged)})
 	}
 	c.mu.Unlock()
 	for i := range plans {
 		if p := &plans[i]; p.lookup {
-			p.mac = neigh.Lookup(egress(sc, p.bc), p.bc.Address)
+			p.mac = neigh.Lookup(egress(sc, *p.bc), p.bc.Address)
 		}
 	}
 
@@ -347,11 +352,12 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	}
 	for _, addr := range order {
 		b := next[addr]
-		ps := bcCheck(sc, b.cfg)
+		ps := bcCheck(sc, *b.cfg)
 		c.mu.Lock()
 		c.byCheck[b.checkID] = b
-		same := reflect.DeepEqual(ps, b.spec)
-		b.spec = ps
+		old, had := b.checkSpec()
+		same := had && reflect.DeepEqual(ps, old)
+		b.checked, b.checkedPort = b.cfg, sc.Port
 		c.mu.Unlock()
 		if !same {
 			if err := c.sched.Add(b.checkID, ps); err != nil {

@@ -33,7 +33,7 @@ func fakeService(t *testing.T, cfg config.Service, n int) (*Controller, *service
 	}
 	for i := range n {
 		addr := netip.MustParseAddr(fmt.Sprintf("10.0.0.%d", i+1))
-		b := &backend{svc: s, cfg: config.Backend{Address: addr}, checkID: "web|" + addr.String(), inDP: true, state: loader.Down}
+		b := &backend{svc: s, cfg: &config.Backend{Address: addr}, checkID: "web|" + addr.String(), inDP: true, state: loader.Down}
 		s.backends[addr] = b
 		s.order = append(s.order, addr)
 		c.byCheck[b.checkID] = b
