@@ -27,8 +27,7 @@ import (
 // Metrics is one registry for one daemon.
 type Metrics struct {
 	reg             *prometheus.Registry
-	probeLatency    *prometheus.HistogramVec
-	probeFailed     *prometheus.CounterVec
+	probes          *probeStats
 	transitions     *prometheus.CounterVec
 	phases          *prometheus.HistogramVec
 	reloads         *prometheus.CounterVec
@@ -54,12 +53,8 @@ type Source interface {
 // caller hands to the controller (control.Controller.ProbeObserver).
 func New(ctl Source, vr VRRPStatus) *Metrics {
 	m := &Metrics{
-		reg: prometheus.NewRegistry(),
-		probeLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "keepbit_probe_latency_seconds", Help: "Health probe latency.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"service", "backend"}),
-		probeFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "keepbit_probe_failures_total", Help: "Failed health probes."}, []string{"service", "backend"}),
+		reg:    prometheus.NewRegistry(),
+		probes: newProbeStats(),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepbit_backend_transitions_total", Help: "Backend state changes written to the dataplane, by new state."},
 			[]string{"service", "state"}),
@@ -77,17 +72,14 @@ func New(ctl Source, vr VRRPStatus) *Metrics {
 		[]string{"version", "revision", "goversion"})
 	build.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
 	m.reg.MustRegister(build)
-	m.reg.MustRegister(m.probeLatency, m.probeFailed, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
+	m.reg.MustRegister(m.probes, m.transitions, m.phases, m.reloads, m.vrrpTransitions,
 		&collector{src: ctl, vrrp: vr}, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // ObserveProbe records one probe's latency and failure.
 func (m *Metrics) ObserveProbe(service, backend string, r probe.Result) {
-	m.probeLatency.WithLabelValues(service, backend).Observe(r.Latency.Seconds())
-	if r.Err != nil {
-		m.probeFailed.WithLabelValues(service, backend).Inc()
-	}
+	m.probes.observe(service, backend, r.Latency.Seconds(), r.Err != nil)
 }
 
 // Follow turns flight-recorder events into counters and histograms until

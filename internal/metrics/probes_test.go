@@ -1,0 +1,73 @@
+package metrics
+
+import (
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// TestProbeStats: the compact per-backend records expose the same
+// histogram the client library's own would for the same observations,
+// and a failure counter only for backends that failed.
+func TestProbeStats(t *testing.T) {
+	type obs struct {
+		service, backend string
+		seconds          float64
+		failed           bool
+	}
+	cases := []struct {
+		name string
+		obs  []obs
+	}{
+		{"one backend", []obs{{"web", "10.0.0.1", 0.0004, false}, {"web", "10.0.0.1", 0.0001, false}, {"web", "10.0.0.1", 0.02, true}}},
+		{"on the bounds and beyond the last", []obs{{"web", "10.0.0.1", 0.0001, false}, {"web", "10.0.0.1", 0.0002, false},
+			{"web", "10.0.0.1", 3.2768, false}, {"web", "10.0.0.1", 5, true}, {"web", "10.0.0.1", 0, false}}},
+		{"two services, same backend", []obs{{"web", "10.0.0.1", 0.001, false}, {"api", "10.0.0.1", 0.5, true}, {"api", "10.0.0.2", 0.05, false}}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got := newProbeStats()
+			want := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keepbit_probe_latency_seconds", Help: "Health probe latency.",
+				Buckets: probeBounds}, []string{"service", "backend"})
+			wantFailed := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keepbit_probe_failures_total", Help: "Failed health probes."},
+				[]string{"service", "backend"})
+			for _, o := range c.obs {
+				got.observe(o.service, o.backend, o.seconds, o.failed)
+				want.WithLabelValues(o.service, o.backend).Observe(o.seconds)
+				if o.failed {
+					wantFailed.WithLabelValues(o.service, o.backend).Inc()
+				}
+			}
+			gr, wr := prometheus.NewPedanticRegistry(), prometheus.NewPedanticRegistry()
+			gr.MustRegister(got)
+			wr.MustRegister(want, wantFailed)
+			gm, err := gr.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			wm, err := wr.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(gm) != len(wm) {
+				t.Fatalf("%d families, want %d", len(gm), len(wm))
+			}
+			// The client library stamps creation times (not exposed as text).
+			for _, f := range wm {
+				for _, m := range f.GetMetric() {
+					if h := m.GetHistogram(); h != nil {
+						h.CreatedTimestamp = nil
+					}
+					if c := m.GetCounter(); c != nil {
+						c.CreatedTimestamp = nil
+					}
+				}
+			}
+			for i := range gm {
+				if gs, ws := gm[i].String(), wm[i].String(); gs != ws {
+					t.Errorf("family %s\n got %s\nwant %s", wm[i].GetName(), gs, ws)
+				}
+			}
+		})
+	}
+}
