@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -154,17 +155,16 @@ func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*
 		}
 		svc.buffers[b] = m
 	}
-	mem, err := svc.buffers[svc.active].Memory()
-	if err != nil {
+	var mem []byte
+	if err := withBuffer(svc.buffers[svc.active], false, func(b []byte) error { mem = bytes.Clone(b); return nil }); err != nil {
 		svc.closeBuffers()
-		return nil, fmt.Errorf("service %s: map table buffer: %w", key, err)
+		return nil, fmt.Errorf("service %s: %w", key, err)
 	}
 	word := func(i uint32) uint32 {
-		var b [4]byte
-		if _, err := mem.ReadAt(b[:], int64(bufferStride*i)); err != nil {
-			return 0
+		if off := uint64(bufferStride) * uint64(i); off+4 <= uint64(len(mem)) {
+			return binary.NativeEndian.Uint32(mem[off:])
 		}
-		return binary.NativeEndian.Uint32(b[:])
+		return 0
 	}
 	size, n := word(tblSize), word(tblMembers)
 	svc.tableSize = size

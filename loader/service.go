@@ -696,15 +696,20 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 		// only, not applyMu).
 		d.waitGrace(svc.retired[idle])
 	}
-	mem, err := svc.buffers[idle].Memory()
-	if err != nil {
-		return Change{}, fmt.Errorf("service %s: map table buffer: %w", svc.key, err)
-	}
 	raw := make([]byte, bufferStride*len(words))
 	for i, w := range words {
 		binary.NativeEndian.PutUint32(raw[bufferStride*i:], w)
 	}
-	if err := d.kernelWrite("table_write", func() error { _, err := mem.WriteAt(raw, 0); return err }); err != nil {
+	write := func() error {
+		return withBuffer(svc.buffers[idle], true, func(mem []byte) error {
+			if len(mem) < len(raw) {
+				return fmt.Errorf("buffer of %d bytes holds no table of %d", len(mem), len(raw))
+			}
+			copy(mem, raw)
+			return nil
+		})
+	}
+	if err := d.kernelWrite("table_write", write); err != nil {
 		return Change{}, fmt.Errorf("service %s: write table: %w", svc.key, err)
 	}
 	prepared := time.Now()

@@ -357,22 +357,23 @@ func (d *Dataplane) liveSlots(owners map[uint32]flowOwner) (map[*service][]uint3
 			out[o.svc] = nil
 			continue
 		}
-		mem, err := buf.Memory()
+		var slots []uint32
+		err := withBuffer(buf, false, func(mem []byte) error {
+			if len(mem) < bufferStride*(tblSize+1) {
+				return errors.New("buffer holds no table header")
+			}
+			m := int(binary.NativeEndian.Uint32(mem[bufferStride*tblSize:]))
+			if len(mem) < bufferStride*(tblHdr+m) {
+				return fmt.Errorf("buffer holds no table of %d slots", m)
+			}
+			slots = make([]uint32, m)
+			for i := range slots {
+				slots[i] = binary.NativeEndian.Uint32(mem[bufferStride*(tblHdr+i):])
+			}
+			return nil
+		})
 		if err != nil {
-			return nil, fmt.Errorf("service %s: map table buffer: %w", o.svc.key, err)
-		}
-		var w [bufferStride]byte
-		if _, err := mem.ReadAt(w[:4], int64(bufferStride*tblSize)); err != nil {
-			return nil, fmt.Errorf("service %s: read table size: %w", o.svc.key, err)
-		}
-		m := binary.NativeEndian.Uint32(w[:4])
-		raw := make([]byte, bufferStride*int(m))
-		if _, err := mem.ReadAt(raw, int64(bufferStride*tblHdr)); err != nil {
 			return nil, fmt.Errorf("service %s: read table: %w", o.svc.key, err)
-		}
-		slots := make([]uint32, m)
-		for i := range slots {
-			slots[i] = binary.NativeEndian.Uint32(raw[bufferStride*i:])
 		}
 		out[o.svc] = slots
 	}
