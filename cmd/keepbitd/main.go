@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -222,6 +223,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		log.Info("config reloaded", "generation", ctl.Generation())
+		// The old config and the reload's work are garbage now.
+		debug.FreeOSMemory()
 		if err := sd.Send(status(ctl.Generation())); err != nil {
 			log.Warn("service manager not told", "error", err)
 		}
@@ -279,6 +282,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}()
 	log.Info("keepbitd running", "config", *configPath, "interfaces", ctl.Interfaces(), "version", version.Get().Version)
+	// Go's default GC target lets the heap grow to twice what is live; at
+	// 16,000 backends that was 60 MiB of the daemon's RSS. Running, the
+	// daemon collects at +50%, which costs little (the steady allocation
+	// rate is the probes'); the start keeps the default, as it allocates
+	// most. GOGC in the environment wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
+	}
+	// Parsing the config and building every table made garbage that the
+	// heap would otherwise keep mapped until it is reused.
+	debug.FreeOSMemory()
 	// Ready: every dataplane is attached (or adopted) and the first
 	// config applied. The watchdog is fed only while the event loop
 	// answers, so a wedged loop gets the daemon restarted (forwarding
