@@ -54,7 +54,7 @@ type Source interface {
 func New(ctl Source, vr VRRPStatus) *Metrics {
 	m := &Metrics{
 		reg:    prometheus.NewRegistry(),
-		probes: newProbeStats(),
+		probes: newProbeStats(ctl),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keepbit_backend_transitions_total", Help: "Backend state changes written to the dataplane, by new state."},
 			[]string{"service", "state"}),

@@ -19,6 +19,9 @@ const probeBuckets = 16
 // is ~200 bytes.
 type probeStats struct {
 	latency, failures *prometheus.Desc
+	// src, when set, lists the backends that exist: a scrape forgets the
+	// series of backends a reload removed.
+	src Source
 
 	mu     sync.Mutex
 	series map[probeKey]*probeSeries
@@ -33,8 +36,9 @@ type probeSeries struct {
 	failed  uint64
 }
 
-func newProbeStats() *probeStats {
+func newProbeStats(src Source) *probeStats {
 	return &probeStats{
+		src:     src,
 		latency: prometheus.NewDesc("keepbit_probe_latency_seconds", "Health probe latency.", []string{"service", "backend"}, nil),
 		failures: prometheus.NewDesc("keepbit_probe_failures_total", "Failed health probes.",
 			[]string{"service", "backend"}, nil),
@@ -74,9 +78,22 @@ func (p *probeStats) Collect(ch chan<- prometheus.Metric) {
 		k probeKey
 		s probeSeries
 	}
+	var exists map[probeKey]bool
+	if p.src != nil {
+		exists = map[probeKey]bool{}
+		for _, s := range p.src.Status() {
+			for _, b := range s.Backends {
+				exists[probeKey{s.Name, b.Address.String()}] = true
+			}
+		}
+	}
 	p.mu.Lock()
 	snaps := make([]snap, 0, len(p.series))
 	for k, s := range p.series {
+		if exists != nil && !exists[k] {
+			delete(p.series, k)
+			continue
+		}
 		snaps = append(snaps, snap{k, *s})
 	}
 	p.mu.Unlock()

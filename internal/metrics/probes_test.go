@@ -1,9 +1,13 @@
 package metrics
 
 import (
+	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keepbit/keepbit/internal/control"
 )
 
 // TestProbeStats: the compact per-backend records expose the same
@@ -26,7 +30,7 @@ func TestProbeStats(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := newProbeStats()
+			got := newProbeStats(nil)
 			want := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "keepbit_probe_latency_seconds", Help: "Health probe latency.",
 				Buckets: probeBounds}, []string{"service", "backend"})
 			wantFailed := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "keepbit_probe_failures_total", Help: "Failed health probes."},
@@ -69,5 +73,52 @@ func TestProbeStats(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestProbeStatsForgetsRemovedBackends: a backend a reload removed stops
+// being exported (and held) at the next scrape.
+func TestProbeStatsForgetsRemovedBackends(t *testing.T) {
+	be := func(addr string) control.BackendStatus {
+		return control.BackendStatus{Address: netip.MustParseAddr(addr)}
+	}
+	src := &fakeSource{status: []control.ServiceStatus{{Name: "web", Backends: []control.BackendStatus{be("10.0.0.1"), be("10.0.0.2")}}}}
+	p := newProbeStats(src)
+	for _, b := range []string{"10.0.0.1", "10.0.0.2"} {
+		p.observe("web", b, 0.001, true)
+	}
+	series := func() []string {
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(p)
+		fams, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, f := range fams {
+			for _, m := range f.GetMetric() {
+				out = append(out, f.GetName()+" "+m.GetLabel()[0].GetValue())
+			}
+		}
+		return out
+	}
+	cases := []struct {
+		name     string
+		backends []control.BackendStatus
+		want     []string
+	}{
+		{"both exist", []control.BackendStatus{be("10.0.0.1"), be("10.0.0.2")}, []string{
+			"keepbit_probe_failures_total 10.0.0.1", "keepbit_probe_failures_total 10.0.0.2",
+			"keepbit_probe_latency_seconds 10.0.0.1", "keepbit_probe_latency_seconds 10.0.0.2"}},
+		{"10.0.0.2 removed", []control.BackendStatus{be("10.0.0.1")}, []string{
+			"keepbit_probe_failures_total 10.0.0.1", "keepbit_probe_latency_seconds 10.0.0.1"}},
+		{"10.0.0.2 back: forgotten, not restored", []control.BackendStatus{be("10.0.0.1"), be("10.0.0.2")}, []string{
+			"keepbit_probe_failures_total 10.0.0.1", "keepbit_probe_latency_seconds 10.0.0.1"}},
+	}
+	for _, c := range cases {
+		src.status[0].Backends = c.backends
+		if got := series(); !slices.Equal(got, c.want) {
+			t.Errorf("%s: series %v, want %v", c.name, got, c.want)
+		}
 	}
 }
