@@ -33,9 +33,9 @@ PACKAGE_DIR ?= bin
 .PHONY: help generate check-generated build install package failover-report bench-compare test test-deps test-kernels bench lint clang demo demo-bgp churn
 
 # Peers the tests run against: keepalived (VRRP interop), HAProxy (comparison), BIRD 2 (BGP and BFD
-# interop, the upstream router of the BGP lab). Package name = command name.
-TEST_PACKAGES := keepalived bird2 haproxy
-TEST_COMMANDS := keepalived bird haproxy
+# interop, the upstream router of the BGP lab), nftables (the kernel path bench-compare measures).
+TEST_PACKAGES := keepalived bird2 haproxy nftables
+TEST_COMMANDS := keepalived bird haproxy nft
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -79,7 +79,7 @@ demo-bgp: test-deps ## (root) three active-active nodes behind a BIRD 2 router (
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/keepbitctl ./cmd/keepbit-demo
 	./bin/keepbit-demo -bgp -keepbitd ./bin/keepbitd -keepbitctl ./bin/keepbitctl
 
-test-deps: ## as root, install what the privileged tests run against (keepalived, bird2, haproxy) when missing
+test-deps: ## as root, install what the privileged tests run against (keepalived, bird2, haproxy, nftables) when missing
 	@missing=0; for c in $(TEST_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
 	if [ "$$(id -u)" = 0 ] && [ $$missing = 1 ]; then \
 	  echo "installing $(TEST_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TEST_PACKAGES); fi
@@ -116,7 +116,7 @@ failover-report: ## (root) every failure scenario RUNS times in the namespace la
 	$(GO) build -o bin/ ./cmd/keepbitd ./cmd/failover-report
 	./bin/failover-report -runs $(RUNS) -keepbitd bin/keepbitd -out docs
 
-bench-compare: ## (root) Keepbit's forwarding rate next to the machine's ceiling, one run: BENCHMARKS.md, docs/benchmarks/
+bench-compare: test-deps ## (root) Keepbit's forwarding rate next to the machine's ceiling, and its CPU per packet next to nftables, one run: BENCHMARKS.md, docs/benchmarks/
 	$(GO) build -o bin/ ./cmd/bench-compare
 	./bin/bench-compare $(BENCH_COMPARE_FLAGS)
 

@@ -1,7 +1,7 @@
 // bench-compare measures Keepbit's forwarding rate next to the machine's
-// ceiling (the baseline MAC-swap program on the same kind of port) in one
-// run, and writes BENCHMARKS.md, docs/benchmarks/throughput.json and the
-// chart. Run it as root on an otherwise idle machine (make bench-compare).
+// ceiling (the baseline MAC-swap program on the same kind of port), and
+// the CPU per forwarded packet next to nftables DNAT, in one run, and
+// writes BENCHMARKS.md, docs/benchmarks/throughput.json and the chart. Run it as root on an otherwise idle machine (make bench-compare).
 package main
 
 import (
@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/keepbit/keepbit/internal/kernelpath"
 	"github.com/keepbit/keepbit/internal/machine"
 	"github.com/keepbit/keepbit/internal/throughput"
 	"github.com/keepbit/keepbit/loader"
@@ -38,6 +39,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	cache := fs.Uint("flow-cache", 0, "the dataplane's per-CPU flow cache entries (0: the default)")
 	only := fs.String("cases", "", "comma-separated parts of case names to run (default: all)")
 	root := fs.String("out", ".", "repository root to write BENCHMARKS.md and docs/benchmarks/ under")
+	kernel := fs.Bool("kernel-path", true, "also measure nftables DNAT next to Keepbit with a socket sender (needs nft)")
+	kernelRate := fs.Int("kernel-rate", 200_000, "offered frames/s for the kernel-path cost measurement")
+	kernelRepeats := fs.Int("kernel-repeats", 5, "kernel-path measurements per path and kind")
+	kernelDuration := fs.Duration("kernel-duration", 2*time.Second, "length of one kernel-path measurement")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,6 +63,17 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	rep.Results = res
+	if *kernel {
+		kopts := kernelpath.Options{Rate: *kernelRate, Duration: *kernelDuration, Repeats: *kernelRepeats,
+			Progress: func(s string) { fmt.Fprintln(out, "kernel path:", s) }}
+		kres, err := kernelpath.Run(ctx, kopts)
+		if err != nil {
+			return fmt.Errorf("kernel path: %w", err)
+		}
+		rep.KernelPath = kres
+		rep.KernelPathSettings = fmt.Sprintf("%d repeats of %v per path, paced at %d frames/s and unpaced, 16 UDP flows",
+			*kernelRepeats, *kernelDuration, *kernelRate)
+	}
 	if err := throughput.Write(*root, rep); err != nil {
 		return err
 	}

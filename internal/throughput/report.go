@@ -13,6 +13,7 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 
+	"github.com/keepbit/keepbit/internal/kernelpath"
 	"github.com/keepbit/keepbit/internal/machine"
 )
 
@@ -25,6 +26,10 @@ type Report struct {
 	Machine  machine.Info `json:"machine"`
 	Settings string       `json:"settings"`
 	Results  []Result     `json:"results"`
+	// KernelPath, when measured, is Keepbit next to nftables DNAT with
+	// a socket sender.
+	KernelPath         []kernelpath.Result `json:"kernel_path,omitempty"`
+	KernelPathSettings string              `json:"kernel_path_settings,omitempty"`
 }
 
 // Paths of the written files, relative to the repository root.
@@ -110,6 +115,9 @@ func Markdown(r Report) string {
 	fmt.Fprintf(&b, "\n![packets per second, ceiling and Keepbit, by case](%s)\n\n", ChartPath)
 	b.WriteString("The raw samples (frames sent, received, elapsed, backends reached per measurement) are in " +
 		"[" + JSONPath + "](" + JSONPath + ").\n\n")
+	if len(r.KernelPath) > 0 {
+		b.WriteString(kernelpath.Markdown(r.KernelPath, r.Machine.Command, r.KernelPathSettings))
+	}
 	b.WriteString("## Elsewhere\n\n" +
 		"- Cost of one packet through the program (`BPF_PROG_RUN`, ns per packet and the ratio to the baseline program, " +
 		"established, new-flow, IPv6 and VLAN paths): `make bench`, figures in README.md (\"Measured here\").\n" +
