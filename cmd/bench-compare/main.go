@@ -40,7 +40,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	only := fs.String("cases", "", "comma-separated parts of case names to run (default: all)")
 	root := fs.String("out", ".", "repository root to write BENCHMARKS.md and docs/benchmarks/ under")
 	kernel := fs.Bool("kernel-path", true, "also measure nftables DNAT next to Keepbit with a socket sender (needs nft)")
-	kernelRate := fs.Int("kernel-rate", 200_000, "offered frames/s for the kernel-path cost measurement")
+	kernelRate := fs.Int("kernel-rate", 500_000, "offered frames/s for the kernel-path cost measurement")
 	kernelRepeats := fs.Int("kernel-repeats", 5, "kernel-path measurements per path and kind")
 	kernelDuration := fs.Duration("kernel-duration", 2*time.Second, "length of one kernel-path measurement")
 	if err := fs.Parse(args); err != nil {

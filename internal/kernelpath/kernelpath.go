@@ -56,7 +56,7 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.Rate == 0 {
-		o.Rate = 200_000
+		o.Rate = 500_000
 	}
 	if o.Duration == 0 {
 		o.Duration = 2 * time.Second
