@@ -82,6 +82,12 @@ func TestValidate(t *testing.T) {
 		{"jitter too big", with(func(s *Spec) { s.Jitter = 0.9 }), "jitter: 0.9"},
 		{"bad status", with(func(s *Spec) { s.Kind = HTTP; s.ExpectStatus = []int{99} }), "expect_status: 99"},
 		{"udp without payload", with(func(s *Spec) { s.Kind = UDP }), "payload: required"},
+		{"half-open without port", with(func(s *Spec) { s.Kind = TCPHalfOpen; s.Target = netip.AddrPortFrom(s.Target.Addr(), 0) }), "target: tcp-half-open needs address:port"},
+		{"ipv6 source, ipv4 target", with(func(s *Spec) { s.Kind = TCPHalfOpen; s.Source = netip.MustParseAddr("::1") }), "source: ::1 and the target 127.0.0.1 are of different address families"},
+		{"ipv4 source, ipv6 target", with(func(s *Spec) {
+			s.Source = netip.MustParseAddr("10.0.0.1")
+			s.Target = netip.MustParseAddrPort("[2001:db8::1]:80")
+		}), "source: 10.0.0.1 and the target 2001:db8::1"},
 	}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("valid spec rejected: %v", err)

@@ -103,6 +103,9 @@ func (s *Spec) Validate() error {
 	case s.Jitter < 0 || s.Jitter > 0.5:
 		return fmt.Errorf("jitter: %v, must be between 0 and 0.5", s.Jitter)
 	}
+	if s.Kind != Exec && s.Source.IsValid() && s.Target.Addr().IsValid() && s.Source.Unmap().Is4() != s.Target.Addr().Unmap().Is4() {
+		return fmt.Errorf("source: %s and the target %s are of different address families", s.Source, s.Target.Addr())
+	}
 	for _, c := range s.ExpectStatus {
 		if c < 100 || c > 599 {
 			return fmt.Errorf("expect_status: %d is not an HTTP status", c)

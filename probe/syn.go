@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -52,6 +53,11 @@ type synKey struct {
 	seq    uint32
 }
 
+type synTuple struct {
+	remote netip.AddrPort
+	local  uint16
+}
+
 type synSender struct {
 	family int
 	source netip.Addr
@@ -64,13 +70,112 @@ type synEngine struct {
 
 	recv4, recv6 *os.File // nil when the family is unavailable
 
-	turn atomic.Uint32
+	turn   atomic.Uint32
+	sendMu sync.Mutex // one send at a time (sendRaw)
 
 	mu      sync.Mutex
-	pending map[synKey]chan error
-	senders map[synSender]*os.File
-	closed  bool
-	done    sync.WaitGroup
+	pending map[synKey]func(error)
+	// inflight counts pending probes per four-tuple: a probe takes a
+	// source port no other pending probe of its target uses, as a second
+	// SYN on a four-tuple the backend still holds half-open gets a bare
+	// ACK, not a SYN-ACK.
+	inflight map[synTuple]int
+	senders  map[synSender]*os.File
+	closed   bool
+	done     sync.WaitGroup
+	// Deadlines of the pending probes, earliest first; expire fails the
+	// probes still pending at theirs. Answered probes leave their entry
+	// to expire unused.
+	deadlines deadlineHeap
+	timer     *time.Timer
+	armed     time.Time // when timer fires; zero: not armed
+}
+
+type deadline struct {
+	at  time.Time
+	key synKey
+}
+
+type deadlineHeap []deadline
+
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(deadline)) }
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	d := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return d
+}
+
+// errNoAnswer is the verdict of a probe whose SYN got no SYN-ACK or RST.
+var errNoAnswer = fmt.Errorf("no SYN-ACK or RST: %w", context.DeadlineExceeded)
+
+// waitLocked registers a probe's key until its deadline; e.mu is held.
+func (e *synEngine) waitLocked(key synKey, at time.Time, done func(error)) {
+	e.pending[key] = done
+	e.inflight[synTuple{key.remote, key.local}]++
+	heap.Push(&e.deadlines, deadline{at: at, key: key})
+	if e.armed.IsZero() || at.Before(e.armed) {
+		e.armed = at
+		d := time.Until(at)
+		if e.timer == nil {
+			e.timer = time.AfterFunc(d, e.expire)
+		} else {
+			e.timer.Reset(d)
+		}
+	}
+}
+
+// takeLocked removes a pending probe and returns its callback (nil when
+// it is no longer pending); e.mu is held.
+func (e *synEngine) takeLocked(key synKey) func(error) {
+	done := e.pending[key]
+	if done == nil {
+		return nil
+	}
+	delete(e.pending, key)
+	t := synTuple{key.remote, key.local}
+	if e.inflight[t]--; e.inflight[t] <= 0 {
+		delete(e.inflight, t)
+	}
+	return done
+}
+
+// sourcePortLocked picks the next source port in turn that no pending
+// probe to remote uses; e.mu is held.
+func (e *synEngine) sourcePortLocked(remote netip.AddrPort) uint16 {
+	base := e.turn.Add(1)
+	for i := range uint32(len(e.ports)) {
+		p := e.ports[(base+i)%uint32(len(e.ports))]
+		if e.inflight[synTuple{remote, p}] == 0 {
+			return p
+		}
+	}
+	return e.ports[base%uint32(len(e.ports))]
+}
+
+// expire fails the probes whose deadline has passed.
+func (e *synEngine) expire() {
+	var late []func(error)
+	e.mu.Lock()
+	now := time.Now()
+	for len(e.deadlines) > 0 && !e.deadlines[0].at.After(now) {
+		d := heap.Pop(&e.deadlines).(deadline)
+		if done := e.takeLocked(d.key); done != nil {
+			late = append(late, done)
+		}
+	}
+	e.armed = time.Time{}
+	if len(e.deadlines) > 0 && !e.closed {
+		e.armed = e.deadlines[0].at
+		e.timer.Reset(time.Until(e.armed))
+	}
+	e.mu.Unlock()
+	for _, done := range late {
+		done(errNoAnswer)
+	}
 }
 
 // synEngines creates the engine on the first half-open check and closes it
@@ -107,23 +212,20 @@ func (h *synEngines) close() {
 	}
 }
 
-func newSynEngine() (e *synEngine, err error) {
-	e = &synEngine{pending: map[synKey]chan error{}, senders: map[synSender]*os.File{}}
-	defer func() {
-		if err != nil {
-			e.close()
-		}
-	}()
+func newSynEngine() (*synEngine, error) {
+	e := &synEngine{pending: map[synKey]func(error){}, inflight: map[synTuple]int{}, senders: map[synSender]*os.File{}}
 	for range synSourcePorts {
 		fd, port, err := reservePort()
 		if err != nil {
+			e.close()
 			return nil, fmt.Errorf("reserve a source port: %w", err)
 		}
 		e.holders = append(e.holders, fd)
 		e.ports = append(e.ports, port)
 	}
-	e.recv4, err = synReceiver(unix.AF_INET, e.ports)
-	if err != nil {
+	var err error
+	if e.recv4, err = synReceiver(unix.AF_INET, e.ports); err != nil {
+		e.close()
 		return nil, fmt.Errorf("raw TCP socket (needs CAP_NET_RAW): %w", err)
 	}
 	// IPv6 may be disabled on the host; IPv6 checks then fail by name.
@@ -231,8 +333,11 @@ func synReceiver(family int, ports []uint16) (*os.File, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("socket filter: %w", err)
 	}
-	// A round of 10,000 checks answers in a burst.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	// A round of 10,000 checks answers in a burst: past rmem_max when
+	// allowed (CAP_NET_ADMIN), else up to it.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	}
 	return os.NewFile(uintptr(fd), "tcp-half-open"), nil
 }
 
@@ -275,11 +380,10 @@ func (e *synEngine) receive(f *os.File, ipHeader bool) {
 			continue
 		}
 		e.mu.Lock()
-		ch := e.pending[key]
-		delete(e.pending, key)
+		done := e.takeLocked(key)
 		e.mu.Unlock()
-		if ch != nil {
-			ch <- verdict
+		if done != nil {
+			done(verdict)
 		}
 	}
 }
@@ -322,6 +426,14 @@ func (e *synEngine) close() {
 	e.closed = true
 	senders := e.senders
 	e.senders = nil
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	// Probes in flight are never answered now: their scheduler has
+	// stopped, and a direct caller waits on its own context.
+	clear(e.pending)
+	clear(e.inflight)
+	e.deadlines = nil
 	e.mu.Unlock()
 	for _, f := range []*os.File{e.recv4, e.recv6} {
 		if f != nil {
@@ -368,6 +480,9 @@ func (e *synEngine) sender(k synSender) (*os.File, error) {
 }
 
 func configureSender(fd int, k synSender) error {
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+	}
 	if k.iface != "" {
 		if err := unix.BindToDevice(fd, k.iface); err != nil {
 			return fmt.Errorf("interface: %w", err)
@@ -432,38 +547,57 @@ func newSynProber(s Spec, engines *synEngines) (prober, error) {
 	return p, nil
 }
 
+// probe runs one probe and waits for its verdict or the end of ctx.
 func (p *synProber) probe(ctx context.Context) error {
+	verdict := make(chan error, 1)
+	dl, ok := ctx.Deadline()
+	if !ok {
+		dl = time.Now().Add(time.Hour)
+	}
+	p.start(dl, func(err error) { verdict <- err })
+	select {
+	case err := <-verdict:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("no SYN-ACK or RST: %w", ctx.Err())
+	}
+}
+
+// start sends the SYN and returns; done gets the verdict from the
+// engine's receive loop (SYN-ACK, RST) or its deadline timer.
+func (p *synProber) start(deadline time.Time, done func(error)) {
 	e := p.engine
-	local := e.ports[e.turn.Add(1)%uint32(len(e.ports))]
 	seq := rand.Uint32()
-	key := synKey{remote: p.target, local: local, seq: seq}
-	answer := make(chan error, 1)
+	finish := func(err error) {
+		if err != nil {
+			// The route may have changed: look the source up again,
+			// at most once a second (a down backend fails every probe).
+			p.mu.Lock()
+			if time.Since(p.resolved) > time.Second {
+				p.resolved = time.Time{}
+			}
+			p.mu.Unlock()
+		}
+		done(err)
+	}
 	e.mu.Lock()
-	e.pending[key] = answer
-	e.mu.Unlock()
-	defer func() {
-		e.mu.Lock()
-		delete(e.pending, key)
+	if e.closed {
 		e.mu.Unlock()
-	}()
-	err := p.send(local, seq)
-	if err == nil {
-		select {
-		case err = <-answer:
-		case <-ctx.Done():
-			err = fmt.Errorf("no SYN-ACK or RST: %w", ctx.Err())
+		finish(errors.New("the scheduler has stopped"))
+		return
+	}
+	local := e.sourcePortLocked(p.target)
+	key := synKey{remote: p.target, local: local, seq: seq}
+	e.waitLocked(key, deadline, finish)
+	e.mu.Unlock()
+	if err := p.send(local, seq); err != nil {
+		e.mu.Lock()
+		done := e.takeLocked(key)
+		e.mu.Unlock()
+		if done != nil { // else the deadline or an answer got there first
+			done(err)
 		}
 	}
-	if err != nil {
-		// The route may have changed: look the source up again, at most
-		// once a second (a down backend fails every probe).
-		p.mu.Lock()
-		if time.Since(p.resolved) > time.Second {
-			p.resolved = time.Time{}
-		}
-		p.mu.Unlock()
-	}
-	return err
 }
 
 func (p *synProber) send(local uint16, seq uint32) error {
@@ -474,7 +608,7 @@ func (p *synProber) send(local uint16, seq uint32) error {
 			return err
 		}
 		seg := synSegment(local, p.target.Port(), seq)
-		return sendRaw(f, seg, &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: p.zone})
+		return p.engine.sendRaw(f, seg, &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: p.zone})
 	}
 	src, err := p.sourceAddr()
 	if err != nil {
@@ -484,7 +618,7 @@ func (p *synProber) send(local uint16, seq uint32) error {
 	if err != nil {
 		return err
 	}
-	return sendRaw(f, synPacket4(src, dst, local, p.target.Port(), seq), &unix.SockaddrInet4{Addr: dst.As4()})
+	return p.engine.sendRaw(f, synPacket4(src, dst, local, p.target.Port(), seq), &unix.SockaddrInet4{Addr: dst.As4()})
 }
 
 func (p *synProber) sourceAddr() (netip.Addr, error) {
@@ -531,18 +665,27 @@ func routeSource(dst netip.Addr, iface string) (netip.Addr, error) {
 	return netip.AddrFrom4(sa4.Addr), nil
 }
 
-func sendRaw(f *os.File, pkt []byte, to unix.Sockaddr) error {
+func (e *synEngine) sendRaw(f *os.File, pkt []byte, to unix.Sockaddr) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
+	// Never wait for room: SYNs queued for neighbours that do not
+	// resolve fill the socket's buffer, and a probe waiting behind them
+	// would outlive its timeout and hold up every other probe. A full
+	// buffer fails this probe at once instead. Sends go one at a time:
+	// from both CPUs at once, bursts of SYNs overflowed the receive
+	// backlog on loopback (97% of 100,000 probes/s timed out; one at a
+	// time, 0.8%).
 	var serr error
-	err = rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), pkt, 0, to)
-		return serr != unix.EAGAIN
-	})
+	e.sendMu.Lock()
+	err = rc.Control(func(fd uintptr) { serr = unix.Sendto(int(fd), pkt, unix.MSG_DONTWAIT, to) })
+	e.sendMu.Unlock()
 	if err != nil {
 		return err
+	}
+	if errors.Is(serr, unix.EAGAIN) {
+		return fmt.Errorf("send SYN: the raw socket's send buffer is full (SYNs queued for unresolved neighbours?): %w", serr)
 	}
 	if serr != nil {
 		return fmt.Errorf("send SYN: %w", serr)
