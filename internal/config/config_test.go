@@ -87,6 +87,8 @@ func TestBadConfigs(t *testing.T) {
 		{"bad duration", head + "services:\n  - vip: 192.0.2.1\n    check: {interval: soon}\n", []string{`k.yaml:4: services[0].check.interval: "soon" is not a duration like 250ms or 2s`}},
 		{"check timeout longer than interval", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check:\n      interval: 100ms\n      timeout: 1s\n", []string{"k.yaml:7: services[0].check.timeout: 1s is longer than the interval 100ms"}},
 		{"check type", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check: {type: smtp}\n", []string{`k.yaml:5: services[0].check.type: "smtp" is not tcp, tcp-half-open, http, https, udp, icmp or exec`}},
+		{"check source of another family", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check: {type: tcp-half-open, source: \"2001:db8::9\"}\n    backends:\n      - address: 10.0.0.1\n      - address: 2001:db8::2\n",
+			[]string{"k.yaml:7: services[0].backends[0].check.source: 2001:db8::9 is not of the address family of the backend 10.0.0.1"}},
 		{"port-0 service needs a check port", head + "services:\n  - vip: 192.0.2.1\n", []string{"k.yaml:3: services[0].check.port: the service has port 0: the check needs a port of its own"}},
 		{"backend errors, all reported", head + `services:
   - vip: 192.0.2.1

@@ -325,6 +325,9 @@ func (d *decoder) validate(c *Config) {
 			if b.CheckNode.Kind != 0 {
 				d.validateCheck(bp+".check", s, b.Check)
 			}
+			if src := b.Check.Source; src.IsValid() && b.Check.Type != "exec" && src.Unmap().Is4() != b.Address.Unmap().Is4() {
+				d.fail(bp+".check.source", "%s is not of the address family of the backend %s", src, b.Address)
+			}
 		}
 	}
 }
@@ -432,7 +435,13 @@ func (d *decoder) validateVRRP(c *Config, ifaces map[string]bool) {
 }
 
 func (d *decoder) validateCheck(path string, s *Service, c Check) {
-	sp := c.Spec(netip.MustParseAddr("192.0.2.1"), s.Port)
+	// The placeholder is of the source's family: each backend's own
+	// address is checked against the source where backends are.
+	placeholder := netip.MustParseAddr("192.0.2.1")
+	if c.Source.IsValid() && !c.Source.Unmap().Is4() {
+		placeholder = netip.MustParseAddr("2001:db8::1")
+	}
+	sp := c.Spec(placeholder, s.Port)
 	err := sp.Validate()
 	if err == nil {
 		return
