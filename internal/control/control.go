@@ -73,6 +73,10 @@ type service struct {
 	dp       *loader.Dataplane
 	backends map[netip.Addr]*backend
 	order    []netip.Addr
+	// incomplete: the last apply failed part way (the dataplane's write,
+	// or a backend's check); the next reload applies the service again
+	// even if its config did not change.
+	incomplete bool
 }
 
 type backend struct {
@@ -140,7 +144,9 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.onResult(ctx, r)
 			c.passiveResult(r)
 			if c.ProbeObserver != nil {
-				service, backend, _ := strings.Cut(r.Check, "|")
+				// A service's name may hold "|"; an address never does.
+				i := strings.LastIndexByte(r.Check, '|')
+				service, backend := r.Check[:max(i, 0)], r.Check[i+1:]
 				c.ProbeObserver(service, backend, r)
 			}
 		}

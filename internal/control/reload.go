@@ -245,7 +245,7 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	c.mu.Lock()
 	dp := c.dps[sc.Interface]
 	s, exists := c.svcs[sc.Name]
-	unchanged := !force && exists && sameService(s.cfg, sc) && len(c.unresolved[sc.Name]) == 0
+	unchanged := !force && exists && !s.incomplete && sameService(s.cfg, sc) && len(c.unresolved[sc.Name]) == 0
 	c.mu.Unlock()
 	if unchanged {
 		return nil // its tables, flows and checks stay as they are
@@ -348,25 +348,40 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 		c.signalChanged() // adopted backends may be up already
 	}
 	if applyErr != nil {
+		c.mu.Lock()
+		s.incomplete = true
+		c.mu.Unlock()
 		return fmt.Errorf("service %s: %w", sc.Name, applyErr)
 	}
+	// Every backend gets its check even when another's cannot be added;
+	// a backend's check counts as given only once the scheduler took it.
+	var checkErrs []error
 	for _, addr := range order {
 		b := next[addr]
 		ps := bcCheck(sc, *b.cfg)
 		c.mu.Lock()
 		c.byCheck[b.checkID] = b
 		old, had := b.checkSpec()
-		same := had && reflect.DeepEqual(ps, old)
+		c.mu.Unlock()
+		if had && reflect.DeepEqual(ps, old) {
+			continue
+		}
+		if err := c.sched.Add(b.checkID, ps); err != nil {
+			checkErrs = append(checkErrs, fmt.Errorf("backend %s: %w", addr, err))
+			continue
+		}
+		c.mu.Lock()
 		b.checked, b.checkedPort = b.cfg, sc.Port
 		c.mu.Unlock()
-		if !same {
-			if err := c.sched.Add(b.checkID, ps); err != nil {
-				return fmt.Errorf("service %s: %w", sc.Name, err)
-			}
-		}
 	}
+	c.mu.Lock()
+	s.incomplete = len(checkErrs) > 0
+	c.mu.Unlock()
 	if !exists {
 		c.rec.Add(recorder.Event{Kind: "service-added", Service: sc.Name, Reason: key.String()})
+	}
+	if len(checkErrs) > 0 {
+		return fmt.Errorf("service %s: %w", sc.Name, errors.Join(checkErrs...))
 	}
 	return nil
 }
