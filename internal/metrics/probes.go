@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -20,8 +21,11 @@ const probeBuckets = 16
 type probeStats struct {
 	latency, failures *prometheus.Desc
 	// src, when set, lists the backends that exist: a scrape forgets the
-	// series of backends a reload removed.
-	src Source
+	// series of backends a reload removed, once they have had no result
+	// for grace (a scrape during a start or a reload sees new backends
+	// probed before the list has them).
+	src   Source
+	grace time.Duration
 
 	mu     sync.Mutex
 	series map[probeKey]*probeSeries
@@ -34,6 +38,7 @@ type probeSeries struct {
 	count   uint64
 	sum     float64
 	failed  uint64
+	last    time.Time // of the latest result
 }
 
 func newProbeStats(src Source) *probeStats {
@@ -63,6 +68,7 @@ func (p *probeStats) observe(service, backend string, seconds float64, failed bo
 	}
 	s.count++
 	s.sum += seconds
+	s.last = time.Now()
 	if failed {
 		s.failed++
 	}
@@ -90,7 +96,7 @@ func (p *probeStats) Collect(ch chan<- prometheus.Metric) {
 	p.mu.Lock()
 	snaps := make([]snap, 0, len(p.series))
 	for k, s := range p.series {
-		if exists != nil && !exists[k] {
+		if exists != nil && !exists[k] && time.Since(s.last) >= p.grace {
 			delete(p.series, k)
 			continue
 		}

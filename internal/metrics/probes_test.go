@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -84,6 +85,7 @@ func TestProbeStatsForgetsRemovedBackends(t *testing.T) {
 	}
 	src := &fakeSource{status: []control.ServiceStatus{{Name: "web", Backends: []control.BackendStatus{be("10.0.0.1"), be("10.0.0.2")}}}}
 	p := newProbeStats(src)
+	p.grace = 0
 	for _, b := range []string{"10.0.0.1", "10.0.0.2"} {
 		p.observe("web", b, 0.001, true)
 	}
@@ -120,5 +122,12 @@ func TestProbeStatsForgetsRemovedBackends(t *testing.T) {
 		if got := series(); !slices.Equal(got, c.want) {
 			t.Errorf("%s: series %v, want %v", c.name, got, c.want)
 		}
+	}
+	// Within the grace, a backend not listed yet (a reload adding it) keeps
+	// its first results.
+	p.grace = time.Minute
+	p.observe("web", "10.0.0.3", 0.001, false)
+	if got := series(); !slices.Contains(got, "keepbit_probe_latency_seconds 10.0.0.3") {
+		t.Errorf("a backend probed before the status lists it lost its series: %v", got)
 	}
 }
