@@ -2,29 +2,15 @@ package kernelpath
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 	"time"
+
+	"github.com/keepbit/keepbit/internal/spread"
 )
 
 // Target is how many times less CPU per forwarded packet Keepbit must add
 // than the kernel's own path.
 const Target = 10.0
-
-type spread struct{ median, min, max float64 }
-
-func spreadOf(vs []float64) spread {
-	if len(vs) == 0 {
-		return spread{}
-	}
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	return spread{median: s[len(s)/2], min: s[0], max: s[len(s)-1]}
-}
-
-func (s spread) text(format string) string {
-	return fmt.Sprintf(format+" ["+format+"-"+format+"]", s.median, s.min, s.max)
-}
 
 func perPacketNS(ss []Sample) []float64 {
 	var out []float64
@@ -71,7 +57,7 @@ func Verdict(res []Result) (ratio float64, text string) {
 	if floor == nil || kb == nil || nft == nil {
 		return 0, "-"
 	}
-	k, n := spreadOf(Added(*kb, *floor)).median, spreadOf(Added(*nft, *floor)).median
+	k, n := spread.Of(Added(*kb, *floor)).Median, spread.Of(Added(*nft, *floor)).Median
 	if k <= 0 {
 		return 0, "Keepbit's added cost is within the floor's noise: no ratio"
 	}
@@ -118,15 +104,15 @@ func Markdown(res []Result, command, settings string) string {
 		}
 		added := "-"
 		if r.Path != Floor {
-			added = spreadOf(Added(r, floor)).text("%.0f") + " ns"
+			added = spread.Of(Added(r, floor)).Text("%.0f") + " ns"
 		}
 		backends := fmt.Sprintf("%d of %d", reached, Backends)
 		if r.Path == Floor || r.Path == Baseline {
 			backends = "-"
 		}
-		fmt.Fprintf(&b, "| %s | %s%% | %s ns | %s | %s ns | %s | %s |\n", r.Path, spreadOf(recv).text("%.0f"),
-			spreadOf(perPacketNS(r.Paced)).text("%.0f"), spreadOf(mpps(r.Max)).text("%.2f"),
-			spreadOf(perPacketNS(r.Max)).text("%.0f"), added, backends)
+		fmt.Fprintf(&b, "| %s | %s%% | %s ns | %s | %s ns | %s | %s |\n", r.Path, spread.Of(recv).Text("%.0f"),
+			spread.Of(perPacketNS(r.Paced)).Text("%.0f"), spread.Of(mpps(r.Max)).Text("%.2f"),
+			spread.Of(perPacketNS(r.Max)).Text("%.0f"), added, backends)
 	}
 	_, v := Verdict(res)
 	fmt.Fprintf(&b, "\nCPU added per forwarded packet, nftables / Keepbit: %s.\n\n", v)

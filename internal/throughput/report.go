@@ -57,10 +57,6 @@ func Write(root string, r Report) error {
 	return os.WriteFile(filepath.Join(root, MarkdownPath), []byte(Markdown(r)), 0o644)
 }
 
-func spreadText(s Spread, format string) string {
-	return fmt.Sprintf(format+" ["+format+"-"+format+"]", s.Median, s.Min, s.Max)
-}
-
 // Verdict says whether a result meets the target; "" when the target
 // does not apply (new flows).
 func (r Result) Verdict() string {
@@ -109,8 +105,8 @@ func Markdown(r Report) string {
 		}
 		c, k := SpreadOf(Mpps(res.Ceiling)), SpreadOf(Mpps(res.Keepbit))
 		fmt.Fprintf(&b, "| %s | %d B | %s | %s | %s | %s | %s | %s%% | %d of %d |\n", res.Name, res.FrameBytes,
-			spreadText(c, "%.2f"), spreadText(k, "%.2f"), spreadText(SpreadOf(res.Ratios()), "%.2f"), v,
-			addedCost(c.Median, k.Median), spreadText(SpreadOf(loss), "%.0f"), reached, Backends)
+			c.Text("%.2f"), k.Text("%.2f"), SpreadOf(res.Ratios()).Text("%.2f"), v,
+			addedCost(c.Median, k.Median), SpreadOf(loss).Text("%.0f"), reached, Backends)
 	}
 	fmt.Fprintf(&b, "\n![packets per second, ceiling and Keepbit, by case](%s)\n\n", ChartPath)
 	b.WriteString("The raw samples (frames sent, received, elapsed, backends reached per measurement) are in " +

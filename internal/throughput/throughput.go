@@ -26,6 +26,7 @@ import (
 
 	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/loadgen"
+	"github.com/keepbit/keepbit/internal/spread"
 	"github.com/keepbit/keepbit/loader"
 )
 
@@ -131,21 +132,10 @@ func (r Result) Ratios() []float64 {
 }
 
 // Spread is a median with the smallest and largest value.
-type Spread struct{ Median, Min, Max float64 }
+type Spread = spread.Spread
 
 // SpreadOf summarizes vs.
-func SpreadOf(vs []float64) Spread {
-	if len(vs) == 0 {
-		return Spread{}
-	}
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	m := s[len(s)/2]
-	if len(s)%2 == 0 {
-		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return Spread{Median: m, Min: s[0], Max: s[len(s)-1]}
-}
+func SpreadOf(vs []float64) Spread { return spread.Of(vs) }
 
 // Mpps returns each sample's rate.
 func Mpps(ss []Sample) []float64 {

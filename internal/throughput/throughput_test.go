@@ -14,23 +14,6 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(privtest.Main(m)) }
 
-func TestSpreadOf(t *testing.T) {
-	cases := []struct {
-		in   []float64
-		want Spread
-	}{
-		{nil, Spread{}},
-		{[]float64{2}, Spread{2, 2, 2}},
-		{[]float64{3, 1, 2}, Spread{2, 1, 3}},
-		{[]float64{4, 1, 3, 2}, Spread{2.5, 1, 4}},
-	}
-	for _, c := range cases {
-		if got := SpreadOf(c.in); got != c.want {
-			t.Errorf("SpreadOf(%v) = %+v, want %+v", c.in, got, c.want)
-		}
-	}
-}
-
 func sample(received uint64) Sample {
 	return Sample{Sent: 2 * received, Received: received, Elapsed: time.Second, Backends: 16}
 }
