@@ -51,19 +51,17 @@ func (c *Controller) DrillDown(service string, addr netip.Addr) (loader.State, e
 // only restarts its count.
 func (c *Controller) DrillRestore(service string, addr netip.Addr) error {
 	addr = addr.Unmap()
+	// The check is read and added under c.mu, as a reload adds checks:
+	// otherwise a reload between the two would be undone by the older
+	// spec.
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	b, err := c.backendLocked(service, addr)
-	var id string
-	var spec probe.Spec
-	if err == nil {
-		id = b.checkID
-		spec, _ = b.checkSpec()
-	}
-	c.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if err := c.sched.Add(id, spec); err != nil {
+	spec, _ := b.checkSpec()
+	if err := c.sched.Add(b.checkID, spec); err != nil {
 		return fmt.Errorf("service %q: backend %s: restore check: %w", service, addr, err)
 	}
 	return nil

@@ -355,23 +355,21 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	}
 	// Every backend gets its check even when another's cannot be added;
 	// a backend's check counts as given only once the scheduler took it.
+	// A check is compared, added and recorded under c.mu, so a drill's
+	// restore (which adds the recorded check) cannot come in between.
 	var checkErrs []error
 	for _, addr := range order {
 		b := next[addr]
 		ps := bcCheck(sc, *b.cfg)
 		c.mu.Lock()
 		c.byCheck[b.checkID] = b
-		old, had := b.checkSpec()
-		c.mu.Unlock()
-		if had && reflect.DeepEqual(ps, old) {
-			continue
+		if old, had := b.checkSpec(); !had || !reflect.DeepEqual(ps, old) {
+			if err := c.sched.Add(b.checkID, ps); err != nil {
+				checkErrs = append(checkErrs, fmt.Errorf("backend %s: %w", addr, err))
+			} else {
+				b.checked, b.checkedPort = b.cfg, sc.Port
+			}
 		}
-		if err := c.sched.Add(b.checkID, ps); err != nil {
-			checkErrs = append(checkErrs, fmt.Errorf("backend %s: %w", addr, err))
-			continue
-		}
-		c.mu.Lock()
-		b.checked, b.checkedPort = b.cfg, sc.Port
 		c.mu.Unlock()
 	}
 	c.mu.Lock()
