@@ -696,16 +696,16 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 		// only, not applyMu).
 		d.waitGrace(svc.retired[idle])
 	}
-	raw := make([]byte, bufferStride*len(words))
-	for i, w := range words {
-		binary.NativeEndian.PutUint32(raw[bufferStride*i:], w)
-	}
+	// The words go straight into the mapping (each in the low half of
+	// its 8-byte element; the upper half is padding nothing reads).
 	write := func() error {
 		return withBuffer(svc.buffers[idle], true, func(mem []byte) error {
-			if len(mem) < len(raw) {
-				return fmt.Errorf("buffer of %d bytes holds no table of %d", len(mem), len(raw))
+			if len(mem) < bufferStride*len(words) {
+				return fmt.Errorf("buffer of %d bytes holds no table of %d words", len(mem), len(words))
 			}
-			copy(mem, raw)
+			for i, w := range words {
+				binary.NativeEndian.PutUint32(mem[bufferStride*i:], w)
+			}
 			return nil
 		})
 	}

@@ -102,16 +102,5 @@ func TestAsyncEventsInOrder(t *testing.T) {
 	}
 	addCheck(s, "flip", &asyncFake{c: comp, alternate: true}, 1)
 	go s.Run(ctx)
-	prev := Unknown
-	for i := range 40 {
-		select {
-		case ev := <-s.Events():
-			if ev.From != prev {
-				t.Fatalf("event %d: %s -> %s after an event that ended in %s", i, ev.From, ev.To, prev)
-			}
-			prev = ev.To
-		case <-time.After(5 * time.Second):
-			t.Fatalf("event %d: none within 5s", i)
-		}
-	}
+	expectChained(t, s, 40)
 }

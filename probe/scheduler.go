@@ -193,9 +193,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 // asyncProber is a prober that needs no goroutine while its probe is in
 // flight: start returns at once and done is called once, from another
 // goroutine, by the deadline at the latest (never, once the scheduler has
-// stopped). At 10,000 checks a
-// goroutine and a context with a timer per probe were a third of the
-// prober's CPU.
+// stopped). At 10,000 checks a goroutine and a context with a timer per
+// probe were a third of the prober's CPU.
 type asyncProber interface {
 	prober
 	start(deadline time.Time, done func(error))

@@ -253,9 +253,15 @@ func TestEventsOfOneCheckInOrder(t *testing.T) {
 	heap.Push(&s.due, c)
 	s.mu.Unlock()
 	go s.Run(t.Context())
+	expectChained(t, s, 40)
+}
 
+// expectChained reads n events of one check: each must begin where the
+// previous one ended, or an event overtook an earlier one.
+func expectChained(t *testing.T, s *Scheduler, n int) {
+	t.Helper()
 	prev := Unknown
-	for i := range 40 {
+	for i := range n {
 		select {
 		case ev := <-s.Events():
 			if ev.From != prev {

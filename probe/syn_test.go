@@ -77,8 +77,8 @@ func TestParseAnswer(t *testing.T) {
 	}
 	tcp6 := ipv4(tcpSYN|tcpACK, 20)[20:]
 	from6 := &unix.SockaddrInet6{Addr: netip.MustParseAddr("2001:db8::2").As16()}
-	key4 := synKey{remote: netip.MustParseAddrPort("10.0.0.2:8080"), local: 40000, seq: 0x12345678}
-	key6 := synKey{remote: netip.MustParseAddrPort("[2001:db8::2]:8080"), local: 40000, seq: 0x12345678}
+	key4 := synKey{synTuple{netip.MustParseAddrPort("10.0.0.2:8080"), 40000}, 0x12345678}
+	key6 := synKey{synTuple{netip.MustParseAddrPort("[2001:db8::2]:8080"), 40000}, 0x12345678}
 	cases := []struct {
 		name     string
 		b        []byte

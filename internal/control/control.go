@@ -215,5 +215,5 @@ func (b *backend) checkSpec() (probe.Spec, bool) {
 	if b.checked == nil {
 		return probe.Spec{}, false
 	}
-	return b.checked.Check.Spec(b.checked.Address, b.checkedPort), true
+	return checkOf(b.checked, b.checkedPort), true
 }

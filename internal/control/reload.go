@@ -294,7 +294,7 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	c.mu.Unlock()
 	for i := range plans {
 		if p := &plans[i]; p.lookup {
-			p.mac = neigh.Lookup(egress(sc, *p.bc), p.bc.Address)
+			p.mac = neigh.Lookup(egress(sc, p.bc), p.bc.Address)
 		}
 	}
 
@@ -360,7 +360,7 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	var checkErrs []error
 	for _, addr := range order {
 		b := next[addr]
-		ps := bcCheck(sc, *b.cfg)
+		ps := checkOf(b.cfg, sc.Port)
 		c.mu.Lock()
 		c.byCheck[b.checkID] = b
 		if old, had := b.checkSpec(); !had || !reflect.DeepEqual(ps, old) {
@@ -384,11 +384,12 @@ func (c *Controller) applyService(ctx context.Context, sc config.Service, force 
 	return nil
 }
 
-func bcCheck(sc config.Service, bc config.Backend) probe.Spec {
-	return bc.Check.Spec(bc.Address, sc.Port)
+// checkOf is the probe of backend bc in a service of port.
+func checkOf(bc *config.Backend, port uint16) probe.Spec {
+	return bc.Check.Spec(bc.Address, port)
 }
 
-func egress(sc config.Service, bc config.Backend) string {
+func egress(sc config.Service, bc *config.Backend) string {
 	if bc.Port != "" {
 		return bc.Port
 	}

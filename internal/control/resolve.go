@@ -49,7 +49,7 @@ func (c *Controller) resolveLoop(ctx context.Context) {
 					delete(addrs, addr)
 					continue
 				}
-				jobs = append(jobs, job{name, egress(s.cfg, *s.backends[addr].cfg), addr})
+				jobs = append(jobs, job{name, egress(s.cfg, s.backends[addr].cfg), addr})
 			}
 		}
 		c.mu.Unlock()

@@ -26,7 +26,6 @@ import (
 	"github.com/google/gopacket/layers"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/loadgen"
@@ -142,10 +141,7 @@ func (b *bench) close() error {
 		errs = append(errs, b.dp.Detach())
 	}
 	if b.pinRoot != "" {
-		if err := unix.Unmount(b.pinRoot, 0); err != nil && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", b.pinRoot, err))
-		}
-		errs = append(errs, os.RemoveAll(b.pinRoot))
+		errs = append(errs, lab.RemovePinRoot(b.pinRoot))
 	}
 	if b.baseLink != nil {
 		errs = append(errs, b.baseLink.Close())

@@ -22,7 +22,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/keepbit/keepbit/internal/lab"
 	"github.com/keepbit/keepbit/internal/loadgen"
@@ -204,10 +203,7 @@ func (b *bench) close() error {
 		errs = append(errs, b.dp.Detach())
 	}
 	if b.pinRoot != "" {
-		if err := unix.Unmount(b.pinRoot, 0); err != nil && !errors.Is(err, unix.EINVAL) {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", b.pinRoot, err))
-		}
-		errs = append(errs, os.RemoveAll(b.pinRoot))
+		errs = append(errs, lab.RemovePinRoot(b.pinRoot))
 	}
 	for _, c := range []interface{ Close() error }{b.baseLink, b.baseline, b.sinkK, b.sinkC, b.sendK, b.sendC, b.k, b.c} {
 		if c != nil && !isNil(c) {
