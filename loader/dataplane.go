@@ -88,8 +88,8 @@ type Dataplane struct {
 	// Open ran in, whichever thread asks (CheckAlive).
 	nl *netlink.Handle
 
-	aliveMu   sync.Mutex
-	lastAlive *aliveSample // CheckAlive's previous sample
+	aliveMu sync.Mutex
+	alive   aliveState // CheckAlive's memory of earlier samples
 
 	reportReader atomic.Bool // ReadFlowReports is running (one reader per ring buffer)
 

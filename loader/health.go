@@ -36,21 +36,53 @@ type aliveSample struct {
 	rx        uint64 // the interface's received packets
 }
 
-// aliveVerdict judges two consecutive samples: the program is alive when
-// it ran since the previous sample, or when the interface received nothing
-// meanwhile (no traffic is no evidence either way).
-func aliveVerdict(prev *aliveSample, cur aliveSample) error {
-	if prev == nil || cur.heartbeat != prev.heartbeat || cur.rx == prev.rx {
+// aliveState is what CheckAlive remembers between calls.
+//
+// One interval in which packets arrived and the program did not run is no
+// proof: the two counters are read one after the other, and a packet the
+// program runs on between the two reads lands in one counter's sample and
+// in the other's next one (CI saw a route withdrawn for a single such
+// packet). Whichever order the reads take, that packet makes at most one
+// interval look stalled and the one next to it look healthy. So the
+// program counts as stopped once two intervals with packets passed without
+// a single run. An interval without packets is no evidence either way: it
+// reports alive (a withdrawn route draws no traffic, and must not stay
+// withdrawn for want of it once the program is back; route damping holds a
+// flapping one) but keeps the count, so the next packets the program
+// misses report it stopped at once.
+type aliveState struct {
+	last    *aliveSample
+	stalled int    // intervals with packets and no run since the program last ran
+	missed  uint64 // packets received over those intervals
+}
+
+// judge takes the next sample and returns the verdict.
+func (s *aliveState) judge(cur aliveSample) error {
+	prev := s.last
+	s.last = &cur
+	switch {
+	case prev == nil:
+		return nil
+	case cur.heartbeat != prev.heartbeat:
+		s.stalled, s.missed = 0, 0
+		return nil
+	case cur.rx <= prev.rx:
 		return nil
 	}
-	return fmt.Errorf("heartbeat stopped: the interface received %d packets since the last check, the program ran on none", cur.rx-prev.rx)
+	s.stalled++
+	s.missed += cur.rx - prev.rx
+	if s.stalled < 2 {
+		return nil
+	}
+	return fmt.Errorf("heartbeat stopped: the interface received %d packets over the last %d checks, the program ran on none", s.missed, s.stalled)
 }
 
 // CheckAlive reports nil while the dataplane forwards: our link is attached
-// to the interface with our program, and the heartbeat advanced since the
-// previous call or the interface received no packet since. Each call is
-// compared with the previous one, so callers poll it from one place (the
-// first call has nothing to compare and checks the attachment only).
+// to the interface with our program, and the program ran on the packets
+// the interface received (aliveState). Each call is compared with the
+// previous ones, whoever makes it (route health and VRRP tracking both
+// poll it); the first call has nothing to compare and checks the
+// attachment only.
 func (d *Dataplane) CheckAlive() error {
 	if d.xdp == nil {
 		return errors.New("dataplane: not attached")
@@ -78,10 +110,10 @@ func (d *Dataplane) CheckAlive() error {
 	if ebpf.ProgramID(x.ProgId) != d.progID {
 		return fmt.Errorf("dataplane: %s runs XDP program %d, not ours (%d)", d.opts.Interface, x.ProgId, d.progID)
 	}
-	// Heartbeat first, then the rx counter: a packet that arrives between
-	// the two reads is in this rx figure and in the next heartbeat, never
-	// in the rx figure of the next sample only, which would look like a
-	// packet the program missed.
+	// One caller samples at a time, so the samples are judged in the
+	// order they were read.
+	d.aliveMu.Lock()
+	defer d.aliveMu.Unlock()
 	hb, err := d.Heartbeat()
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
@@ -94,11 +126,7 @@ func (d *Dataplane) CheckAlive() error {
 		return fmt.Errorf("dataplane: interface %s reports no counters", d.opts.Interface)
 	}
 	cur := aliveSample{heartbeat: hb, rx: nl.Attrs().Statistics.RxPackets}
-	d.aliveMu.Lock()
-	prev := d.lastAlive
-	d.lastAlive = &cur
-	d.aliveMu.Unlock()
-	if err := aliveVerdict(prev, cur); err != nil {
+	if err := d.alive.judge(cur); err != nil {
 		return fmt.Errorf("dataplane on %s: %w", d.opts.Interface, err)
 	}
 	return nil

@@ -13,22 +13,36 @@ import (
 )
 
 func TestAliveVerdict(t *testing.T) {
+	type step struct {
+		hb, rx uint64
+		alive  bool
+	}
 	for _, c := range []struct {
-		name      string
-		prev      *aliveSample
-		cur       aliveSample
-		wantAlive bool
+		name  string
+		steps []step
 	}{
-		{"first sample", nil, aliveSample{heartbeat: 5, rx: 9}, true},
-		{"traffic, program ran", &aliveSample{5, 9}, aliveSample{8, 12}, true},
-		{"idle", &aliveSample{5, 9}, aliveSample{5, 9}, true},
-		{"ran on packets counted earlier", &aliveSample{5, 9}, aliveSample{6, 9}, true},
-		{"packets arrived, program did not run", &aliveSample{5, 9}, aliveSample{5, 10}, false},
-		{"many packets, no run", &aliveSample{5, 9}, aliveSample{5, 1009}, false},
+		{"first sample", []step{{5, 9, true}}},
+		{"traffic, program ran", []step{{5, 9, true}, {8, 12, true}, {9, 13, true}}},
+		{"idle", []step{{5, 9, true}, {5, 9, true}, {5, 9, true}}},
+		{"ran on packets counted earlier", []step{{5, 9, true}, {6, 9, true}}},
+		// The flake CI saw: one packet run between a sample's two reads
+		// shows in one counter now and in the other at the next sample.
+		{"one packet between the reads, heartbeat first", []step{{5, 9, true}, {5, 10, true}, {6, 10, true}, {6, 10, true}}},
+		{"one packet between the reads, rx first", []step{{5, 9, true}, {6, 9, true}, {6, 10, true}, {6, 10, true}}},
+		{"stragglers apart, runs between", []step{{5, 9, true}, {5, 10, true}, {6, 10, true}, {6, 11, true}, {7, 11, true}}},
+		{"two intervals of packets, no run", []step{{5, 9, true}, {5, 10, true}, {5, 11, false}}},
+		{"many packets, no run", []step{{5, 9, true}, {5, 509, true}, {5, 1009, false}}},
+		{"idle between stalled intervals", []step{{5, 9, true}, {5, 10, true}, {5, 10, true}, {5, 10, true}, {5, 12, false}}},
+		{"idle after a stop, then packets without a run", []step{{5, 9, true}, {5, 10, true}, {5, 11, false}, {5, 11, true}, {5, 12, false}}},
+		{"a run clears it", []step{{5, 9, true}, {5, 10, true}, {5, 11, false}, {6, 12, true}, {6, 13, true}}},
+		{"rx counter went back (interface reset)", []step{{5, 9, true}, {5, 3, true}, {5, 3, true}}},
 	} {
-		err := aliveVerdict(c.prev, c.cur)
-		if (err == nil) != c.wantAlive {
-			t.Errorf("%s: verdict %v, want alive=%v", c.name, err, c.wantAlive)
+		var s aliveState
+		for i, st := range c.steps {
+			err := s.judge(aliveSample{heartbeat: st.hb, rx: st.rx})
+			if (err == nil) != st.alive {
+				t.Errorf("%s: sample %d (%d, %d): verdict %v, want alive=%v", c.name, i, st.hb, st.rx, err, st.alive)
+			}
 		}
 	}
 }
@@ -115,7 +129,10 @@ func TestCheckAlive(t *testing.T) {
 	expect("baseline for frozen heartbeat", "")
 	sendFrames(t, port+"p", 20)
 	time.Sleep(100 * time.Millisecond)
-	expect("packets, no heartbeat", "heartbeat stopped")
+	expect("one interval of packets, no heartbeat", "") // no proof yet (aliveState)
+	sendFrames(t, port+"p", 20)
+	time.Sleep(100 * time.Millisecond)
+	expect("two intervals of packets, no heartbeat", "heartbeat stopped")
 
 	// Ours again: alive.
 	d.progID = ours
