@@ -15,6 +15,7 @@ func TestKernelWriteSeam(t *testing.T) {
 	key := svc("198.51.100.90", 80, TCP)
 	var mu sync.Mutex
 	var ops []string
+	l.dp.countersZero = nil // as adopted maps: the new backend's counters are reset too
 	l.dp.beforeWrite = func(op string) error { mu.Lock(); defer mu.Unlock(); ops = append(ops, op); return nil }
 	l.apply(key, ServiceSpec{Backends: []BackendSpec{backend("10.9.0.1", "02:90:00:00:00:01").port(l.port2)}})
 	l.dp.beforeWrite = nil

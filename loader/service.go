@@ -486,6 +486,26 @@ func (d *Dataplane) reclaimLocked() {
 	d.quarantine = d.quarantine[n:]
 }
 
+// countersCreated records that this process created the counter maps:
+// every backend ID's counters are zero.
+func (d *Dataplane) countersCreated() {
+	d.countersZero = make([]uint64, maxBackends/64)
+	for i := range d.countersZero {
+		d.countersZero[i] = ^uint64(0)
+	}
+}
+
+// takeZeroCounters reports whether id's counters are known zero, and
+// forgets it: from now on a backend counts on them. Callers hold mu.
+func (d *Dataplane) takeZeroCounters(id uint32) bool {
+	w, bit := id/64, uint64(1)<<(id%64)
+	if int(w) >= len(d.countersZero) || d.countersZero[w]&bit == 0 {
+		return false
+	}
+	d.countersZero[w] &^= bit
+	return true
+}
+
 func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendInfo) error {
 	id, ok := d.allocBackendID()
 	if !ok {
@@ -499,15 +519,19 @@ func (d *Dataplane) addMember(svc *service, b BackendSpec, info keepbitBackendIn
 		d.freeBe = append(d.freeBe, id)
 		return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, b.Addr, err)
 	}
-	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
-	if err := d.kernelWrite("backend_stats", func() error { return d.objs.BackendStats.Put(id, zero) }); err != nil {
-		d.freeBe = append(d.freeBe, id)
-		return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, b.Addr, err)
-	}
-	noSyns := make([]uint64, len(zero))
-	if err := d.kernelWrite("backend_syn_retrans", func() error { return d.objs.BackendSynRetrans.Put(id, noSyns) }); err != nil {
-		d.freeBe = append(d.freeBe, id)
-		return fmt.Errorf("service %s: backend %s: reset SYN retransmissions: %w", svc.key, b.Addr, err)
+	if !d.takeZeroCounters(id) {
+		// Another backend had the ID: its counts must not show up as
+		// this one's.
+		zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
+		if err := d.kernelWrite("backend_stats", func() error { return d.objs.BackendStats.Put(id, zero) }); err != nil {
+			d.freeBe = append(d.freeBe, id)
+			return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, b.Addr, err)
+		}
+		noSyns := make([]uint64, len(zero))
+		if err := d.kernelWrite("backend_syn_retrans", func() error { return d.objs.BackendSynRetrans.Put(id, noSyns) }); err != nil {
+			d.freeBe = append(d.freeBe, id)
+			return fmt.Errorf("service %s: backend %s: reset SYN retransmissions: %w", svc.key, b.Addr, err)
+		}
 	}
 	if err := d.writeStateLocked(m); err != nil {
 		d.freeBe = append(d.freeBe, id)

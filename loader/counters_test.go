@@ -1,0 +1,114 @@
+package loader
+
+import (
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// TestBackendCountersOnReuse: a backend that takes a never-used ID of
+// maps this process created starts at zero counts without a reset write;
+// one that takes an ID another backend counted on, or any ID of adopted
+// maps, gets its counters reset before its state names it.
+func TestBackendCountersOnReuse(t *testing.T) {
+	l := newLab(t)
+	d := l.dp
+	key := svc("198.51.100.91", 80, TCP)
+	var mu sync.Mutex
+	var ops []string
+	d.beforeWrite = func(op string) error { mu.Lock(); defer mu.Unlock(); ops = append(ops, op); return nil }
+	t.Cleanup(func() { d.beforeWrite = nil })
+	applyRecording := func(backends ...BackendSpec) []string {
+		t.Helper()
+		mu.Lock()
+		ops = nil
+		mu.Unlock()
+		l.apply(key, ServiceSpec{Backends: backends})
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(ops)
+	}
+	resets := func(ops []string) int {
+		n := 0
+		for _, op := range ops {
+			if op == "backend_stats" || op == "backend_syn_retrans" {
+				n++
+			}
+		}
+		return n
+	}
+	idOf := func(addr string) uint32 {
+		t.Helper()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		m, ok := d.services[key].members[netip.MustParseAddr(addr)]
+		if !ok {
+			t.Fatalf("backend %s is not a member", addr)
+		}
+		return m.id
+	}
+	ncpu := ebpf.MustPossibleCPU()
+	counted := func(id uint32) (uint64, uint64) {
+		t.Helper()
+		var per []keepbitCounter
+		var syns []uint64
+		must(t, d.objs.BackendStats.Lookup(id, &per), "read counters")
+		must(t, d.objs.BackendSynRetrans.Lookup(id, &syns), "read SYN retransmissions")
+		var p, s uint64
+		for i := range per {
+			p += per[i].Packets
+			s += syns[i]
+		}
+		return p, s
+	}
+
+	a := backend("10.9.0.1", "02:90:00:00:00:01")
+	b := backend("10.9.0.2", "02:90:00:00:00:02")
+	c := backend("10.9.0.3", "02:90:00:00:00:03")
+	if n := resets(applyRecording(a, b)); n != 0 {
+		t.Errorf("fresh IDs: %d counter resets, want none", n)
+	}
+	idA := idOf("10.9.0.1")
+	// A's traffic, as the program would count it.
+	per := make([]keepbitCounter, ncpu)
+	per[0].Packets = 41
+	syns := make([]uint64, ncpu)
+	syns[0] = 3
+	must(t, d.objs.BackendStats.Put(idA, per), "count")
+	must(t, d.objs.BackendSynRetrans.Put(idA, syns), "count SYNs")
+
+	// A leaves; its ID comes back out of quarantine, and C takes it (the
+	// allocator reuses an ID as late as possible, so the test puts it
+	// first).
+	applyRecording(b)
+	d.grace()
+	d.mu.Lock()
+	d.reclaimLocked()
+	i := slices.Index(d.freeBe, idA)
+	if i < 0 {
+		d.mu.Unlock()
+		t.Fatalf("ID %d not free after its backend left", idA)
+	}
+	d.freeBe = append([]uint32{idA}, slices.Delete(d.freeBe, i, i+1)...)
+	d.mu.Unlock()
+	if n := resets(applyRecording(b, c)); n != 2 {
+		t.Errorf("reused ID: %d counter resets, want 2", n)
+	}
+	if got := idOf("10.9.0.3"); got != idA {
+		t.Fatalf("C has ID %d, want A's %d", got, idA)
+	}
+	if p, s := counted(idA); p != 0 || s != 0 {
+		t.Errorf("C starts with A's counts: %d packets, %d SYN retransmissions", p, s)
+	}
+
+	// Adopted maps: no ID is known zero.
+	d.mu.Lock()
+	d.countersZero = nil
+	d.mu.Unlock()
+	if n := resets(applyRecording(b, c, backend("10.9.0.4", "02:90:00:00:00:04"))); n != 2 {
+		t.Errorf("adopted maps: %d counter resets for a new backend, want 2", n)
+	}
+}
