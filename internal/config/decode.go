@@ -23,6 +23,37 @@ type decoder struct {
 	// protocol): the field keeps its zero value, so defaults and
 	// validation still run and every problem is reported at once.
 	valueErrs int
+	structs   map[reflect.Type]*structFields // by type, built on first use
+}
+
+// structFields is what decodeStruct needs of a struct type: 16,000
+// backends are 16,000 structs of one type.
+type structFields struct {
+	index map[string]int // yaml key -> field index
+	known string         // the keys, sorted, for the unknown-field error
+}
+
+func (d *decoder) fieldsOf(t reflect.Type) *structFields {
+	if f, ok := d.structs[t]; ok {
+		return f
+	}
+	f := &structFields{index: map[string]int{}}
+	var known []string
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		f.index[tag] = i
+		known = append(known, tag)
+	}
+	slices.Sort(known)
+	f.known = strings.Join(known, ", ")
+	if d.structs == nil {
+		d.structs = map[reflect.Type]*structFields{}
+	}
+	d.structs[t] = f
+	return f
 }
 
 func (d *decoder) errorf(line int, path, format string, args ...any) {
@@ -70,7 +101,8 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
-	d.lines[path] = n.Line
+	// The caller recorded path's line (decodeStruct the key's, a list its
+	// item's), so every field costs one map write.
 	switch v.Type() {
 	case nodeType:
 		v.Set(reflect.ValueOf(*n))
@@ -126,7 +158,13 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
-			d.decode(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+			ip := path + "[" + strconv.Itoa(i) + "]"
+			line := item.Line
+			if item.Kind == yaml.AliasNode && item.Alias != nil {
+				line = item.Alias.Line
+			}
+			d.lines[ip] = line
+			d.decode(item, s.Index(i), ip)
 		}
 		v.Set(s)
 	case reflect.String:
@@ -197,33 +235,22 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 		d.errorf(n.Line, path, "want a mapping of fields")
 		return
 	}
-	t := v.Type()
-	fields := map[string]int{}
-	var known []string
-	for i := range t.NumField() {
-		tag := strings.Split(t.Field(i).Tag.Get("yaml"), ",")[0]
-		if tag == "" || tag == "-" {
-			continue
-		}
-		fields[tag] = i
-		known = append(known, tag)
-	}
-	seen := map[string]bool{}
+	f := d.fieldsOf(v.Type())
+	seen := make([]bool, v.NumField())
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, val := n.Content[i], n.Content[i+1]
 		fp := join(path, key.Value)
-		idx, ok := fields[key.Value]
+		idx, ok := f.index[key.Value]
 		switch {
 		case !ok:
-			slices.Sort(known)
-			d.errorf(key.Line, fp, "unknown field (known: %s)", strings.Join(known, ", "))
+			d.errorf(key.Line, fp, "unknown field (known: %s)", f.known)
 			continue
-		case seen[key.Value]:
+		case seen[idx]:
 			d.errorf(key.Line, fp, "given twice")
 			continue
 		}
-		seen[key.Value] = true
-		d.decode(val, v.Field(idx), fp)
+		seen[idx] = true
 		d.lines[fp] = key.Line
+		d.decode(val, v.Field(idx), fp)
 	}
 }
