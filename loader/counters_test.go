@@ -1,12 +1,15 @@
 package loader
 
 import (
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/keepbit/keepbit/internal/privtest"
 )
 
 // TestBackendCountersOnReuse: a backend that takes a never-used ID of
@@ -110,5 +113,44 @@ func TestBackendCountersOnReuse(t *testing.T) {
 	d.mu.Unlock()
 	if n := resets(applyRecording(b, c, backend("10.9.0.4", "02:90:00:00:00:04"))); n != 2 {
 		t.Errorf("adopted maps: %d counter resets for a new backend, want 2", n)
+	}
+}
+
+// TestBatchPut: values land at their keys in one batch where the map
+// supports it (an array), and one by one where it does not (a device map
+// has no batch operations).
+func TestBatchPut(t *testing.T) {
+	privtest.Require(t)
+	lo, err := net.InterfaceByName("lo")
+	must(t, err, "loopback")
+	for _, c := range []struct {
+		name string
+		typ  ebpf.MapType
+	}{
+		{"array (batched)", ebpf.Array},
+		{"device map (one by one)", ebpf.DevMap},
+	} {
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: c.typ, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+		must(t, err, c.name)
+		keys := []uint32{1, 5, 6}
+		vals := []uint32{uint32(lo.Index), uint32(lo.Index), uint32(lo.Index)}
+		if err := batchPut(m, keys, vals); err != nil {
+			t.Errorf("%s: %v", c.name, err)
+		}
+		for k := uint32(0); k < 8; k++ {
+			var v uint32
+			err := m.Lookup(k, &v)
+			want := uint32(0)
+			if slices.Contains(keys, k) {
+				want = uint32(lo.Index)
+			}
+			if c.typ == ebpf.DevMap && want == 0 {
+				continue // a device map's empty slot reads as missing
+			}
+			if err != nil || v != want {
+				t.Errorf("%s: key %d: %d (%v), want %d", c.name, k, v, err, want)
+			}
+		}
+		m.Close()
 	}
 }

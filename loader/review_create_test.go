@@ -18,8 +18,8 @@ func TestReviewFailedCreateLeaksNothing(t *testing.T) {
 		failOp string
 		nth    int // fail the nth write of failOp (1-based)
 	}{
-		{"second backend's state write", "backend_state", 2},
-		{"second backend's record write", "backends", 2},
+		{"backends' state write", "backend_state", 1}, // one batch for all of them
+		{"backends' record write", "backends", 1},
 		{"egress port write", "tx_ports", 1},
 		{"table write", "table_write", 1},
 		{"table switch", "service_active", 1},
