@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -54,7 +55,14 @@ type aliveState struct {
 	last    *aliveSample
 	stalled int    // intervals with packets and no run since the program last ran
 	missed  uint64 // packets received over those intervals
+
+	at      time.Time // when CheckAlive last sampled
+	verdict error     // and what it answered
 }
+
+// aliveMinGap is the shortest interval CheckAlive samples: "two
+// intervals" then span at least twice this.
+const aliveMinGap = 50 * time.Millisecond
 
 // judge takes the next sample and returns the verdict.
 func (s *aliveState) judge(cur aliveSample) error {
@@ -81,7 +89,8 @@ func (s *aliveState) judge(cur aliveSample) error {
 // to the interface with our program, and the program ran on the packets
 // the interface received (aliveState). Each call is compared with the
 // previous ones, whoever makes it (route health and VRRP tracking both
-// poll it); the first call has nothing to compare and checks the
+// poll it), and a call within aliveMinGap of the last sample gets its
+// verdict; the first call has nothing to compare and checks the
 // attachment only.
 func (d *Dataplane) CheckAlive() error {
 	if d.xdp == nil {
@@ -98,6 +107,28 @@ func (d *Dataplane) CheckAlive() error {
 	if info.Program != d.progID {
 		return fmt.Errorf("dataplane: XDP link on %s runs program %d, not ours (%d)", d.opts.Interface, info.Program, d.progID)
 	}
+	d.aliveMu.Lock()
+	defer d.aliveMu.Unlock()
+	// Callers come close together (route health and every VRRP instance
+	// that tracks the dataplane wake on the same change): a sample taken
+	// microseconds after another covers no packets and would call a
+	// stopped program alive. A recent verdict answers for them all.
+	now := time.Now()
+	if d.alive.last != nil && now.Sub(d.alive.at) < aliveMinGap {
+		return d.alive.verdict
+	}
+	d.alive.at = now
+	d.alive.verdict = d.sampleAlive()
+	return d.alive.verdict
+}
+
+// sampleAlive reads the heartbeat, then the interface (what runs on it,
+// and its received packets), and judges them. Callers hold aliveMu.
+func (d *Dataplane) sampleAlive() error {
+	hb, err := d.Heartbeat()
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
 	// The link says where it is attached; the interface says what runs.
 	nl, err := d.nl.LinkByIndex(d.ifindex)
 	if err != nil {
@@ -109,18 +140,6 @@ func (d *Dataplane) CheckAlive() error {
 	}
 	if ebpf.ProgramID(x.ProgId) != d.progID {
 		return fmt.Errorf("dataplane: %s runs XDP program %d, not ours (%d)", d.opts.Interface, x.ProgId, d.progID)
-	}
-	// One caller samples at a time, so the samples are judged in the
-	// order they were read.
-	d.aliveMu.Lock()
-	defer d.aliveMu.Unlock()
-	hb, err := d.Heartbeat()
-	if err != nil {
-		return fmt.Errorf("dataplane: %w", err)
-	}
-	nl, err = d.nl.LinkByIndex(d.ifindex)
-	if err != nil {
-		return fmt.Errorf("dataplane: interface %s: %w", d.opts.Interface, err)
 	}
 	if nl.Attrs().Statistics == nil {
 		return fmt.Errorf("dataplane: interface %s reports no counters", d.opts.Interface)

@@ -85,8 +85,9 @@ type BGP struct {
 	rec    *recorder.Recorder
 	health Health
 	// poll is how often a pass runs without a signal: the dataplane's
-	// liveness (heartbeat) sends none, and a route is withdrawn within
-	// one poll of the program stopping.
+	// liveness (heartbeat) sends none. A stopped program is seen after two
+	// samples with packets and no run (loader's CheckAlive), so a route
+	// is withdrawn two to three polls after the program stops.
 	poll time.Duration
 	kick chan struct{}
 
