@@ -90,6 +90,10 @@ func TestBadConfigs(t *testing.T) {
 		{"check source of another family", head + "services:\n  - vip: 192.0.2.1\n    port: 80\n    check: {type: tcp-half-open, source: \"2001:db8::9\"}\n    backends:\n      - address: 10.0.0.1\n      - address: 2001:db8::2\n",
 			[]string{"k.yaml:7: services[0].backends[0].check.source: 2001:db8::9 is not of the address family of the backend 10.0.0.1"}},
 		{"port-0 service needs a check port", head + "services:\n  - vip: 192.0.2.1\n", []string{"k.yaml:3: services[0].check.port: the service has port 0: the check needs a port of its own"}},
+		// A problem with a check field that was not written points at
+		// the check's key, as for any other field.
+		{"unwritten check field, block check", head + "services:\n  - vip: 192.0.2.1\n    check:\n      type: http\n", []string{"k.yaml:4: services[0].check.port: the service has port 0: the check needs a port of its own"}},
+		{"unwritten check field, aliased check", head + "defaults:\n  check: &hc\n    type: http\nservices:\n  - vip: 192.0.2.1\n    check: *hc\n", []string{"k.yaml:7: services[0].check.port: the service has port 0: the check needs a port of its own"}},
 		{"backend errors, all reported", head + `services:
   - vip: 192.0.2.1
     port: 80
