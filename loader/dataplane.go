@@ -327,6 +327,10 @@ func (d *Dataplane) load(ctx context.Context) error {
 		return err
 	}
 	d.inner = spec.Maps[keepbitMapTables].InnerMap.Copy()
+	// Table buffers carry no BTF: loading the key and value types into
+	// the kernel was half of each buffer's creation (25 of 50 us here,
+	// two buffers per service), and a buffer's words are plain IDs.
+	d.inner.Key, d.inner.Value = nil, nil
 
 	if d.opts.NoAttach {
 		if _, err := d.loadCollection(spec, nil); err != nil {
