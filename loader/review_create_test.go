@@ -23,6 +23,8 @@ func TestReviewFailedCreateLeaksNothing(t *testing.T) {
 		{"egress port write", "tx_ports", 1},
 		{"table write", "table_write", 1},
 		{"table switch", "service_active", 1},
+		{"table buffers' install", "tables_install", 1},
+		{"service counters' reset", "service_stats", 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

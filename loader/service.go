@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -305,8 +304,9 @@ func serviceKeyOf(k ServiceKey) keepbitServiceKey {
 }
 
 // newService reserves an ID and installs the two table buffers. Installing
-// an inner map waits for an RCU grace period; both waits run in parallel
-// and happen only here, never when a table changes.
+// an inner map waits for an RCU grace period: both go in one batched
+// write, which waits once (Linux 6.8 on; before, once per buffer), and
+// only here, never when a table changes.
 func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, error) {
 	d.mu.Lock()
 	if len(d.freeSvc) == 0 {
@@ -319,14 +319,7 @@ func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, erro
 
 	svc := &service{key: key, id: id, tableSize: spec.TableSize, members: map[netip.Addr]*member{}}
 	capacity := bufferCapacity(spec.TableSize, len(spec.Backends))
-	var wg sync.WaitGroup
-	var errs [2]error
-	for b := range 2 {
-		wg.Go(func() { svc.buffers[b], errs[b] = d.installBuffer(id, b, capacity) })
-	}
-	wg.Wait()
-	if err := errors.Join(errs[:]...); err != nil {
-		svc.closeBuffers()
+	if err := d.installBuffers(svc, capacity); err != nil {
 		d.mu.Lock()
 		d.freeSvc = append(d.freeSvc, id)
 		d.mu.Unlock()
@@ -334,6 +327,7 @@ func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, erro
 	}
 	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
 	if err := d.kernelWrite("service_stats", func() error { return d.objs.ServiceStats.Put(id, zero) }); err != nil {
+		d.discardService(svc)
 		return nil, fmt.Errorf("service %s: reset counters: %w", key, err)
 	}
 	return svc, nil
@@ -371,16 +365,48 @@ func bufferCapacity(size uint32, members int) uint32 {
 }
 
 func (d *Dataplane) installBuffer(svcID uint32, b int, capacity uint32) (*ebpf.Map, error) {
+	m, err := d.newBuffer(capacity)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.kernelWrite("tables_install", func() error { return d.objs.Tables.Put(svcID*2+uint32(b), m) }); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("install table buffer: %w", err)
+	}
+	return m, nil
+}
+
+// installBuffers creates a new service's two table buffers and installs
+// them in one write. On an error svc holds none.
+func (d *Dataplane) installBuffers(svc *service, capacity uint32) error {
+	var fds [2]uint32
+	for b := range 2 {
+		m, err := d.newBuffer(capacity)
+		if err != nil {
+			svc.closeBuffers()
+			return err
+		}
+		svc.buffers[b], fds[b] = m, uint32(m.FD())
+	}
+	keys := []uint32{svc.id * 2, svc.id*2 + 1}
+	if err := d.kernelWrite("tables_install", func() error { return batchPut(d.objs.Tables, keys, fds[:]) }); err != nil {
+		// The batch may have installed one of them.
+		for _, k := range keys {
+			_ = d.kernelWrite("tables_delete", func() error { return d.objs.Tables.Delete(k) })
+		}
+		svc.closeBuffers()
+		return fmt.Errorf("install table buffers: %w", err)
+	}
+	return nil
+}
+
+func (d *Dataplane) newBuffer(capacity uint32) (*ebpf.Map, error) {
 	spec := d.inner.Copy()
 	spec.Name = "kb_table"
 	spec.MaxEntries = capacity
 	m, err := ebpf.NewMap(spec)
 	if err != nil {
 		return nil, fmt.Errorf("create table buffer: %w", err)
-	}
-	if err := d.kernelWrite("tables_install", func() error { return d.objs.Tables.Put(svcID*2+uint32(b), m) }); err != nil {
-		m.Close()
-		return nil, fmt.Errorf("install table buffer: %w", err)
 	}
 	return m, nil
 }
