@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,11 +29,12 @@ import (
 type fakeSource struct {
 	status   []control.ServiceStatus
 	counters control.Counters
-	reads    int // Counters calls
+	reads    int          // Counters calls
+	statuses atomic.Int32 // Status calls
 }
 
 func (f *fakeSource) Generation() int                 { return 3 }
-func (f *fakeSource) Status() []control.ServiceStatus { return f.status }
+func (f *fakeSource) Status() []control.ServiceStatus { f.statuses.Add(1); return f.status }
 func (f *fakeSource) Counters() control.Counters      { f.reads++; return f.counters }
 
 // world builds services over ifaces; the counters of a failing interface

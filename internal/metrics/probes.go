@@ -29,6 +29,7 @@ type probeStats struct {
 
 	mu     sync.Mutex
 	series map[probeKey]*probeSeries
+	pruned time.Time // when a scrape last asked src (mu)
 }
 
 type probeKey struct{ service, backend string }
@@ -84,8 +85,17 @@ func (p *probeStats) Collect(ch chan<- prometheus.Metric) {
 		k probeKey
 		s probeSeries
 	}
+	// The status lists every backend (16,000 at scale) and the state
+	// collector asks for it too: forgetting removed backends a little
+	// late is fine, so it is asked at most every quarter grace.
+	p.mu.Lock()
+	prune := p.src != nil && time.Since(p.pruned) >= p.grace/4
+	if prune {
+		p.pruned = time.Now()
+	}
+	p.mu.Unlock()
 	var exists map[probeKey]bool
-	if p.src != nil {
+	if prune {
 		exists = map[probeKey]bool{}
 		for _, s := range p.src.Status() {
 			for _, b := range s.Backends {

@@ -126,8 +126,16 @@ func TestProbeStatsForgetsRemovedBackends(t *testing.T) {
 	// Within the grace, a backend not listed yet (a reload adding it) keeps
 	// its first results.
 	p.grace = time.Minute
+	p.pruned = time.Time{} // this scrape prunes
 	p.observe("web", "10.0.0.3", 0.001, false)
 	if got := series(); !slices.Contains(got, "keepbit_probe_latency_seconds 10.0.0.3") {
 		t.Errorf("a backend probed before the status lists it lost its series: %v", got)
+	}
+	// The status is asked at most every quarter grace, not every scrape.
+	before := src.statuses.Load()
+	series()
+	series()
+	if n := src.statuses.Load() - before; n != 0 {
+		t.Errorf("two scrapes right after one that pruned asked the status %d times, want 0", n)
 	}
 }
