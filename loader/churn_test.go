@@ -430,8 +430,9 @@ func (r *churnRun) do(op churnOp) *churnFailure {
 // write: that write and every later one are refused. It returns fn's error
 // unless that is the crash itself.
 func (r *churnRun) crashing(at int, fn func() error) error {
-	// Writes may come from several goroutines (a new service installs its
-	// two buffers in parallel).
+	// Writes may come from several goroutines (on kernels without batches
+	// for maps of maps, a new service installs its two buffers in
+	// parallel).
 	var mu sync.Mutex
 	n, refused := 0, false
 	r.d.beforeWrite = func(string) error {

@@ -116,26 +116,35 @@ func TestBackendCountersOnReuse(t *testing.T) {
 	}
 }
 
-// TestBatchPut: values land at their keys in one batch where the map
-// supports it (an array), and one by one where it does not (a device map
-// has no batch operations).
-func TestBatchPut(t *testing.T) {
+// TestBatchWrite: values land at their keys in one batch where the map
+// supports it (an array), and one write at a time where it does not (a
+// device map has no batch operations) or batches are off, each write then
+// a kernel write of its own.
+func TestBatchWrite(t *testing.T) {
 	privtest.Require(t)
 	lo, err := net.InterfaceByName("lo")
 	must(t, err, "loopback")
 	for _, c := range []struct {
-		name string
-		typ  ebpf.MapType
+		name    string
+		typ     ebpf.MapType
+		noBatch bool
+		writes  int
 	}{
-		{"array (batched)", ebpf.Array},
-		{"device map (one by one)", ebpf.DevMap},
+		{"array (batched)", ebpf.Array, false, 1},
+		{"array, batches off", ebpf.Array, true, 3},
+		{"device map (one by one)", ebpf.DevMap, false, 4}, // the refused batch, then three
 	} {
 		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: c.typ, KeySize: 4, ValueSize: 4, MaxEntries: 8})
 		must(t, err, c.name)
+		writes := 0
+		d := &Dataplane{noBatch: c.noBatch, beforeWrite: func(string) error { writes++; return nil }}
 		keys := []uint32{1, 5, 6}
 		vals := []uint32{uint32(lo.Index), uint32(lo.Index), uint32(lo.Index)}
-		if err := batchPut(m, keys, vals); err != nil {
+		if err := batchWrite(d, "test", m, keys, vals); err != nil {
 			t.Errorf("%s: %v", c.name, err)
+		}
+		if writes != c.writes {
+			t.Errorf("%s: %d kernel writes, want %d", c.name, writes, c.writes)
 		}
 		for k := uint32(0); k < 8; k++ {
 			var v uint32

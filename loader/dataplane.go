@@ -104,6 +104,9 @@ type Dataplane struct {
 	freeSvc  []uint32
 	freeBe   []uint32 // FIFO: a released backend ID is reused as late as possible
 	lastInc  []uint32 // last incarnation written per backend ID
+	// noBatch makes batchWrite and installFDs write one element at a
+	// time, as on kernels without batch operations (tests).
+	noBatch bool
 	// countersZero has a bit set for each backend ID whose per-CPU
 	// counters are known to be zero: every ID of counter maps this
 	// process created, until the ID is first given to a backend. Such
@@ -331,6 +334,12 @@ func (d *Dataplane) load(ctx context.Context) error {
 	// the kernel was half of each buffer's creation (25 of 50 us here,
 	// two buffers per service), and a buffer's words are plain IDs.
 	d.inner.Key, d.inner.Value = nil, nil
+	// The outer map's template too: Linux 5.15-6.1 compare an inner map's
+	// timer offset with the template's, which BTF decides (a struct value
+	// with BTF and a buffer without would differ).
+	tables := spec.Maps[keepbitMapTables]
+	tables.InnerMap = tables.InnerMap.Copy()
+	tables.InnerMap.Key, tables.InnerMap.Value = nil, nil
 
 	if d.opts.NoAttach {
 		if _, err := d.loadCollection(spec, nil); err != nil {

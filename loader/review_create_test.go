@@ -2,6 +2,7 @@ package loader
 
 import (
 	"errors"
+	"sync"
 	"testing"
 )
 
@@ -14,17 +15,21 @@ import (
 // took more of them until the dataplane was full.
 func TestReviewFailedCreateLeaksNothing(t *testing.T) {
 	cases := []struct {
-		name   string
-		failOp string
-		nth    int // fail the nth write of failOp (1-based)
+		name    string
+		failOp  string
+		nth     int  // fail the nth write of failOp (1-based)
+		noBatch bool // one write per element, as on kernels without batches
 	}{
-		{"backends' state write", "backend_state", 1}, // one batch for all of them
-		{"backends' record write", "backends", 1},
-		{"egress port write", "tx_ports", 1},
-		{"table write", "table_write", 1},
-		{"table switch", "service_active", 1},
-		{"table buffers' install", "tables_install", 1},
-		{"service counters' reset", "service_stats", 1},
+		{"second backend's state write, one at a time", "backend_state", 2, true},
+		{"second backend's record write, one at a time", "backends", 2, true},
+		{"a table buffer's install, one at a time", "tables_install", 2, true},
+		{"backends' state write", "backend_state", 1, false}, // one batch for all of them
+		{"backends' record write", "backends", 1, false},
+		{"egress port write", "tx_ports", 1, false},
+		{"table write", "table_write", 1, false},
+		{"table switch", "service_active", 1, false},
+		{"table buffers' install", "tables_install", 1, false},
+		{"service counters' reset", "service_stats", 1, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -40,7 +45,11 @@ func TestReviewFailedCreateLeaksNothing(t *testing.T) {
 
 			crash := errors.New("injected")
 			seen := 0
+			var mu sync.Mutex // the buffers may be installed in parallel
+			l.dp.noBatch = c.noBatch
 			l.dp.beforeWrite = func(op string) error {
+				mu.Lock()
+				defer mu.Unlock()
 				if op == c.failOp {
 					seen++
 					if seen == c.nth {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -304,9 +305,8 @@ func serviceKeyOf(k ServiceKey) keepbitServiceKey {
 }
 
 // newService reserves an ID and installs the two table buffers. Installing
-// an inner map waits for an RCU grace period: both go in one batched
-// write, which waits once (Linux 6.8 on; before, once per buffer), and
-// only here, never when a table changes.
+// an inner map may wait for an RCU grace period (installFDs), and that
+// happens only here, never when a table changes.
 func (d *Dataplane) newService(key ServiceKey, spec ServiceSpec) (*service, error) {
 	d.mu.Lock()
 	if len(d.freeSvc) == 0 {
@@ -389,7 +389,7 @@ func (d *Dataplane) installBuffers(svc *service, capacity uint32) error {
 		svc.buffers[b], fds[b] = m, uint32(m.FD())
 	}
 	keys := []uint32{svc.id * 2, svc.id*2 + 1}
-	if err := d.kernelWrite("tables_install", func() error { return batchPut(d.objs.Tables, keys, fds[:]) }); err != nil {
+	if err := d.installFDs(keys, fds[:]); err != nil {
 		// The batch may have installed one of them.
 		for _, k := range keys {
 			_ = d.kernelWrite("tables_delete", func() error { return d.objs.Tables.Delete(k) })
@@ -398,6 +398,34 @@ func (d *Dataplane) installBuffers(svc *service, capacity uint32) error {
 		return fmt.Errorf("install table buffers: %w", err)
 	}
 	return nil
+}
+
+// installFDs puts inner maps into tables. A batch waits for one RCU grace
+// period (Linux 6.8 on; 5.18-6.7 wait for none); kernels before 5.18 have
+// no batch for maps of maps, and there the writes go in parallel, so that
+// their waits overlap.
+func (d *Dataplane) installFDs(keys, fds []uint32) error {
+	if !d.noBatch {
+		err := d.kernelWrite("tables_install", func() error {
+			n, err := d.objs.Tables.BatchUpdate(keys, fds, nil)
+			if err == nil && n != len(keys) {
+				err = fmt.Errorf("batch wrote %d of %d", n, len(keys))
+			}
+			return err
+		})
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return err
+		}
+	}
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() {
+			errs[i] = d.kernelWrite("tables_install", func() error { return d.objs.Tables.Put(keys[i], fds[i]) })
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func (d *Dataplane) newBuffer(capacity uint32) (*ebpf.Map, error) {
@@ -459,6 +487,15 @@ func (d *Dataplane) updateMembers(svc *service, specs []BackendSpec) ([]*member,
 		adds = append(adds, newMember{b, info})
 	}
 	return removed, d.addMembers(svc, adds)
+}
+
+// backendsOf names the backends of a batch for an error: which one the
+// kernel refused, a batch does not say.
+func backendsOf(adds []newMember) string {
+	if len(adds) == 1 {
+		return "backend " + adds[0].spec.Addr.String()
+	}
+	return fmt.Sprintf("backends %s and %d more", adds[0].spec.Addr, len(adds)-1)
 }
 
 // newMember is a backend addMembers is to add.
@@ -566,9 +603,9 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 	for i, id := range ids {
 		keys[i], infos[i] = id*2, adds[i].info
 	}
-	if err := d.kernelWrite("backends", func() error { return batchPut(d.objs.Backends, keys, infos) }); err != nil {
+	if err := batchWrite(d, "backends", d.objs.Backends, keys, infos); err != nil {
 		free()
-		return fmt.Errorf("service %s: backend %s: write record: %w", svc.key, adds[0].spec.Addr, err)
+		return fmt.Errorf("service %s: %s: write records: %w", svc.key, backendsOf(adds), err)
 	}
 	for i, id := range ids {
 		if d.takeZeroCounters(id) {
@@ -594,7 +631,7 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 		d.seq[id]++
 		words[i] = uint64(ms[i].word()) | uint64(d.seq[id])<<stateSeqShift
 	}
-	err := d.kernelWrite("backend_state", func() error { return batchPut(d.objs.BackendState, ids, words) })
+	err := batchWrite(d, "backend_state", d.objs.BackendState, ids, words)
 	for i, id := range ids {
 		// Even a failed batch may have written some words: their
 		// incarnations are spent, so nothing that saw one can mistake
@@ -603,7 +640,7 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 	}
 	if err != nil {
 		free()
-		return fmt.Errorf("service %s: backend %s: write state: %w", svc.key, adds[0].spec.Addr, err)
+		return fmt.Errorf("service %s: %s: write states: %w", svc.key, backendsOf(adds), err)
 	}
 	for i, id := range ids {
 		svc.members[adds[i].spec.Addr] = ms[i]
@@ -612,18 +649,25 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 	return nil
 }
 
-// batchPut writes values at keys in one system call, or one by one on
-// kernels without batch operations on arrays (before Linux 5.6).
-func batchPut[K, V any](m *ebpf.Map, keys []K, values []V) error {
-	n, err := m.BatchUpdate(keys, values, nil)
-	if !errors.Is(err, ebpf.ErrNotSupported) {
-		if err == nil && n != len(keys) {
-			err = fmt.Errorf("batch wrote %d of %d", n, len(keys))
+// batchWrite writes values at keys in one system call, or one by one on
+// kernels without batch operations on the map (arrays before 5.6, maps of
+// maps before 5.18), each write then a kernel write of its own for the
+// crash tests.
+func batchWrite[K, V any](d *Dataplane, op string, m *ebpf.Map, keys []K, values []V) error {
+	if !d.noBatch {
+		err := d.kernelWrite(op, func() error {
+			n, err := m.BatchUpdate(keys, values, nil)
+			if err == nil && n != len(keys) {
+				err = fmt.Errorf("batch wrote %d of %d", n, len(keys))
+			}
+			return err
+		})
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return err
 		}
-		return err
 	}
 	for i := range keys {
-		if err := m.Put(keys[i], values[i]); err != nil {
+		if err := d.kernelWrite(op, func() error { return m.Put(keys[i], values[i]) }); err != nil {
 			return err
 		}
 	}
