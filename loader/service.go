@@ -406,13 +406,7 @@ func (d *Dataplane) installBuffers(svc *service, capacity uint32) error {
 // their waits overlap.
 func (d *Dataplane) installFDs(keys, fds []uint32) error {
 	if !d.noBatch {
-		err := d.kernelWrite("tables_install", func() error {
-			n, err := d.objs.Tables.BatchUpdate(keys, fds, nil)
-			if err == nil && n != len(keys) {
-				err = fmt.Errorf("batch wrote %d of %d", n, len(keys))
-			}
-			return err
-		})
+		err := d.kernelWrite("tables_install", func() error { return batchUpdate(d.objs.Tables, keys, fds) })
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			return err
 		}
@@ -594,9 +588,14 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 		}
 		ids = append(ids, id)
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	free := func() { d.freeBe = append(d.freeBe, ids...) }
+	// No table and no member names these IDs yet, so their slots are
+	// written without mu, which state changes wait for: a batch for a
+	// service of 1,024 backends holds no failover back.
+	free := func() {
+		d.mu.Lock()
+		d.freeBe = append(d.freeBe, ids...)
+		d.mu.Unlock()
+	}
 
 	keys := make([]uint32, len(ids))
 	infos := make([]keepbitBackendInfo, len(ids))
@@ -607,8 +606,14 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 		free()
 		return fmt.Errorf("service %s: %s: write records: %w", svc.key, backendsOf(adds), err)
 	}
+	d.mu.Lock()
+	reset := make([]bool, len(ids))
 	for i, id := range ids {
-		if d.takeZeroCounters(id) {
+		reset[i] = !d.takeZeroCounters(id)
+	}
+	d.mu.Unlock()
+	for i, id := range ids {
+		if !reset[i] {
 			continue
 		}
 		// Another backend had the ID: its counts must not show up as
@@ -626,27 +631,37 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 	}
 	ms := make([]*member, len(ids))
 	words := make([]uint64, len(ids))
+	d.mu.Lock()
 	for i, id := range ids {
 		ms[i] = &member{svc: svc, id: id, inc: (d.lastInc[id] + 1) & incMask, spec: adds[i].spec, info: adds[i].info}
 		d.seq[id]++
 		words[i] = uint64(ms[i].word()) | uint64(d.seq[id])<<stateSeqShift
-	}
-	err := batchWrite(d, "backend_state", d.objs.BackendState, ids, words)
-	for i, id := range ids {
-		// Even a failed batch may have written some words: their
-		// incarnations are spent, so nothing that saw one can mistake
-		// the ID's next backend for this one.
+		// Spent even if the batch below fails part way: nothing that saw
+		// one of its words can mistake the ID's next backend for this one.
 		d.lastInc[id] = ms[i].inc
 	}
-	if err != nil {
+	d.mu.Unlock()
+	if err := batchWrite(d, "backend_state", d.objs.BackendState, ids, words); err != nil {
 		free()
 		return fmt.Errorf("service %s: %s: write states: %w", svc.key, backendsOf(adds), err)
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	for i, id := range ids {
 		svc.members[adds[i].spec.Addr] = ms[i]
 		d.members[id] = ms[i]
 	}
 	return nil
+}
+
+// batchUpdate writes values at keys in one system call; all of them or
+// an error.
+func batchUpdate[K, V any](m *ebpf.Map, keys []K, values []V) error {
+	n, err := m.BatchUpdate(keys, values, nil)
+	if err == nil && n != len(keys) {
+		err = fmt.Errorf("batch wrote %d of %d", n, len(keys))
+	}
+	return err
 }
 
 // batchWrite writes values at keys in one system call, or one by one on
@@ -655,13 +670,7 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 // crash tests.
 func batchWrite[K, V any](d *Dataplane, op string, m *ebpf.Map, keys []K, values []V) error {
 	if !d.noBatch {
-		err := d.kernelWrite(op, func() error {
-			n, err := m.BatchUpdate(keys, values, nil)
-			if err == nil && n != len(keys) {
-				err = fmt.Errorf("batch wrote %d of %d", n, len(keys))
-			}
-			return err
-		})
+		err := d.kernelWrite(op, func() error { return batchUpdate(m, keys, values) })
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			return err
 		}
