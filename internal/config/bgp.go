@@ -144,22 +144,22 @@ func (d *decoder) bgpDefaults(c *Config) {
 	if b == nil {
 		return
 	}
-	if d.lines["bgp.listen_port"] == 0 {
+	if !d.written("bgp.listen_port") {
 		b.ListenPort = -1
 	}
-	if b.AnnounceAfter == 0 && d.lines["bgp.announce_after"] == 0 {
+	if b.AnnounceAfter == 0 && !d.written("bgp.announce_after") {
 		b.AnnounceAfter = time.Second
 	}
-	if b.Damping.Window == 0 && d.lines["bgp.damping.window"] == 0 {
+	if b.Damping.Window == 0 && !d.written("bgp.damping.window") {
 		b.Damping.Window = 60 * time.Second
 	}
-	if b.Damping.MaxHoldDown == 0 && d.lines["bgp.damping.max_hold_down"] == 0 {
+	if b.Damping.MaxHoldDown == 0 && !d.written("bgp.damping.max_hold_down") {
 		b.Damping.MaxHoldDown = 60 * time.Second
 	}
-	if d.lines["bgp.withdraw_on_stop"] == 0 {
+	if !d.written("bgp.withdraw_on_stop") {
 		b.WithdrawOnStop = true
 	}
-	if b.DrainHold == 0 && d.lines["bgp.drain_hold"] == 0 {
+	if b.DrainHold == 0 && !d.written("bgp.drain_hold") {
 		b.DrainHold = 10 * time.Second
 	}
 	for i := range b.Peers {
@@ -170,13 +170,13 @@ func (d *decoder) bgpDefaults(c *Config) {
 		for j := range p.NextHop {
 			p.NextHop[j] = p.NextHop[j].Unmap()
 		}
-		if p.Port == 0 && d.lines[path+".port"] == 0 {
+		if p.Port == 0 && !d.written(path+".port") {
 			p.Port = 179
 		}
-		if p.HoldTime == 0 && d.lines[path+".hold_time"] == 0 {
+		if p.HoldTime == 0 && !d.written(path+".hold_time") {
 			p.HoldTime = 9 * time.Second
 		}
-		if p.Keepalive == 0 && d.lines[path+".keepalive"] == 0 {
+		if p.Keepalive == 0 && !d.written(path+".keepalive") {
 			p.Keepalive = (p.HoldTime / 3).Truncate(time.Second)
 		}
 		if f := p.BFD; f != nil {

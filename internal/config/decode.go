@@ -16,9 +16,13 @@ import (
 // decoder walks YAML nodes into Go values by their yaml tags, so that every
 // error, and every later validation error, can name file, line and field.
 type decoder struct {
-	file  string
-	errs  []error
-	lines map[string]int // field path -> line
+	file string
+	errs []error
+	// root is the parsed document, where lineOf and written find a field
+	// path's line. Recording every path's line while decoding cost a map
+	// write and a string per field: a quarter of a cold parse of 16,000
+	// backends (most of it the map's growth).
+	root *yaml.Node
 	// valueErrs counts errors of typed values (a bad MAC, an unknown
 	// protocol): the field keeps its zero value, so defaults and
 	// validation still run and every problem is reported at once.
@@ -68,13 +72,74 @@ func (d *decoder) fail(path, format string, args ...any) {
 
 func (d *decoder) lineOf(path string) int {
 	for p := path; p != ""; {
-		if l, ok := d.lines[p]; ok {
+		if l, ok := d.line(p); ok {
 			return l
 		}
 		i := max(strings.LastIndexAny(p, ".["), 0)
 		p = p[:i]
 	}
 	return 1
+}
+
+// written reports whether the config gives path (a field, a list item).
+func (d *decoder) written(path string) bool {
+	_, ok := d.line(path)
+	return ok
+}
+
+// line is where path (like services[2].backends[0].weight) is written: a
+// field's key, or a list item (an alias's anchor). ok is false when the
+// document does not hold path.
+func (d *decoder) line(path string) (line int, ok bool) {
+	n := d.root
+	if n == nil {
+		return 0, false
+	}
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	for path != "" {
+		if n.Kind == yaml.AliasNode && n.Alias != nil {
+			n = n.Alias
+		}
+		if path[0] == '[' {
+			end := strings.IndexByte(path, ']')
+			if end < 0 {
+				return 0, false
+			}
+			i, err := strconv.Atoi(path[1:end])
+			if err != nil || n.Kind != yaml.SequenceNode || i < 0 || i >= len(n.Content) {
+				return 0, false
+			}
+			n, line = n.Content[i], n.Content[i].Line
+			if n.Kind == yaml.AliasNode && n.Alias != nil {
+				line = n.Alias.Line
+			}
+			path = path[end+1:]
+			continue
+		}
+		path = strings.TrimPrefix(path, ".")
+		end := strings.IndexAny(path, ".[")
+		if end < 0 {
+			end = len(path)
+		}
+		if n.Kind != yaml.MappingNode {
+			return 0, false
+		}
+		var val *yaml.Node
+		// The first of a key given twice is the one decoded.
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == path[:end] {
+				line, val = n.Content[i].Line, n.Content[i+1]
+				break
+			}
+		}
+		if val == nil {
+			return 0, false
+		}
+		n, path = val, path[end:]
+	}
+	return line, true
 }
 
 func join(path, field string) string {
@@ -101,8 +166,6 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
-	// The caller recorded path's line (decodeStruct the key's, a list its
-	// item's), so every field costs one map write.
 	switch v.Type() {
 	case nodeType:
 		v.Set(reflect.ValueOf(*n))
@@ -158,13 +221,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
-			ip := path + "[" + strconv.Itoa(i) + "]"
-			line := item.Line
-			if item.Kind == yaml.AliasNode && item.Alias != nil {
-				line = item.Alias.Line
-			}
-			d.lines[ip] = line
-			d.decode(item, s.Index(i), ip)
+			d.decode(item, s.Index(i), path+"["+strconv.Itoa(i)+"]")
 		}
 		v.Set(s)
 	case reflect.String:
@@ -250,7 +307,6 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		seen[idx] = true
-		d.lines[fp] = key.Line
 		d.decode(val, v.Field(idx), fp)
 	}
 }

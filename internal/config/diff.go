@@ -176,7 +176,7 @@ func mapIndex(m reflect.Value, key string) reflect.Value {
 // (yaml:"-", filled from the defaults) counts as "check"; the raw YAML
 // it came from does not count at all.
 func fieldName(f reflect.StructField) (string, bool) {
-	if !f.IsExported() || f.Type == yamlNode {
+	if !f.IsExported() || f.Type == yamlNode || f.Type == reflect.PointerTo(yamlNode) {
 		return "", false
 	}
 	tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")

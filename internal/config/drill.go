@@ -41,7 +41,7 @@ func (d *decoder) drillDefaults(c *Config) {
 	for i := range c.Drills {
 		dr := &c.Drills[i]
 		dr.Backend = dr.Backend.Unmap()
-		if _, written := d.lines[fmt.Sprintf("drills[%d].for", i)]; !written {
+		if !d.written(fmt.Sprintf("drills[%d].for", i)) {
 			dr.For = DefaultDrillFor
 		}
 		if dr.Notify.Command != "" && dr.Notify.Timeout == 0 {

@@ -84,7 +84,7 @@ func (d *decoder) flowSharingDefaults(c *Config) {
 		fs.Multicast.Group = fs.Multicast.Group.Unmap()
 	}
 	// An explicit 0 is an error (validate), not a request for the default.
-	written := func(f string) bool { _, ok := d.lines["flow_sharing."+f]; return ok }
+	written := func(f string) bool { return d.written("flow_sharing." + f) }
 	if !written("port") {
 		fs.Port = DefaultFlowSharingPort
 	}

@@ -54,7 +54,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	if root.Kind == 0 {
 		return nil, fmt.Errorf("%s: empty config", file)
 	}
-	d := &decoder{file: file, lines: map[string]int{}}
+	d := &decoder{file: file, root: &root}
 	cfg := &Config{}
 	d.decode(&root, reflect.ValueOf(cfg).Elem(), "")
 	if len(d.errs) == d.valueErrs {
@@ -110,7 +110,7 @@ func (d *decoder) applyDefaults(c *Config) {
 		if v.Interface == "" && len(c.Interfaces) == 1 {
 			v.Interface = c.Interfaces[0].Name
 		}
-		if v.Priority == 0 && d.lines[fmt.Sprintf("vrrp[%d].priority", i)] == 0 {
+		if v.Priority == 0 && !d.written(fmt.Sprintf("vrrp[%d].priority", i)) {
 			v.Priority = 100
 		}
 		if v.AdvertInterval == 0 {
@@ -148,8 +148,8 @@ func (d *decoder) applyDefaults(c *Config) {
 		}
 	}
 	defCheck := builtinCheck
-	if c.Defaults.Check.Kind != 0 {
-		d.decode(&c.Defaults.Check, reflect.ValueOf(&defCheck).Elem(), "defaults.check")
+	if c.Defaults.Check != nil {
+		d.decode(c.Defaults.Check, reflect.ValueOf(&defCheck).Elem(), "defaults.check")
 	}
 	for i := range c.Services {
 		s := &c.Services[i]
@@ -176,17 +176,17 @@ func (d *decoder) applyDefaults(c *Config) {
 			s.Notify.Timeout = 5 * time.Second
 		}
 		s.Check = defCheck
-		if s.CheckNode.Kind != 0 {
-			d.decode(&s.CheckNode, reflect.ValueOf(&s.Check).Elem(), path+".check")
+		if s.CheckNode != nil {
+			d.decode(s.CheckNode, reflect.ValueOf(&s.Check).Elem(), path+".check")
 		}
 		for j := range s.Backends {
 			b := &s.Backends[j]
-			if b.Weight == 0 && d.lines[fmt.Sprintf("%s.backends[%d].weight", path, j)] == 0 {
+			if b.Weight == 0 && !d.written(fmt.Sprintf("%s.backends[%d].weight", path, j)) {
 				b.Weight = 1
 			}
 			b.Check = s.Check
-			if b.CheckNode.Kind != 0 {
-				d.decode(&b.CheckNode, reflect.ValueOf(&b.Check).Elem(), fmt.Sprintf("%s.backends[%d].check", path, j))
+			if b.CheckNode != nil {
+				d.decode(b.CheckNode, reflect.ValueOf(&b.Check).Elem(), fmt.Sprintf("%s.backends[%d].check", path, j))
 			}
 		}
 	}
@@ -322,7 +322,7 @@ func (d *decoder) validate(c *Config) {
 			if b.VLAN > 4094 {
 				d.fail(bp+".vlan", "%d is outside 0-4094", b.VLAN)
 			}
-			if b.CheckNode.Kind != 0 {
+			if b.CheckNode != nil {
 				d.validateCheck(bp+".check", s, b.Check)
 			}
 			if src := b.Check.Source; src.IsValid() && b.Check.Type != "exec" && src.Unmap().Is4() != b.Address.Unmap().Is4() {

@@ -47,7 +47,7 @@ func (d *decoder) passiveDefaults(c *Config) {
 			continue
 		}
 		// An explicit 0 is an error (validate), not a request for the default.
-		written := func(f string) bool { _, ok := d.lines[fmt.Sprintf("services[%d].passive.%s", i, f)]; return ok }
+		written := func(f string) bool { return d.written(fmt.Sprintf("services[%d].passive.%s", i, f)) }
 		if pa.Action == "" {
 			pa.Action = DefaultPassiveAction
 		}

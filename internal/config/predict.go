@@ -56,7 +56,7 @@ func (d *decoder) predictDefaults(c *Config) {
 			continue
 		}
 		// An explicit 0 is an error (validate), not a request for the default.
-		written := func(f string) bool { _, ok := d.lines[fmt.Sprintf("services[%d].predictive.%s", i, f)]; return ok }
+		written := func(f string) bool { return d.written(fmt.Sprintf("services[%d].predictive.%s", i, f)) }
 		if pr.Action == "" {
 			pr.Action = DefaultPredictAction
 		}

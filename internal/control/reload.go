@@ -19,7 +19,6 @@ import (
 	"github.com/keepbit/keepbit/internal/recorder"
 	"github.com/keepbit/keepbit/loader"
 	"github.com/keepbit/keepbit/probe"
-	"go.yaml.in/yaml/v3"
 )
 
 func attachMode(m config.AttachMode) loader.AttachMode {
@@ -228,13 +227,13 @@ func (c *Controller) removeService(s *service) {
 // sameService reports whether two configs of a service are equal in
 // everything but where they were written.
 func sameService(a, b config.Service) bool {
-	a.CheckNode, b.CheckNode = yaml.Node{}, yaml.Node{}
+	a.CheckNode, b.CheckNode = nil, nil
 	a.Backends, b.Backends = slices.Clone(a.Backends), slices.Clone(b.Backends)
 	if len(a.Backends) != len(b.Backends) {
 		return false
 	}
 	for i := range a.Backends {
-		a.Backends[i].CheckNode, b.Backends[i].CheckNode = yaml.Node{}, yaml.Node{}
+		a.Backends[i].CheckNode, b.Backends[i].CheckNode = nil, nil
 	}
 	return reflect.DeepEqual(a, b)
 }
