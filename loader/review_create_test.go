@@ -23,6 +23,7 @@ func TestReviewFailedCreateLeaksNothing(t *testing.T) {
 		{"second backend's state write, one at a time", "backend_state", 2, true},
 		{"second backend's record write, one at a time", "backends", 2, true},
 		{"a table buffer's install, one at a time", "tables_install", 2, true},
+		{"table write through a mapping", "table_write", 1, true},
 		{"backends' state write", "backend_state", 1, false}, // one batch for all of them
 		{"backends' record write", "backends", 1, false},
 		{"egress port write", "tx_ports", 1, false},

@@ -222,16 +222,22 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 		}
 	}
 
-	// A new service's buffers are installed before taking applyMu: each
-	// install waits for an RCU grace period, and creations of different
-	// services should overlap those waits, not queue behind each other.
+	// A new service is built before taking applyMu: its buffers installed
+	// (each install may wait for an RCU grace period), its backends
+	// written, its first table filled and switched to. Nothing reaches it
+	// meanwhile: until it is in d.services, no state change, rebuild or
+	// delete finds it, and no packet before it is published. Creations of
+	// different services so overlap their waits and use every CPU rather
+	// than queue behind each other (0.41-0.45 -> 0.36-0.41 s for 1,000
+	// services of 16 backends here).
 	d.mu.Lock()
-	svc, exists := d.services[key]
+	_, exists := d.services[key]
 	d.mu.Unlock()
 	var fresh *service
+	var table Change
 	if !exists {
 		var err error
-		if fresh, err = d.newService(key, spec); err != nil {
+		if fresh, table, err = d.buildService(key, spec, started); err != nil {
 			return nil, err
 		}
 	}
@@ -239,22 +245,22 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
 	d.mu.Lock()
-	svc, exists = d.services[key]
+	svc, exists := d.services[key]
 	d.mu.Unlock()
-	var changes []Change
 	switch {
-	case !exists && fresh == nil:
+	case exists && fresh != nil: // created concurrently by another caller
+		d.abandon(fresh)
+	case !exists && fresh != nil:
+		return d.addService(fresh, table, started)
+	case !exists:
 		// Deleted since the first look, by a DeleteService that took
-		// applyMu before this call did: create it anew (the install waits
-		// for RCU under applyMu; a rare path).
-		var err error
-		if svc, err = d.newService(key, spec); err != nil {
+		// applyMu before this call did: built anew under applyMu (its
+		// install waits for RCU there; a rare path).
+		fresh, table, err := d.buildService(key, spec, started)
+		if err != nil {
 			return nil, err
 		}
-	case !exists:
-		svc = fresh
-	case fresh != nil: // created concurrently by another caller
-		d.discardService(fresh)
+		return d.addService(fresh, table, started)
 	}
 	d.mu.Lock() // Services reads these under mu
 	svc.tableSize = spec.TableSize
@@ -268,36 +274,57 @@ func (d *Dataplane) ApplyService(key ServiceKey, spec ServiceSpec) ([]Change, er
 	removed, err := d.updateMembers(svc, spec.Backends)
 	if err != nil {
 		d.restoreMembers(removed)
-		if !exists {
-			d.abandon(svc)
-		}
 		return nil, err
 	}
 	ch, err := d.writeTable(svc, started)
 	if err != nil {
 		d.restoreMembers(removed)
-		if !exists {
-			d.abandon(svc)
-		}
 		return nil, err
 	}
-	changes = append(changes, ch)
 	// The table without the removed members is live: release their IDs
 	// now, so that a failure to publish below does not leak them.
 	d.releaseMembers(removed)
-
-	if !exists {
-		d.mu.Lock()
-		d.services[key] = svc
-		d.mu.Unlock()
-	}
+	changes := []Change{ch}
 	if err := d.publish(svc); err != nil {
 		return changes, err
 	}
-	if !exists {
-		changes = append(changes, Change{Service: key, What: "service added", Started: started, Returned: time.Now(), Generation: svc.generation})
-	}
 	return changes, nil
+}
+
+// buildService creates a service that nothing names yet: its ID, its
+// buffers, its members and its first table, switched to. On an error it
+// keeps nothing.
+func (d *Dataplane) buildService(key ServiceKey, spec ServiceSpec, started time.Time) (*service, Change, error) {
+	svc, err := d.newService(key, spec)
+	if err != nil {
+		return nil, Change{}, err
+	}
+	svc.noBackend = spec.NoBackend
+	// A new service has no members to remove.
+	if _, err := d.updateMembers(svc, spec.Backends); err != nil {
+		d.abandon(svc)
+		return nil, Change{}, err
+	}
+	ch, err := d.writeTable(svc, started)
+	if err != nil {
+		d.abandon(svc)
+		return nil, Change{}, err
+	}
+	return svc, ch, nil
+}
+
+// addService makes a built service known and publishes it; the caller
+// holds applyMu. A failed publish leaves it known, so a retry or a delete
+// finds it.
+func (d *Dataplane) addService(svc *service, table Change, started time.Time) ([]Change, error) {
+	d.mu.Lock()
+	d.services[svc.key] = svc
+	d.mu.Unlock()
+	changes := []Change{table}
+	if err := d.publish(svc); err != nil {
+		return changes, err
+	}
+	return append(changes, Change{Service: svc.key, What: "service added", Started: started, Returned: time.Now(), Generation: svc.generation}), nil
 }
 
 func serviceKeyOf(k ServiceKey) keepbitServiceKey {
@@ -431,6 +458,39 @@ func (d *Dataplane) newBuffer(capacity uint32) (*ebpf.Map, error) {
 		return nil, fmt.Errorf("create table buffer: %w", err)
 	}
 	return m, nil
+}
+
+// fillBuffer writes words into an idle table buffer, at slots 0 to
+// len(words)-1: one batch update, or through a mapping of the buffer
+// where the kernel has no batches for arrays (before 5.6; tests with
+// noBatch). The batch is the default because a mapping is expensive in a
+// daemon with threads on every CPU: its munmap flushes the other CPUs'
+// TLBs by IPI, and mmap and munmap queue on the process's one mmap lock,
+// so applies running side by side wait for each other. Measured here for
+// a 2,053-slot table, two writers: 72-79 us a table by batch, 127-143 us
+// through mappings (77 us with a single thread).
+func (d *Dataplane) fillBuffer(buf *ebpf.Map, words []uint32) error {
+	if !d.noBatch {
+		keys := make([]uint32, len(words))
+		for i := range keys {
+			keys[i] = uint32(i)
+		}
+		err := batchUpdate(buf, keys, words)
+		if !errors.Is(err, ebpf.ErrNotSupported) {
+			return err
+		}
+	}
+	// The words go straight into the mapping (each in the low half of
+	// its 8-byte element; the upper half is padding nothing reads).
+	return withBuffer(buf, true, func(mem []byte) error {
+		if len(mem) < bufferStride*len(words) {
+			return fmt.Errorf("buffer of %d bytes holds no table of %d words", len(mem), len(words))
+		}
+		for i, w := range words {
+			binary.NativeEndian.PutUint32(mem[bufferStride*i:], w)
+		}
+		return nil
+	})
 }
 
 // updateMembers writes backend records and states for spec. Members no
@@ -860,25 +920,13 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 		// only, not applyMu).
 		d.waitGrace(svc.retired[idle])
 	}
-	// The words go straight into the mapping (each in the low half of
-	// its 8-byte element; the upper half is padding nothing reads).
-	write := func() error {
-		return withBuffer(svc.buffers[idle], true, func(mem []byte) error {
-			if len(mem) < bufferStride*len(words) {
-				return fmt.Errorf("buffer of %d bytes holds no table of %d words", len(mem), len(words))
-			}
-			for i, w := range words {
-				binary.NativeEndian.PutUint32(mem[bufferStride*i:], w)
-			}
-			return nil
-		})
-	}
-	if err := d.kernelWrite("table_write", write); err != nil {
+	if err := d.kernelWrite("table_write", func() error { return d.fillBuffer(svc.buffers[idle], words) }); err != nil {
 		return Change{}, fmt.Errorf("service %s: write table: %w", svc.key, err)
 	}
 	prepared := time.Now()
-	// Release ordering: the table words above are plain stores through the
-	// mmap; the switch below is a store in the kernel. On a weakly ordered
+	// Release ordering: the table words above are plain stores (the
+	// kernel's copy of the batch, or through the mapping); the switch
+	// below is a store in the kernel. On a weakly ordered
 	// CPU (arm64) another CPU could see the switch before the words. An
 	// atomic read-modify-write orders them: LOCK XADD on amd64 is a full
 	// fence, and on arm64 Go uses LDADDAL, the instruction Linux uses for
