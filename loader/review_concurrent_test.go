@@ -1,8 +1,10 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -122,4 +124,72 @@ func TestApplyRacingCreate(t *testing.T) {
 	if ok := slices.ContainsFunc(addrs, func(a string) bool { return macs[a] == got }); !ok {
 		t.Errorf("flow went to %s, want a backend of %v", got, addrs)
 	}
+}
+
+// TestLiveSlotsSkipBuildingService: a new service's members are indexed
+// while it is still being built outside applyMu, so a stale flow entry
+// naming a reused backend ID resolves to it. Flow sharing's liveSlots must
+// not read its buffers: a failed build closes them without applyMu. Found
+// by review: under -race the read raced the close (and could have mapped
+// another file under a reused descriptor).
+func TestLiveSlotsSkipBuildingService(t *testing.T) {
+	l := newLab(t)
+	key := svc("198.51.100.66", 80, TCP)
+	spec := ServiceSpec{Backends: []BackendSpec{backend("10.6.6.1", "02:66:00:00:00:01")}}
+	crash := errors.New("injected")
+	blocked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	l.dp.beforeWrite = func(op string) error {
+		if op != "service_active" {
+			return nil
+		}
+		once.Do(func() { close(blocked) })
+		<-release
+		return crash
+	}
+	t.Cleanup(func() { l.dp.beforeWrite = nil })
+	applyErr := make(chan error, 1)
+	go func() { _, err := l.dp.ApplyService(key, spec); applyErr <- err }()
+	<-blocked // built but for the switch: buffers installed, table written
+
+	l.dp.mu.Lock()
+	var id uint32
+	for mid, m := range l.dp.members {
+		if m.spec.Addr == spec.Backends[0].Addr {
+			id = mid
+		}
+	}
+	l.dp.mu.Unlock()
+	owners := l.dp.resolveOwners([]rawFlow{{v: keepbitFlowValue{Backend: id}}})
+	if len(owners) != 1 {
+		close(release)
+		t.Fatalf("backend ID %d of the service being built resolves to %d owners, want 1", id, len(owners))
+	}
+	slots, err := l.dp.liveSlots(owners)
+	if err != nil {
+		close(release)
+		t.Fatalf("liveSlots: %v", err)
+	}
+	for s, sl := range slots {
+		if sl != nil {
+			t.Errorf("liveSlots read %d slots of service %s, which is still being built", len(sl), s.key)
+		}
+	}
+	// The build fails while flow sharing keeps reading: abandon closes
+	// the buffers meanwhile.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 200 {
+			if _, err := l.dp.liveSlots(owners); err != nil {
+				t.Errorf("liveSlots during the failed build's cleanup: %v", err)
+				return
+			}
+		}
+	}()
+	close(release)
+	if err := <-applyErr; !errors.Is(err, crash) {
+		t.Fatalf("apply returned %v, want the injected error", err)
+	}
+	<-done
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
 )
 
@@ -340,8 +341,11 @@ func (d *Dataplane) resolveOwners(flows []rawFlow) map[uint32]flowOwner {
 }
 
 // liveSlots copies the Maglev slots of the live table buffer of every
-// service the owners name. It holds applyMu (buffers are replaced and
-// closed only under it), not mu: state changes do not wait for it.
+// service the owners name. It holds applyMu (the buffers of a service in
+// d.services are replaced and closed only under it), not mu: state
+// changes do not wait for it. A service not in d.services has no slots:
+// one being built outside applyMu (its members are indexed already, and a
+// failed build closes its buffers), or one deleted.
 func (d *Dataplane) liveSlots(owners map[uint32]flowOwner) (map[*service][]uint32, error) {
 	d.applyMu.Lock()
 	defer d.applyMu.Unlock()
@@ -351,7 +355,10 @@ func (d *Dataplane) liveSlots(owners map[uint32]flowOwner) (map[*service][]uint3
 			continue
 		}
 		d.mu.Lock()
-		buf := o.svc.buffers[o.svc.active]
+		var buf *ebpf.Map
+		if d.services[o.svc.key] == o.svc {
+			buf = o.svc.buffers[o.svc.active]
+		}
 		d.mu.Unlock()
 		if buf == nil {
 			out[o.svc] = nil
