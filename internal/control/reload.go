@@ -106,10 +106,13 @@ func (c *Controller) reloadLocked(ctx context.Context, cfg *config.Config) error
 	}
 
 	// Services apply in parallel: creating one waits for RCU grace
-	// periods in the kernel, and those waits overlap.
+	// periods in the kernel, and those waits overlap (callers waiting at
+	// once share a grace period). 256 at a time, not 32: at 1,000 new
+	// services the CPUs then idle less behind the waits (the apply took
+	// 0.43-0.55 s rather than 0.43-0.64 s here, four runs each).
 	var emu sync.Mutex
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, 32)
+	sem := make(chan struct{}, 256)
 	for _, sc := range cfg.Services {
 		sem <- struct{}{}
 		wg.Go(func() {
