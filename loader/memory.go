@@ -84,10 +84,16 @@ func memlock(m *ebpf.Map) (uint64, error) {
 		return 0, err
 	}
 	b, ok := info.Memlock()
-	if !ok {
-		return 0, fmt.Errorf("the kernel reports no memlock figure")
+	switch {
+	case ok:
+		return b, nil
+	case m.Type() == ebpf.RingBuf:
+		// Linux before 6.4 reports 0 for a ring buffer (its figure came
+		// from key and value sizes, which a ring buffer has none of): its
+		// data area stands in, which is nearly all of it.
+		return uint64(m.MaxEntries()), nil
 	}
-	return b, nil
+	return 0, fmt.Errorf("the kernel reports no memlock figure")
 }
 
 // withBuffer maps a table buffer for the duration of fn. ebpf.Map.Memory
