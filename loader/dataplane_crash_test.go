@@ -60,6 +60,8 @@ func crashAt(d *Dataplane, k int, n *int) error {
 // forwarded, from the flow cache of any CPU or not; other services go on.
 func TestDeleteCrashForwardsNothing(t *testing.T) {
 	needCPUs(t, 2)
+	privtest.Require(t)
+	needXDPContext(t)
 	gone := svc("198.51.100.60", 80, TCP)
 	kept := svc("198.51.100.61", 80, TCP)
 	spec := ServiceSpec{Backends: []BackendSpec{backend("10.7.0.1", "02:70:00:00:00:01"), backend("10.7.0.2", "02:70:00:00:00:02")}}
@@ -140,6 +142,8 @@ func TestDeleteCrashForwardsNothing(t *testing.T) {
 // (an earlier loader released the ID too early) must not make that
 // backend a member on adoption, and the table is rebuilt without it.
 func TestAdoptIgnoresForeignMember(t *testing.T) {
+	privtest.Require(t)
+	needXDPContext(t)
 	l, reopen := pinnedLab(t)
 	s1 := svc("198.51.100.62", 80, TCP)
 	s2 := svc("198.51.100.63", 80, TCP)

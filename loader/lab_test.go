@@ -54,6 +54,15 @@ func xdpContextRuns(t testing.TB) bool {
 	return ok
 }
 
+// needXDPContext skips a test whose frames name their ingress port (l.chosen
+// and the like) on a kernel whose BPF_PROG_RUN takes no xdp_md.
+func needXDPContext(t testing.TB) {
+	t.Helper()
+	if !xdpContextRuns(t) {
+		t.Skipf("kernel %s lacks BPF_PROG_RUN with an xdp_md (Linux 5.15), which this test's frames need to name their ingress port", kernelRelease())
+	}
+}
+
 // xdpContextProbe asks the kernel once per test binary.
 var xdpContextProbe = sync.OnceValues(func() (bool, error) {
 	prog, err := LoadBaseline()
