@@ -447,8 +447,8 @@ struct {
 
 /* Retransmitted SYNs per backend ID (passive detection; select.h). In
  * direct server return the backend's answers bypass this node, but the
- * client's retransmissions of an unanswered SYN do not. Reset when an
- * ID is given to a new backend, like backend_stats. */
+ * client's retransmissions of an unanswered SYN do not. Zero when an ID
+ * is given to a new backend (reset on reuse), like backend_stats. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, MAX_BACKENDS);
