@@ -396,7 +396,7 @@ func (d *Dataplane) installBuffer(svcID uint32, b int, capacity uint32) (*ebpf.M
 	if err != nil {
 		return nil, err
 	}
-	if err := d.kernelWrite("tables_install", func() error { return d.objs.Tables.Put(svcID*2+uint32(b), m) }); err != nil {
+	if err := d.installFDs([]uint32{svcID*2 + uint32(b)}, []uint32{uint32(m.FD())}); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("install table buffer: %w", err)
 	}
@@ -638,12 +638,15 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 		return nil
 	}
 	ids := make([]uint32, 0, len(adds))
+	free := func() {
+		d.mu.Lock()
+		d.freeBe = append(d.freeBe, ids...)
+		d.mu.Unlock()
+	}
 	for _, a := range adds {
 		id, ok := d.allocBackendID()
 		if !ok {
-			d.mu.Lock()
-			d.freeBe = append(d.freeBe, ids...)
-			d.mu.Unlock()
+			free()
 			return fmt.Errorf("service %s: backend %s: the dataplane holds %d backends already", svc.key, a.spec.Addr, maxBackends-1)
 		}
 		ids = append(ids, id)
@@ -651,11 +654,6 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 	// No table and no member names these IDs yet, so their slots are
 	// written without mu, which state changes wait for: a batch for a
 	// service of 1,024 backends holds no failover back.
-	free := func() {
-		d.mu.Lock()
-		d.freeBe = append(d.freeBe, ids...)
-		d.mu.Unlock()
-	}
 
 	keys := make([]uint32, len(ids))
 	infos := make([]keepbitBackendInfo, len(ids))
@@ -672,18 +670,18 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 		reset[i] = !d.takeZeroCounters(id)
 	}
 	d.mu.Unlock()
+	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
+	noSyns := make([]uint64, len(zero))
 	for i, id := range ids {
 		if !reset[i] {
 			continue
 		}
 		// Another backend had the ID: its counts must not show up as
 		// this one's.
-		zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
 		if err := d.kernelWrite("backend_stats", func() error { return d.objs.BackendStats.Put(id, zero) }); err != nil {
 			free()
 			return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, adds[i].spec.Addr, err)
 		}
-		noSyns := make([]uint64, len(zero))
 		if err := d.kernelWrite("backend_syn_retrans", func() error { return d.objs.BackendSynRetrans.Put(id, noSyns) }); err != nil {
 			free()
 			return fmt.Errorf("service %s: backend %s: reset SYN retransmissions: %w", svc.key, adds[i].spec.Addr, err)
