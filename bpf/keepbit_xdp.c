@@ -183,6 +183,19 @@ int keepbit_xdp(struct xdp_md *ctx)
 		goto pass;
 	}
 
+	/* Not for a VIP: passed before any flow lookup. lookup_service would
+	 * reach the same verdict (the prefilter is its first test, and the
+	 * loader sets a VIP's bit before publishing it and clears it after
+	 * unpublishing), but only after a flow cache miss and a call: a
+	 * packet of the host's own traffic cost 24.5 ns under prog.Run, now
+	 * 11 ns (baseline 6.5), and an established packet pays no measurable
+	 * extra. ICMP keeps the slow path, where an error is matched by the
+	 * flow it quotes. */
+	if (p.key.proto != IPPROTO_ICMP && p.key.proto != IPPROTO_ICMPV6 && !vip_listed(p.key.dst)) {
+		reason = REASON_PASS_NO_SERVICE;
+		goto pass;
+	}
+
 	/* Fast path: an established flow in this CPU's cache, forwarded with
 	 * array lookups only. ICMP takes the slow path, where errors are
 	 * matched to the flow they quote; so does a TCP SYN, which opens a

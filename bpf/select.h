@@ -20,18 +20,25 @@ struct choice {
 
 #include "share.h" /* uses struct choice */
 
+/* vip_listed is the prefilter: 0 proves dst is no VIP's address; 1 may be
+ * a collision, which the vips lookup settles. */
+static __always_inline int vip_listed(const __u8 *dst)
+{
+	__u32 bit = vip_filter_bit(dst), word = bit / 64;
+	__u64 *filter = bpf_map_lookup_elem(&vip_filter, &word);
+
+	return filter && (*filter & (1ULL << (bit % 64)));
+}
+
 /* lookup_service finds the service of a packet: the prefilter, then the
  * VIP's entry, then (only when the VIP has port services) the exact port. */
 static __always_inline int lookup_service(struct flow_key *key, struct service_value *out)
 {
-	__u32 bit = vip_filter_bit(key->dst), word = bit / 64;
 	struct service_value *sv;
 	struct vip_value *vv;
 	struct vip_key vk = {};
-	__u64 *filter;
 
-	filter = bpf_map_lookup_elem(&vip_filter, &word);
-	if (!filter || !(*filter & (1ULL << (bit % 64))))
+	if (!vip_listed(key->dst))
 		return -1;
 	__builtin_memcpy(vk.addr, key->dst, 16);
 	vk.proto = key->proto;
