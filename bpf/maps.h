@@ -262,7 +262,9 @@ struct flow_cache_entry {
 	__u32 ifindex;    /* egress port */
 	__u8 macs[12];    /* destination (backend) and source (egress port) */
 	__u16 vlan;
-	__u16 pad;
+	__u8 strike;      /* another flow wanted this slot since the last hit
+			   * (flow_cache_fill); 0 in an entry the loader cleared */
+	__u8 pad;
 	__u32 pending_packets; /* not yet added to the flow table entry */
 	__u64 pending_bytes;
 	__u64 last_flush_ns;   /* now_ns() of the last flush */

@@ -97,3 +97,72 @@ func TestFlowCacheForget(t *testing.T) {
 		t.Fatalf("forgot %d flows and %d cache entries, want 64 and some", flows, cached)
 	}
 }
+
+// TestFlowCacheAdmission: two flows on one cache slot of one CPU. A flow
+// takes a slot that another flow's live entry holds only when that entry
+// was passed over once already with no hit since (its strike); an empty
+// slot, the flow's own entry and an entry whose backend changed are taken
+// at once. Every packet still goes to its flow's backend.
+func TestFlowCacheAdmission(t *testing.T) {
+	needCPUs(t, 1)
+	l := newLab(t)
+	key := svc("198.51.100.63", 80, TCP)
+	b1, b2 := backend("10.4.6.3", "02:ab:00:00:06:03"), backend("10.4.6.4", "02:ab:00:00:06:04")
+	l.apply(key, ServiceSpec{Backends: []BackendSpec{b1, b2}})
+	vip := netip.AddrPortFrom(key.VIP, 80)
+	a := netip.MustParseAddrPort("203.0.113.63:41000")
+	c := sameSlotClient(t, a, vip)
+	ka := tcpFlowKey(a, vip)
+	name := map[keepbitFlowKey]string{ka: "a", tcpFlowKey(c, vip): "c", {}: "none"}
+	backendOf := map[string]netip.Addr{}
+	steps := []struct {
+		what   string
+		send   netip.AddrPort // invalid: change the state of c's backend instead
+		holder string
+		strike uint8
+	}{
+		{"a fills the empty slot", a, "a", 0},
+		{"a hits its entry", a, "a", 0},
+		{"c is passed over: a's entry gets a strike", c, "a", 1},
+		{"a's hit clears the strike", a, "a", 0},
+		{"c strikes a again", c, "a", 1},
+		{"c takes the slot from the struck entry", c, "c", 0},
+		{"a strikes c", a, "c", 1},
+		{"c's hit clears it", c, "c", 0},
+		{"c's backend drains: its entry no longer matches", netip.AddrPort{}, "c", 0},
+		{"a takes the slot of the changed entry at once", a, "a", 0},
+	}
+	dpOnCPU(t, 0, func() {
+		for i, s := range steps {
+			if !s.send.IsValid() {
+				if _, err := l.dp.SetBackendState(key, backendOf["c"], Draining); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				mac := l.chosen(vip.Addr().String(), s.send.Addr().String(), s.send.Port())
+				who := map[netip.AddrPort]string{a: "a", c: "c"}[s.send]
+				var addr netip.Addr
+				for _, b := range []BackendSpec{b1, b2} {
+					if b.MAC.String() == mac {
+						addr = b.Addr
+					}
+				}
+				if !addr.IsValid() {
+					t.Fatalf("step %d (%s): %s went to %s, no backend's MAC", i, s.what, who, mac)
+				}
+				if was, ok := backendOf[who]; ok && was != addr {
+					t.Fatalf("step %d (%s): %s moved from %s to %s", i, s.what, who, was, addr)
+				}
+				backendOf[who] = addr
+			}
+			var per []keepbitFlowCacheEntry
+			if err := l.dp.objs.FlowCache.Lookup(flowCacheIndex(&ka), &per); err != nil {
+				t.Fatal(err)
+			}
+			e := per[0]
+			if got := name[e.Key]; got != s.holder || e.Strike != s.strike {
+				t.Fatalf("step %d (%s): slot holds %s with strike %d, want %s with strike %d", i, s.what, got, e.Strike, s.holder, s.strike)
+			}
+		}
+	})
+}

@@ -41,7 +41,8 @@ type keepbitcompatFlowCacheEntry struct {
 	Ifindex        uint32
 	Macs           [12]uint8
 	Vlan           uint16
-	Pad            uint16
+	Strike         uint8
+	Pad            uint8
 	PendingPackets uint32
 	PendingBytes   uint64
 	LastFlushNs    uint64
