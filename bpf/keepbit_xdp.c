@@ -114,7 +114,10 @@ static __always_inline int slow_path_of(struct xdp_md *ctx, struct packet *p)
 		goto no_backend;
 	if (icmp_error)
 		reason = REASON_ICMP_TO_BACKEND;
-	else
+	else if (fkey.proto != IPPROTO_ICMP && fkey.proto != IPPROTO_ICMPV6)
+		/* Only what the fast path looks up is cached: an ICMP entry
+		 * would never hit, yet refilling it would keep its slot from a
+		 * flow that can (flow_cache_admit). */
 		flow_cache_fill(&fkey, sv.id, &ch, bi);
 	count(&backend_stats, ch.backend, len);
 	/* dst_mac and src_mac are adjacent in the record, as forward wants

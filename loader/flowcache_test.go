@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/google/gopacket/layers"
 )
 
 // TestFlowCacheSize: the cache gets the size asked for and the program
@@ -165,4 +167,38 @@ func TestFlowCacheAdmission(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestFlowCacheSkipsICMP: echo requests to an ICMP service are forwarded
+// without a flow cache entry. The fast path never looks ICMP up, so an
+// entry would never hit, and each ping's refill would keep its slot from
+// a TCP or UDP flow that could.
+func TestFlowCacheSkipsICMP(t *testing.T) {
+	needCPUs(t, 1)
+	l := newLab(t)
+	b := backend("10.4.6.5", "02:ab:00:00:06:05")
+	l.apply(svc("198.51.100.64", 0, ICMP), ServiceSpec{Backends: []BackendSpec{b}})
+	l.apply(svc("2001:db8::64", 0, ICMPv6), ServiceSpec{Backends: []BackendSpec{backend("2001:db8:1::64", "02:ab:00:00:06:06")}})
+	pings := [][]byte{
+		v4(t, pkt{src: "203.0.113.64", dst: "198.51.100.64", l4: l4{layers.IPProtocolICMPv4, 9, 0}}, 0),
+		icmp6Msg(t, "2001:db8:ffff::64", "2001:db8::64", 128, []byte{0, 9, 0, 1, 'h', 'i'}),
+	}
+	dpOnCPU(t, 0, func() {
+		for _, in := range pings {
+			for range 3 {
+				if v := l.runN(in, 1); v != xdpTX {
+					t.Fatalf("ping: verdict %s, want TX", verdictName(v))
+				}
+			}
+		}
+	})
+	var per []keepbitFlowCacheEntry
+	for idx := range l.dp.objs.FlowCache.MaxEntries() {
+		if err := l.dp.objs.FlowCache.Lookup(idx, &per); err != nil {
+			t.Fatal(err)
+		}
+		if p := per[0].Key.Proto; p == uint8(ICMP) || p == uint8(ICMPv6) {
+			t.Fatalf("cache slot %d holds an ICMP flow: %+v", idx, per[0])
+		}
+	}
 }
