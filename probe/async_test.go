@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"net/netip"
@@ -45,10 +44,10 @@ func (f *asyncFake) start(_ time.Time, done func(error)) {
 
 func addCheck(s *Scheduler, id string, p prober, rise int) {
 	spec := Spec{Kind: TCPHalfOpen, Target: netip.MustParseAddrPort("127.0.0.1:1"), Interval: time.Millisecond, Timeout: time.Millisecond, Rise: rise, Fall: 1}
-	c := &check{id: id, spec: spec, prober: p, index: -1, next: time.Now(), gone: make(chan struct{})}
+	c := &check{id: id, spec: spec, prober: p, next: time.Now(), gone: make(chan struct{})}
 	s.mu.Lock()
 	s.checks[c.id] = c
-	heap.Push(&s.due, c)
+	s.scheduleLocked(c)
 	s.mu.Unlock()
 }
 

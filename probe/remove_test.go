@@ -1,7 +1,7 @@
 package probe
 
 import (
-	"container/heap"
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -37,10 +37,10 @@ func TestRemovedCheckUnreported(t *testing.T) {
 				close(decided)
 			}
 			spec := Spec{Kind: TCP, Target: netip.MustParseAddrPort("127.0.0.1:1"), Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 1}
-			c := &check{id: "x", spec: spec, prober: &alternating{}, index: -1, next: time.Now(), gone: make(chan struct{})}
+			c := &check{id: "x", spec: spec, prober: &alternating{}, next: time.Now(), gone: make(chan struct{})}
 			s.mu.Lock()
 			s.checks[c.id] = c
-			heap.Push(&s.due, c)
+			s.scheduleLocked(c)
 			s.mu.Unlock()
 			go s.Run(t.Context())
 			<-decided
@@ -55,5 +55,24 @@ func TestRemovedCheckUnreported(t *testing.T) {
 			case <-time.After(200 * time.Millisecond):
 			}
 		})
+	}
+}
+
+// TestRemovedChecksLeaveTheTimetable: a removed check's entry waits in the
+// timetable until it comes up (an hour here), so checks replaced over and
+// over must not pile up there: past half, the removed ones are dropped.
+func TestRemovedChecksLeaveTheTimetable(t *testing.T) {
+	s := NewScheduler(nil)
+	spec := Spec{Kind: TCP, Target: netip.MustParseAddrPort("127.0.0.1:1"), Interval: time.Hour, Timeout: time.Second, Rise: 1, Fall: 1}
+	for i := range 10000 {
+		if err := s.Add(fmt.Sprint("c", i%10), spec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.mu.Lock()
+	n, stale := s.due.len(), s.stale
+	s.mu.Unlock()
+	if n > 2*1024+10 || n-stale != 10 {
+		t.Fatalf("timetable holds %d entries (%d of removed checks) for 10 checks", n, stale)
 	}
 }

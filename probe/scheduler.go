@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"container/heap"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -59,8 +58,14 @@ type Scheduler struct {
 
 	mu     sync.Mutex
 	checks map[string]*check
-	due    dueHeap
-	wake   chan struct{}
+	// due holds each idle check once, by its next probe (ns since
+	// epoch). A removed check's entry stays until it comes up, and is
+	// dropped then: removing it at once would need each check's heap
+	// position, kept up to date at every swap of every sift.
+	due   timeHeap[*check]
+	stale int // entries in due of removed checks
+	epoch time.Time
+	wake  chan struct{}
 }
 
 type check struct {
@@ -68,7 +73,7 @@ type check struct {
 	spec     Spec
 	prober   prober
 	next     time.Time
-	index    int // in the heap; -1 while a probe is in flight or removed
+	queued   bool // in the timetable (not in flight)
 	removed  bool
 	gone     chan struct{} // closed by Remove: a delivery waiting gives up
 	state    State
@@ -84,8 +89,15 @@ func NewScheduler(results chan Result) *Scheduler {
 		events:  make(chan Event, 1024),
 		results: results,
 		checks:  map[string]*check{},
+		epoch:   time.Now(),
 		wake:    make(chan struct{}, 1),
 	}
+}
+
+// scheduleLocked puts c on the timetable at c.next; s.mu is held.
+func (s *Scheduler) scheduleLocked(c *check) {
+	c.queued = true
+	s.due.push(c.next.Sub(s.epoch).Nanoseconds(), c)
 }
 
 // Events delivers state changes in the order they were decided.
@@ -105,10 +117,10 @@ func (s *Scheduler) Add(id string, spec Spec) error {
 	if old, ok := s.checks[id]; ok {
 		s.removeLocked(old)
 	}
-	c := &check{id: id, spec: spec, prober: p, index: -1, gone: make(chan struct{})}
+	c := &check{id: id, spec: spec, prober: p, gone: make(chan struct{})}
 	c.next = time.Now().Add(time.Duration(rand.Float64() * float64(spec.Interval)))
 	s.checks[id] = c
-	heap.Push(&s.due, c)
+	s.scheduleLocked(c)
 	s.mu.Unlock()
 	s.poke()
 	return nil
@@ -127,11 +139,18 @@ func (s *Scheduler) removeLocked(c *check) {
 	if !c.removed && c.gone != nil {
 		close(c.gone)
 	}
-	c.removed = true
-	if c.index >= 0 {
-		heap.Remove(&s.due, c.index)
+	if !c.removed && c.queued {
+		s.stale++
 	}
+	c.removed = true
 	delete(s.checks, c.id)
+	// Checks added and removed faster than they come up would grow the
+	// timetable without bound (an hour's interval keeps an entry an
+	// hour): past half of it, the removed ones go at once.
+	if s.stale > 1024 && 2*s.stale > s.due.len() {
+		s.due.drop(func(c *check) bool { return c.removed })
+		s.stale = 0
+	}
 }
 
 // State returns the current state of check id.
@@ -159,10 +178,15 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	defer timer.Stop()
 	for {
 		s.mu.Lock()
-		now := time.Now()
+		now := time.Since(s.epoch).Nanoseconds()
 		var batch []*check
-		for len(s.due) > 0 && !s.due[0].next.After(now) {
-			c := heap.Pop(&s.due).(*check)
+		for at, ok := s.due.first(); ok && at <= now; at, ok = s.due.first() {
+			_, c := s.due.pop()
+			c.queued = false
+			if c.removed {
+				s.stale--
+				continue
+			}
 			if _, ok := c.prober.(asyncProber); ok {
 				batch = append(batch, c)
 				continue
@@ -170,8 +194,8 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			go s.runProbe(ctx, c)
 		}
 		wait := time.Hour
-		if len(s.due) > 0 {
-			wait = time.Until(s.due[0].next)
+		if at, ok := s.due.first(); ok {
+			wait = time.Duration(at) - time.Since(s.epoch)
 		}
 		s.mu.Unlock()
 		if len(batch) > 0 {
@@ -244,7 +268,7 @@ func (s *Scheduler) finish(ctx context.Context, c *check, start time.Time, err e
 		c.next = now
 	}
 	if !changed {
-		heap.Push(&s.due, c)
+		s.scheduleLocked(c)
 		s.mu.Unlock()
 		s.poke()
 		return
@@ -302,7 +326,7 @@ func (s *Scheduler) deliver(ctx context.Context, c *check, ev Event) {
 		if now := time.Now(); c.next.Before(now) {
 			c.next = now
 		}
-		heap.Push(&s.due, c)
+		s.scheduleLocked(c)
 	}
 	s.mu.Unlock()
 	s.poke()
@@ -360,27 +384,4 @@ func (c *check) interval() time.Duration {
 		iv += time.Duration((rand.Float64()*2 - 1) * c.spec.Jitter * float64(iv))
 	}
 	return iv
-}
-
-type dueHeap []*check
-
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
-func (h dueHeap) Swap(i, j int) {
-	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
-}
-func (h *dueHeap) Push(x any) {
-	c := x.(*check)
-	c.index = len(*h)
-	*h = append(*h, c)
-}
-func (h *dueHeap) Pop() any {
-	old := *h
-	c := old[len(old)-1]
-	old[len(old)-1] = nil
-	c.index = -1
-	*h = old[:len(old)-1]
-	return c
 }

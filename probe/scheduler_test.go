@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"container/heap"
 	"context"
 	"errors"
 	"net/netip"
@@ -247,10 +246,10 @@ func TestEventsOfOneCheckInOrder(t *testing.T) {
 		}
 	}
 	spec := Spec{Kind: TCP, Target: netip.MustParseAddrPort("127.0.0.1:1"), Interval: time.Millisecond, Timeout: time.Millisecond, Rise: 1, Fall: 1}
-	c := &check{id: "flip", spec: spec, prober: &alternating{}, index: -1, next: time.Now()}
+	c := &check{id: "flip", spec: spec, prober: &alternating{}, next: time.Now()}
 	s.mu.Lock()
 	s.checks[c.id] = c
-	heap.Push(&s.due, c)
+	s.scheduleLocked(c)
 	s.mu.Unlock()
 	go s.Run(t.Context())
 	expectChained(t, s, 40)

@@ -1,7 +1,6 @@
 package probe
 
 import (
-	"container/heap"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -84,30 +83,13 @@ type synEngine struct {
 	senders  map[synSender]*os.File
 	closed   bool
 	done     sync.WaitGroup
-	// Deadlines of the pending probes, earliest first; expire fails the
-	// probes still pending at theirs. Answered probes leave their entry
-	// to expire unused.
-	deadlines deadlineHeap
+	// Deadlines of the pending probes (ns since epoch), earliest first;
+	// expire fails the probes still pending at theirs. Answered probes
+	// leave their entry to expire unused.
+	deadlines timeHeap[synKey]
+	epoch     time.Time
 	timer     *time.Timer
 	armed     time.Time // when timer fires; zero: not armed
-}
-
-type deadline struct {
-	at  time.Time
-	key synKey
-}
-
-type deadlineHeap []deadline
-
-func (h deadlineHeap) Len() int           { return len(h) }
-func (h deadlineHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
-func (h deadlineHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *deadlineHeap) Push(x any)        { *h = append(*h, x.(deadline)) }
-func (h *deadlineHeap) Pop() any {
-	old := *h
-	d := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return d
 }
 
 // errNoAnswer is the verdict of a probe whose SYN got no SYN-ACK or RST.
@@ -117,7 +99,7 @@ var errNoAnswer = fmt.Errorf("no SYN-ACK or RST: %w", context.DeadlineExceeded)
 func (e *synEngine) waitLocked(key synKey, at time.Time, done func(error)) {
 	e.pending[key] = done
 	e.inflight[key.synTuple]++
-	heap.Push(&e.deadlines, deadline{at: at, key: key})
+	e.deadlines.push(at.Sub(e.epoch).Nanoseconds(), key)
 	if e.armed.IsZero() || at.Before(e.armed) {
 		e.armed = at
 		d := time.Until(at)
@@ -160,16 +142,16 @@ func (e *synEngine) sourcePortLocked(remote netip.AddrPort) uint16 {
 func (e *synEngine) expire() {
 	var late []func(error)
 	e.mu.Lock()
-	now := time.Now()
-	for len(e.deadlines) > 0 && !e.deadlines[0].at.After(now) {
-		d := heap.Pop(&e.deadlines).(deadline)
-		if done := e.takeLocked(d.key); done != nil {
+	now := time.Since(e.epoch).Nanoseconds()
+	for at, ok := e.deadlines.first(); ok && at <= now; at, ok = e.deadlines.first() {
+		_, key := e.deadlines.pop()
+		if done := e.takeLocked(key); done != nil {
 			late = append(late, done)
 		}
 	}
 	e.armed = time.Time{}
-	if len(e.deadlines) > 0 && !e.closed {
-		e.armed = e.deadlines[0].at
+	if at, ok := e.deadlines.first(); ok && !e.closed {
+		e.armed = e.epoch.Add(time.Duration(at))
 		e.timer.Reset(time.Until(e.armed))
 	}
 	e.mu.Unlock()
@@ -213,7 +195,7 @@ func (h *synEngines) close() {
 }
 
 func newSynEngine() (*synEngine, error) {
-	e := &synEngine{pending: map[synKey]func(error){}, inflight: map[synTuple]int{}, senders: map[synSender]*os.File{}}
+	e := &synEngine{pending: map[synKey]func(error){}, inflight: map[synTuple]int{}, senders: map[synSender]*os.File{}, epoch: time.Now()}
 	for range synSourcePorts {
 		fd, port, err := reservePort()
 		if err != nil {
@@ -432,7 +414,7 @@ func (e *synEngine) close() {
 	// stopped, and a direct caller waits on its own context.
 	clear(e.pending)
 	clear(e.inflight)
-	e.deadlines = nil
+	e.deadlines = timeHeap[synKey]{}
 	e.mu.Unlock()
 	for _, f := range []*os.File{e.recv4, e.recv6} {
 		if f != nil {
