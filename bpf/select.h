@@ -398,7 +398,7 @@ static __always_inline int choose_backend(struct flow_key *key, __u32 svc_id, __
 					}
 					n = bpf_map_lookup_elem(&backend_syn_retrans, &id);
 					if (n)
-						(*n)++;
+						__sync_fetch_and_add(n, 1);
 				}
 				fv->last_seen_ns = now;
 				fv->packets++;

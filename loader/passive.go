@@ -15,8 +15,8 @@ type SynRetransmits struct {
 	Count uint64
 }
 
-// SynRetransmits reads the counts of every backend of one service, summed
-// over CPUs. It holds the index lock only to copy the member list.
+// SynRetransmits reads the counts of every backend of one service. It
+// holds the index lock only to copy the member list.
 func (d *Dataplane) SynRetransmits(key ServiceKey) (map[netip.Addr]SynRetransmits, error) {
 	d.mu.Lock()
 	svc := d.services[key]
@@ -25,14 +25,10 @@ func (d *Dataplane) SynRetransmits(key ServiceKey) (map[netip.Addr]SynRetransmit
 		return nil, fmt.Errorf("service %s: not in the dataplane", key)
 	}
 	out := map[netip.Addr]SynRetransmits{}
-	var per []uint64
 	for _, m := range d.memberRefs(svc) {
-		if err := d.objs.BackendSynRetrans.Lookup(m.id, &per); err != nil {
-			return nil, fmt.Errorf("service %s backend %s SYN retransmissions: %w", key, m.addr, err)
-		}
 		var n uint64
-		for _, c := range per {
-			n += c
+		if err := d.objs.BackendSynRetrans.Lookup(m.id, &n); err != nil {
+			return nil, fmt.Errorf("service %s backend %s SYN retransmissions: %w", key, m.addr, err)
 		}
 		out[m.addr] = SynRetransmits{ID: m.id, Count: n}
 	}

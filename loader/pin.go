@@ -158,6 +158,10 @@ type migration struct {
 	from     func(old *ebpf.Map) bool
 	newMap   func(spec *ebpf.MapSpec, old *ebpf.Map) (*ebpf.Map, error)
 	copyInto func(old, cur *ebpf.Map) error
+	// afterSwitch: copyInto runs once, after the switch, and adds old's
+	// counts to what the new program counted meanwhile (counters: copied
+	// twice, the counts made before the first copy would be added twice).
+	afterSwitch bool
 }
 
 // migrations, by map name. A pinned map that does not fit this version
@@ -197,6 +201,9 @@ func openPinned(spec *ebpf.CollectionSpec, dir string) (*pinnedState, error) {
 		}
 		mm := &migratedMap{name: name, old: m, cur: cur, mig: mig}
 		st.migrated = append(st.migrated, mm)
+		if mig.afterSwitch {
+			continue
+		}
 		if err := mig.copyInto(m, cur); err != nil {
 			st.close()
 			return nil, fmt.Errorf("migrate pinned map %s: %w", name, err)

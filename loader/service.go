@@ -671,7 +671,6 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 	}
 	d.mu.Unlock()
 	zero := make([]keepbitCounter, ebpf.MustPossibleCPU())
-	noSyns := make([]uint64, len(zero))
 	for i, id := range ids {
 		if !reset[i] {
 			continue
@@ -682,7 +681,7 @@ func (d *Dataplane) addMembers(svc *service, adds []newMember) error {
 			free()
 			return fmt.Errorf("service %s: backend %s: reset counters: %w", svc.key, adds[i].spec.Addr, err)
 		}
-		if err := d.kernelWrite("backend_syn_retrans", func() error { return d.objs.BackendSynRetrans.Put(id, noSyns) }); err != nil {
+		if err := d.kernelWrite("backend_syn_retrans", func() error { return d.objs.BackendSynRetrans.Put(id, uint64(0)) }); err != nil {
 			free()
 			return fmt.Errorf("service %s: backend %s: reset SYN retransmissions: %w", svc.key, adds[i].spec.Addr, err)
 		}
