@@ -107,12 +107,12 @@ type Dataplane struct {
 	// noBatch makes batchWrite and installFDs write one element at a
 	// time, as on kernels without batch operations (tests).
 	noBatch bool
-	// countersZero has a bit set for each backend ID whose per-CPU
-	// counters are known to be zero: every ID of counter maps this
-	// process created, until the ID is first given to a backend. Such
-	// an ID needs no reset when a backend takes it, which at a start
-	// saves two per-CPU writes per backend (a quarter of the start's
-	// map writes); adopted maps have none set.
+	// countersZero has a bit set for each backend ID whose counters
+	// (backend_stats, per CPU, and backend_syn_retrans) are known to be
+	// zero: every ID of counter maps this process created, until the ID
+	// is first given to a backend. Such an ID needs no reset when a
+	// backend takes it, which at a start saves two writes per backend (a
+	// quarter of the start's map writes); adopted maps have none set.
 	countersZero []uint64
 	seq          []uint32 // last state word sequence written per backend ID
 	ports        map[uint32]bool

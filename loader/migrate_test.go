@@ -75,3 +75,57 @@ func TestAdoptPerCPUSynRetrans(t *testing.T) {
 		t.Errorf("ID 9: %d after the second adoption, want 6", got)
 	}
 }
+
+// TestSynRetransCountsAcrossTheSwitch drives openPinned and finish
+// directly: the old program still counts into the per-CPU map after
+// openPinned (before the switch), and the new program counts into the new
+// map between the switch and finish. Both must survive the migration,
+// once: a migration that overwrote the new map, or copied only before the
+// switch, loses one of them.
+func TestSynRetransCountsAcrossTheSwitch(t *testing.T) {
+	privtest.Require(t)
+	root := tempPinRoot(t)
+	dir := filepath.Join(root, "kbreview")
+	must(t, ensureBPFFS(root, dir), "bpffs")
+	spec, err := loadKeepbit()
+	must(t, err, "spec")
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: maxBackends})
+	must(t, err, "old")
+	defer old.Close()
+	ncpu := ebpf.MustPossibleCPU()
+	per := make([]uint64, ncpu)
+	per[0] = 5
+	must(t, old.Put(uint32(3), per), "count")
+	must(t, old.Pin(filepath.Join(dir, keepbitMapBackendSynRetrans)), "pin")
+
+	st, err := openPinned(spec, dir)
+	must(t, err, "openPinned")
+	defer st.close()
+	var mm *migratedMap
+	for _, m := range st.migrated {
+		if m.name == keepbitMapBackendSynRetrans {
+			mm = m
+		}
+	}
+	if mm == nil {
+		t.Fatal("not migrated")
+	}
+	// The old program counts on until the link update.
+	per[ncpu-1] += 2
+	must(t, old.Put(uint32(3), per), "late count of the old program")
+	// The link update; the new program counts into cur.
+	must(t, mm.cur.Put(uint32(3), uint64(10)), "count of the new program")
+	st.missing = nil
+	must(t, st.finish(dir, nil), "finish")
+	var got uint64
+	must(t, mm.cur.Lookup(uint32(3), &got), "read")
+	if got != 5+2+10 {
+		t.Fatalf("ID 3: %d after the migration, want 17 (5+2 of the old program, 10 of the new)", got)
+	}
+	pinned, err := ebpf.LoadPinnedMap(filepath.Join(dir, keepbitMapBackendSynRetrans), nil)
+	must(t, err, "load pin")
+	defer pinned.Close()
+	if pinned.Type() != ebpf.Array {
+		t.Fatalf("pin names a %v", pinned.Type())
+	}
+}

@@ -85,7 +85,7 @@ func (d *Dataplane) loadCollection(spec *ebpf.CollectionSpec, opts *ebpf.Collect
 
 // createMaps creates spec's pinned maps concurrently. The collection
 // would create them one after the other, and the kernel takes 200 ms for
-// them here (allocating 65,536 per-CPU counters twice, preallocating two
+// them here (allocating 65,536 per-CPU counters, preallocating two
 // 262,144-entry LRU tables): most of a start's time before the first
 // service is applied.
 func createMaps(spec *ebpf.CollectionSpec) (map[string]*ebpf.Map, error) {
@@ -152,7 +152,7 @@ type migratedMap struct {
 // a map of this version's layout. copyInto is called twice: before the new
 // program is loaded, and after it replaced the old one under the link, to
 // pick up what the old program wrote meanwhile (entries already in cur
-// stay as they are).
+// stay as they are); with afterSwitch, only after.
 type migration struct {
 	// from says whether old is the earlier layout this migration knows.
 	from     func(old *ebpf.Map) bool
