@@ -9,6 +9,10 @@ import (
 )
 
 // State is a check's verdict on its backend.
+// earlyStart: a probe may start up to its interval / earlyStart before it
+// is due (Run).
+const earlyStart = 100
+
 type State int
 
 const (
@@ -94,10 +98,16 @@ func NewScheduler(results chan Result) *Scheduler {
 	}
 }
 
-// scheduleLocked puts c on the timetable at c.next; s.mu is held.
-func (s *Scheduler) scheduleLocked(c *check) {
+// scheduleLocked puts c on the timetable at c.next and reports whether
+// it is now the earliest entry: only then must Run, which waits for the
+// earliest, be woken (poke). Waking it at every probe's end was half of
+// its 54,000 wake-ups a second at 10,000 checks. s.mu is held.
+func (s *Scheduler) scheduleLocked(c *check) (earliest bool) {
+	at := c.next.Sub(s.epoch).Nanoseconds()
 	c.queued = true
-	s.due.push(c.next.Sub(s.epoch).Nanoseconds(), c)
+	s.due.push(at, c)
+	first, _ := s.due.first()
+	return first == at
 }
 
 // Events delivers state changes in the order they were decided.
@@ -120,9 +130,11 @@ func (s *Scheduler) Add(id string, spec Spec) error {
 	c := &check{id: id, spec: spec, prober: p, gone: make(chan struct{})}
 	c.next = time.Now().Add(time.Duration(rand.Float64() * float64(spec.Interval)))
 	s.checks[id] = c
-	s.scheduleLocked(c)
+	earliest := s.scheduleLocked(c)
 	s.mu.Unlock()
-	s.poke()
+	if earliest {
+		s.poke()
+	}
 	return nil
 }
 
@@ -180,8 +192,18 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		s.mu.Lock()
 		now := time.Since(s.epoch).Nanoseconds()
 		var batch []*check
-		for at, ok := s.due.first(); ok && at <= now; at, ok = s.due.first() {
-			_, c := s.due.pop()
+		for {
+			// A check due within a hundredth of its interval starts
+			// now, with those due already: one wake-up then starts the
+			// probes due around the same time (at 10,000 checks of
+			// 100 ms, those of the next millisecond) instead of one
+			// wake-up, timer reset and goroutine for every one or two.
+			// Its schedule stays anchored to its due times (finish).
+			at, c, ok := s.due.peek()
+			if !ok || at > now && (c.removed || at-now > int64(c.spec.Interval/earlyStart)) {
+				break
+			}
+			s.due.pop()
 			c.queued = false
 			if c.removed {
 				s.stale--
@@ -268,9 +290,11 @@ func (s *Scheduler) finish(ctx context.Context, c *check, start time.Time, err e
 		c.next = now
 	}
 	if !changed {
-		s.scheduleLocked(c)
+		earliest := s.scheduleLocked(c)
 		s.mu.Unlock()
-		s.poke()
+		if earliest {
+			s.poke()
+		}
 		return
 	}
 	s.mu.Unlock()
@@ -322,14 +346,17 @@ func (s *Scheduler) deliver(ctx context.Context, c *check, ev Event) {
 		}
 	}
 	s.mu.Lock()
+	earliest := false
 	if !c.removed {
 		if now := time.Now(); c.next.Before(now) {
 			c.next = now
 		}
-		s.scheduleLocked(c)
+		earliest = s.scheduleLocked(c)
 	}
 	s.mu.Unlock()
-	s.poke()
+	if earliest {
+		s.poke()
+	}
 }
 
 // Rising reports whether the check is not up but its latest probes

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -270,5 +271,84 @@ func expectChained(t *testing.T, s *Scheduler, n int) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("event %d: none within 5s", i)
 		}
+	}
+}
+
+// stamping records when each of its probes started.
+type stamping struct {
+	mu     sync.Mutex
+	starts []time.Time
+}
+
+func (p *stamping) probe(context.Context) error {
+	p.mu.Lock()
+	p.starts = append(p.starts, time.Now())
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *stamping) first() (time.Time, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.starts) == 0 {
+		return time.Time{}, false
+	}
+	return p.starts[0], true
+}
+
+// TestTimetableWakeUps: Run waits for the earliest check only, so a check
+// that becomes the earliest must wake it (a check due in an hour must not
+// hold up one due now), and a check starts at most a hundredth of its
+// interval before it is due, however many others start at that wake-up.
+func TestTimetableWakeUps(t *testing.T) {
+	s := NewScheduler(nil)
+	spec := func(iv time.Duration) Spec {
+		return Spec{Kind: TCP, Target: netip.MustParseAddrPort("127.0.0.1:1"), Interval: iv, Timeout: time.Second, Rise: 1, Fall: 1}
+	}
+	now := time.Now()
+	late, soon, early := &stamping{}, &stamping{}, &stamping{}
+	s.mu.Lock()
+	for _, c := range []*check{
+		{id: "late", spec: spec(2 * time.Hour), prober: late, next: now.Add(time.Hour)},
+		// Due 40 ms after "soon" with a 100 ms interval: may start at
+		// most 1 ms early, so not at soon's wake-up.
+		{id: "early", spec: spec(100 * time.Millisecond), prober: early, next: now.Add(240 * time.Millisecond)},
+	} {
+		c.gone = make(chan struct{})
+		s.checks[c.id] = c
+		s.scheduleLocked(c)
+	}
+	s.mu.Unlock()
+	go s.Run(t.Context())
+	time.Sleep(50 * time.Millisecond) // Run now waits for "early"
+	s.mu.Lock()
+	c := &check{id: "soon", spec: spec(100 * time.Millisecond), prober: soon, next: now.Add(200 * time.Millisecond), gone: make(chan struct{})}
+	s.checks[c.id] = c
+	earliest := s.scheduleLocked(c)
+	s.mu.Unlock()
+	if !earliest {
+		t.Fatal("a check due before every other is not reported the earliest")
+	}
+	s.poke()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a, okA := soon.first()
+		b, okB := early.first()
+		if okA && okB {
+			if d := a.Sub(now); d < 199*time.Millisecond || d > 230*time.Millisecond {
+				t.Errorf("soon started %v after the start, due at 200ms", d)
+			}
+			if d := b.Sub(now); d < 239*time.Millisecond {
+				t.Errorf("early started %v after the start, due at 240ms: more than 1ms early", d)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("probes did not start: soon %v, early %v", okA, okB)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, ok := late.first(); ok {
+		t.Error("the check due in an hour was probed")
 	}
 }

@@ -25,6 +25,14 @@ func (h *timeHeap[T]) first() (at int64, ok bool) {
 	return h.items[0].at, true
 }
 
+// peek is the earliest entry; ok is false when the heap is empty.
+func (h *timeHeap[T]) peek() (at int64, v T, ok bool) {
+	if len(h.items) == 0 {
+		return 0, v, false
+	}
+	return h.items[0].at, h.items[0].v, true
+}
+
 func (h *timeHeap[T]) push(at int64, v T) {
 	h.items = append(h.items, timed[T]{at, v})
 	i := len(h.items) - 1
