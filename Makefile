@@ -8,7 +8,8 @@ BPF_STRIP ?= llvm-strip-16
 BPF_PACKAGES := clang-16 llvm-16 libbpf-dev
 BPF_CFLAGS := -O2 -g -Wall -Werror -I/usr/include/$(shell uname -m)-linux-gnu
 GENERATED := loader/keepbit_bpfel.go loader/keepbit_bpfel.o loader/keepbitcompat_bpfel.go loader/keepbitcompat_bpfel.o loader/baseline_bpfel.go loader/baseline_bpfel.o \
-  internal/loadgen/sender_bpfel.go internal/loadgen/sender_bpfel.o internal/loadgen/sink_bpfel.go internal/loadgen/sink_bpfel.o
+  internal/loadgen/sender_bpfel.go internal/loadgen/sender_bpfel.o internal/loadgen/sink_bpfel.go internal/loadgen/sink_bpfel.o \
+  internal/lab/responder_bpfel.go internal/lab/responder_bpfel.o
 # -race: every package runs under the race detector (the loader, control and
 # VIP tests interleave writers and readers on purpose).
 TEST_FLAGS ?= -count=1 -timeout 45m -race
@@ -44,8 +45,8 @@ clang: ## install the pinned clang and BPF headers with apt-get when missing
 	@command -v $(BPF_CLANG) >/dev/null && command -v $(BPF_STRIP) >/dev/null && [ -f /usr/include/bpf/bpf_helpers.h ] || \
 	  { echo "installing $(BPF_PACKAGES)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BPF_PACKAGES); }
 
-generate: clang ## regenerate the bpf2go output (loader/*_bpfel.*, internal/loadgen/*_bpfel.*) from bpf/*.c
-	BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./loader ./internal/loadgen
+generate: clang ## regenerate the bpf2go output (loader/*_bpfel.*, internal/loadgen/*_bpfel.*, internal/lab/*_bpfel.*) from bpf/*.c
+	BPF_CLANG=$(BPF_CLANG) BPF_STRIP=$(BPF_STRIP) BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate ./loader ./internal/loadgen ./internal/lab
 
 check-generated: ## fail when the committed bpf2go output does not match bpf/*.c (needs clang)
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && cp $(GENERATED) $$tmp/ && \

@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/keepbit/keepbit/internal/lab"
+	"github.com/keepbit/keepbit/internal/privtest"
 )
 
 // listenerEnv turns the test binary into a process of TCP listeners that
@@ -78,13 +79,27 @@ func BenchmarkChecks(b *testing.B) {
 				if kind == TCPHalfOpen && os.Geteuid() != 0 {
 					b.Skip("tcp-half-open needs raw sockets (root)")
 				}
-				benchChecks(b, kind, n)
+				benchChecks(b, kind, n, localListeners(b))
 			})
 		}
 	}
+	// Half-open checks of backends behind a veth, each its own address,
+	// answered by a tc program (bpf/synack_responder.c) as a remote
+	// backend's stack would answer: the prober's host does the work it
+	// would do in production (the SYN out, the SYN-ACK in, its stack's
+	// RST out) and not the backends' (a local listener handles the SYN
+	// and the RST in the prober's own send call).
+	for _, n := range []int{5000, 10000} {
+		b.Run(fmt.Sprintf("%s-tc-backends/%d", TCPHalfOpen, n), func(b *testing.B) {
+			privtest.Require(b)
+			benchChecks(b, TCPHalfOpen, n, tcBackends(b, n))
+		})
+	}
 }
 
-func benchChecks(b *testing.B, kind Kind, checks int) {
+// localListeners starts 100 TCP listeners in a helper process (stopped
+// when b ends) and returns their addresses.
+func localListeners(b *testing.B) []string {
 	const listeners = 100
 	helper := exec.Command("/proc/self/exe")
 	helper.Env = append(os.Environ(), listenerEnv+"="+strconv.Itoa(listeners))
@@ -93,13 +108,35 @@ func benchChecks(b *testing.B, kind Kind, checks int) {
 	if err := helper.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { stdin.Close(); _ = helper.Wait() }()
+	b.Cleanup(func() { stdin.Close(); _ = helper.Wait() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
 		b.Fatal(err)
 	}
-	addrs := strings.Fields(line)
+	return strings.Fields(line)
+}
 
+// tcBackends gives n backends, 10.96.x.y:80, behind a veth whose far end
+// (in a namespace of its own) answers SYNs from a tc program, and returns
+// their addresses.
+func tcBackends(b *testing.B, n int) []string {
+	peer := privtest.NewNS(b)
+	v := privtest.Veth(b, lab.VethEnd{NS: netns.None(), Name: "kbho0", Addrs: []string{"10.95.0.1/24"}},
+		lab.VethEnd{NS: peer, Name: "kbho0p", Addrs: []string{"10.95.0.2/24"}})
+	detach, err := lab.AttachSynResponder(peer, v.B.Index)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(detach)
+	privtest.AddRoute(b, netns.None(), "10.96.0.0/16", "10.95.0.2")
+	addrs := make([]string, n)
+	for i := range addrs {
+		addrs[i] = fmt.Sprintf("10.96.%d.%d:80", i/250, i%250+1)
+	}
+	return addrs
+}
+
+func benchChecks(b *testing.B, kind Kind, checks int, addrs []string) {
 	for b.Loop() {
 		results := make(chan Result, 1<<16)
 		s := NewScheduler(results)
@@ -117,7 +154,7 @@ func benchChecks(b *testing.B, kind Kind, checks int) {
 			}
 		}()
 		for i := range checks {
-			sp := Spec{Kind: kind, Target: netip.MustParseAddrPort(addrs[i%listeners]), Interval: 100 * time.Millisecond,
+			sp := Spec{Kind: kind, Target: netip.MustParseAddrPort(addrs[i%len(addrs)]), Interval: 100 * time.Millisecond,
 				Timeout: 90 * time.Millisecond, Rise: 2, Fall: 3, Jitter: 0.2}
 			if err := s.Add(fmt.Sprint("c", i), sp); err != nil {
 				b.Fatal(err)
