@@ -247,9 +247,20 @@ type asyncProber interface {
 }
 
 func (s *Scheduler) startProbes(ctx context.Context, batch []*check) {
+	// Half-open probes go to their engine together, which sends their
+	// SYNs in one system call per socket.
+	syn := map[*synEngine][]synStart{}
 	for _, c := range batch {
 		start := time.Now()
-		c.prober.(asyncProber).start(start.Add(c.spec.Timeout), func(err error) { s.finish(ctx, c, start, err, false) })
+		done := func(err error) { s.finish(ctx, c, start, err, false) }
+		if p, ok := c.prober.(*synProber); ok {
+			syn[p.engine] = append(syn[p.engine], synStart{p, start.Add(c.spec.Timeout), done})
+			continue
+		}
+		c.prober.(asyncProber).start(start.Add(c.spec.Timeout), done)
+	}
+	for e, starts := range syn {
+		e.startBatch(starts)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/bpf"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
 )
 
@@ -68,7 +70,7 @@ type synEngine struct {
 	ports   []uint16
 	holders []int // the bound sockets that keep ports ours
 
-	recv4, recv6 *os.File // nil when the family is unavailable
+	recv4, recv6 net.PacketConn // nil when the family is unavailable
 
 	turn   atomic.Uint32
 	sendMu sync.Mutex // one send at a time (sendRaw)
@@ -80,7 +82,7 @@ type synEngine struct {
 	// SYN on a four-tuple the backend still holds half-open gets a bare
 	// ACK, not a SYN-ACK.
 	inflight map[synTuple]int
-	senders  map[synSender]*os.File
+	senders  map[synSender]*synSocket
 	closed   bool
 	done     sync.WaitGroup
 	// Deadlines of the pending probes (ns since epoch), earliest first;
@@ -195,7 +197,7 @@ func (h *synEngines) close() {
 }
 
 func newSynEngine() (*synEngine, error) {
-	e := &synEngine{pending: map[synKey]func(error){}, inflight: map[synTuple]int{}, senders: map[synSender]*os.File{}, epoch: time.Now()}
+	e := &synEngine{pending: map[synKey]func(error){}, inflight: map[synTuple]int{}, senders: map[synSender]*synSocket{}, epoch: time.Now()}
 	for range synSourcePorts {
 		fd, port, err := reservePort()
 		if err != nil {
@@ -211,12 +213,14 @@ func newSynEngine() (*synEngine, error) {
 		return nil, fmt.Errorf("raw TCP socket (needs CAP_NET_RAW): %w", err)
 	}
 	// IPv6 may be disabled on the host; IPv6 checks then fail by name.
-	e.recv6, _ = synReceiver(unix.AF_INET6, e.ports)
-	for _, f := range []*os.File{e.recv4, e.recv6} {
-		if f != nil {
-			e.done.Add(1)
-			go e.receive(f, f == e.recv4)
-		}
+	if c, err := synReceiver(unix.AF_INET6, e.ports); err == nil {
+		e.recv6 = c
+	}
+	e.done.Add(1)
+	go e.receive(ipv4.NewPacketConn(e.recv4), true)
+	if e.recv6 != nil {
+		e.done.Add(1)
+		go e.receive(ipv6.NewPacketConn(e.recv6), false)
 	}
 	return e, nil
 }
@@ -302,7 +306,7 @@ const (
 	tcpACK = 0x10
 )
 
-func synReceiver(family int, ports []uint16) (*os.File, error) {
+func synReceiver(family int, ports []uint16) (net.PacketConn, error) {
 	filter, err := synFilter(ports, family == unix.AF_INET)
 	if err != nil {
 		return nil, err
@@ -320,52 +324,74 @@ func synReceiver(family int, ports []uint16) (*os.File, error) {
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
 	}
-	return os.NewFile(uintptr(fd), "tcp-half-open"), nil
+	f := os.NewFile(uintptr(fd), "tcp-half-open")
+	defer f.Close() // the connection holds a duplicate
+	c, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("receive socket: %w", err)
+	}
+	return c, nil
 }
 
-func (e *synEngine) receive(f *os.File, ipHeader bool) {
+// synBatch is how many answers one receive call takes at most: at 100,000
+// probes a second a call per answer was a tenth of the prober's CPU, and a
+// system call costs 1.5 us on the VM this was measured on.
+const synBatch = 64
+
+// batchReader is ipv4.PacketConn or ipv6.PacketConn: ReadBatch is one
+// recvmmsg on Linux.
+type batchReader interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func (e *synEngine) receive(c batchReader, ipHeader bool) {
 	defer e.done.Done()
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return
+	msgs := make([]ipv4.Message, synBatch)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{make([]byte, 256)}
 	}
-	buf := make([]byte, 256)
+	type answer struct {
+		key     synKey
+		verdict error
+	}
+	answers := make([]answer, 0, synBatch)
+	dones := make([]func(error), 0, synBatch)
 	for {
-		var n int
-		var from unix.Sockaddr
-		var rerr error
-		err := rc.Read(func(fd uintptr) bool {
-			if ipHeader {
-				// The source is in the header: no address to convert.
-				n, rerr = unix.Read(int(fd), buf)
-			} else {
-				n, from, rerr = unix.Recvfrom(int(fd), buf, 0)
-			}
-			return rerr != unix.EAGAIN
-		})
+		n, err := c.ReadBatch(msgs, 0)
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
 		if err != nil {
-			return // closed
-		}
-		if rerr != nil {
 			continue
 		}
-		key, flags, ok := parseAnswer(buf[:n], from, ipHeader)
-		if !ok {
-			continue
+		answers = answers[:0]
+		for _, m := range msgs[:n] {
+			var from unix.Sockaddr
+			if a, ok := m.Addr.(*net.IPAddr); ok && !ipHeader {
+				// The IPv6 header is not handed over: the source is.
+				from = &unix.SockaddrInet6{Addr: [16]byte(a.IP.To16())}
+			}
+			key, flags, ok := parseAnswer(m.Buffers[0][:m.N], from, ipHeader)
+			if !ok {
+				continue
+			}
+			switch {
+			case flags&tcpRST != 0:
+				answers = append(answers, answer{key, fmt.Errorf("refused: RST: %w", syscall.ECONNREFUSED)})
+			case flags&(tcpSYN|tcpACK) == tcpSYN|tcpACK:
+				answers = append(answers, answer{key, nil})
+			}
 		}
-		var verdict error
-		switch {
-		case flags&tcpRST != 0:
-			verdict = fmt.Errorf("refused: RST: %w", syscall.ECONNREFUSED)
-		case flags&(tcpSYN|tcpACK) == tcpSYN|tcpACK:
-		default:
-			continue
-		}
+		dones = dones[:0]
 		e.mu.Lock()
-		done := e.takeLocked(key)
+		for _, a := range answers {
+			dones = append(dones, e.takeLocked(a.key))
+		}
 		e.mu.Unlock()
-		if done != nil {
-			done(verdict)
+		for i, done := range dones {
+			if done != nil {
+				done(answers[i].verdict)
+			}
 		}
 	}
 }
@@ -416,17 +442,26 @@ func (e *synEngine) close() {
 	clear(e.inflight)
 	e.deadlines = timeHeap[synKey]{}
 	e.mu.Unlock()
-	for _, f := range []*os.File{e.recv4, e.recv6} {
-		if f != nil {
-			f.Close()
+	for _, c := range []net.PacketConn{e.recv4, e.recv6} {
+		if c != nil {
+			c.Close()
 		}
 	}
 	e.done.Wait()
-	for _, f := range senders {
-		f.Close()
+	for _, c := range senders {
+		c.conn.Close()
 	}
 	for _, fd := range e.holders {
 		unix.Close(fd)
+	}
+}
+
+// synSocket is a raw socket that sends SYNs, as a connection that sends
+// a batch in one sendmmsg.
+type synSocket struct {
+	conn  net.PacketConn
+	batch interface {
+		WriteBatch(ms []ipv4.Message, flags int) (int, error)
 	}
 }
 
@@ -434,14 +469,14 @@ func (e *synEngine) close() {
 // IPv4 sends whole packets (IP_HDRINCL: the checksum needs the source, so
 // the prober chooses it); IPv6 lets the kernel add the header and the
 // checksum, from a socket bound to the source when one is set.
-func (e *synEngine) sender(k synSender) (*os.File, error) {
+func (e *synEngine) sender(k synSender) (*synSocket, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
 		return nil, errors.New("the scheduler has stopped")
 	}
-	if f := e.senders[k]; f != nil {
-		return f, nil
+	if c := e.senders[k]; c != nil {
+		return c, nil
 	}
 	proto := unix.IPPROTO_RAW
 	if k.family == unix.AF_INET6 {
@@ -456,8 +491,17 @@ func (e *synEngine) sender(k synSender) (*os.File, error) {
 		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), "tcp-half-open-send")
-	e.senders[k] = f
-	return f, nil
+	conn, err := net.FilePacketConn(f)
+	f.Close() // the connection holds a duplicate
+	if err != nil {
+		return nil, fmt.Errorf("send socket: %w", err)
+	}
+	c := &synSocket{conn: conn, batch: ipv4.NewPacketConn(conn)}
+	if k.family == unix.AF_INET6 {
+		c.batch = ipv6.NewPacketConn(conn)
+	}
+	e.senders[k] = c
+	return c, nil
 }
 
 func configureSender(fd int, k synSender) error {
@@ -496,7 +540,7 @@ type synProber struct {
 	engine *synEngine
 	spec   Spec
 	target netip.AddrPort // unmapped, without zone
-	zone   uint32         // IPv6 link-local scope
+	zone   string         // IPv6 link-local scope: the interface's name
 
 	mu       sync.Mutex
 	source   netip.Addr // IPv4: the route's source, looked up again on failures
@@ -522,7 +566,7 @@ func newSynProber(s Spec, engines *synEngines) (prober, error) {
 			if err != nil {
 				return nil, fmt.Errorf("target: zone %q: %w", zone, err)
 			}
-			p.zone = uint32(ifi.Index)
+			p.zone = ifi.Name
 		}
 	}
 	return p, nil
@@ -547,59 +591,144 @@ func (p *synProber) probe(ctx context.Context) error {
 // start sends the SYN and returns; done gets the verdict from the
 // engine's receive loop (SYN-ACK, RST) or its deadline timer.
 func (p *synProber) start(deadline time.Time, done func(error)) {
-	e := p.engine
-	seq := rand.Uint32()
-	finish := func(err error) {
-		if err != nil {
-			// The route may have changed: look the source up again,
-			// at most once a second (a down backend fails every probe).
-			p.mu.Lock()
-			if time.Since(p.resolved) > time.Second {
-				p.resolved = time.Time{}
+	p.engine.startBatch([]synStart{{p, deadline, done}})
+}
+
+// synStart is one probe to start.
+type synStart struct {
+	p        *synProber
+	deadline time.Time
+	done     func(error)
+}
+
+// startBatch starts probes of this engine: their pending entries under
+// one lock, their SYNs by one sendmmsg per sending socket. The scheduler
+// hands over the probes due at one wake-up (around a hundred at 10,000
+// checks of 100 ms): a send call per SYN cost 1.5 us of system call
+// overhead each on the VM this was measured on.
+func (e *synEngine) startBatch(starts []synStart) {
+	type probe struct {
+		key synKey
+		msg ipv4.Message
+	}
+	probes := make([]probe, len(starts))
+	for i, st := range starts {
+		p, done := st.p, st.done
+		starts[i].done = func(err error) {
+			if err != nil {
+				// The route may have changed: look the source up again,
+				// at most once a second (a down backend fails every probe).
+				p.mu.Lock()
+				if time.Since(p.resolved) > time.Second {
+					p.resolved = time.Time{}
+				}
+				p.mu.Unlock()
 			}
-			p.mu.Unlock()
+			done(err)
 		}
-		done(err)
 	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		finish(errors.New("the scheduler has stopped"))
+		for _, st := range starts {
+			st.done(errors.New("the scheduler has stopped"))
+		}
 		return
 	}
-	local := e.sourcePortLocked(p.target)
-	key := synKey{synTuple{p.target, local}, seq}
-	e.waitLocked(key, deadline, finish)
+	for i, st := range starts {
+		local := e.sourcePortLocked(st.p.target)
+		probes[i].key = synKey{synTuple{st.p.target, local}, rand.Uint32()}
+		e.waitLocked(probes[i].key, st.deadline, st.done)
+	}
 	e.mu.Unlock()
-	if err := p.send(local, seq); err != nil {
+	fail := func(i int, err error) {
 		e.mu.Lock()
-		done := e.takeLocked(key)
+		done := e.takeLocked(probes[i].key)
 		e.mu.Unlock()
 		if done != nil { // else the deadline or an answer got there first
 			done(err)
 		}
 	}
+	// The SYNs, grouped by the socket that sends them (one, mostly).
+	var groups []synSender
+	byGroup := map[synSender][]int{}
+	for i, st := range starts {
+		k, err := st.p.syn(&probes[i].msg, probes[i].key)
+		if err != nil {
+			fail(i, err)
+			continue
+		}
+		if _, ok := byGroup[k]; !ok {
+			groups = append(groups, k)
+		}
+		byGroup[k] = append(byGroup[k], i)
+	}
+	for _, k := range groups {
+		idx := byGroup[k]
+		c, err := e.sender(k)
+		if err != nil {
+			for _, i := range idx {
+				fail(i, err)
+			}
+			continue
+		}
+		msgs := make([]ipv4.Message, len(idx))
+		for j, i := range idx {
+			msgs[j] = probes[i].msg
+		}
+		// Never wait for room: SYNs queued for neighbours that do not
+		// resolve fill the socket's buffer, and a probe waiting behind
+		// them would outlive its timeout and hold up every other probe.
+		// A full buffer fails the probes it refuses at once instead.
+		// Sends go one batch at a time: from both CPUs at once, bursts
+		// of SYNs overflowed the receive backlog on loopback (97% of
+		// 100,000 probes/s timed out; one at a time, 0-0.03%).
+		type refused struct {
+			i   int
+			err error
+		}
+		var failed []refused
+		e.sendMu.Lock()
+		for len(msgs) > 0 {
+			n, err := c.batch.WriteBatch(msgs, unix.MSG_DONTWAIT)
+			if err == nil && n == 0 {
+				err = errors.New("sent nothing")
+			}
+			if err != nil {
+				// The first message not sent is the one refused.
+				n = 1
+				failed = append(failed, refused{idx[0], sendError(err)})
+			}
+			msgs, idx = msgs[n:], idx[n:]
+		}
+		e.sendMu.Unlock()
+		for _, f := range failed {
+			fail(f.i, f.err)
+		}
+	}
 }
 
-func (p *synProber) send(local uint16, seq uint32) error {
+func sendError(err error) error {
+	if errors.Is(err, unix.EAGAIN) {
+		return fmt.Errorf("send SYN: the raw socket's send buffer is full (SYNs queued for unresolved neighbours?): %w", err)
+	}
+	return fmt.Errorf("send SYN: %w", err)
+}
+
+// syn fills m with the SYN of probe key and says which socket sends it.
+func (p *synProber) syn(m *ipv4.Message, key synKey) (synSender, error) {
 	dst := p.target.Addr()
 	if dst.Is6() {
-		f, err := p.engine.sender(synSender{family: unix.AF_INET6, source: p.spec.Source, iface: p.spec.Interface})
-		if err != nil {
-			return err
-		}
-		seg := synSegment(local, p.target.Port(), seq)
-		return p.engine.sendRaw(f, seg, &unix.SockaddrInet6{Addr: dst.As16(), ZoneId: p.zone})
+		to := &net.IPAddr{IP: dst.AsSlice(), Zone: p.zone}
+		*m = ipv4.Message{Buffers: [][]byte{synSegment(key.local, p.target.Port(), key.seq)}, Addr: to}
+		return synSender{family: unix.AF_INET6, source: p.spec.Source, iface: p.spec.Interface}, nil
 	}
 	src, err := p.sourceAddr()
 	if err != nil {
-		return err
+		return synSender{}, err
 	}
-	f, err := p.engine.sender(synSender{family: unix.AF_INET, iface: p.spec.Interface})
-	if err != nil {
-		return err
-	}
-	return p.engine.sendRaw(f, synPacket4(src, dst, local, p.target.Port(), seq), &unix.SockaddrInet4{Addr: dst.As4()})
+	*m = ipv4.Message{Buffers: [][]byte{synPacket4(src, dst, key.local, p.target.Port(), key.seq)}, Addr: &net.IPAddr{IP: dst.AsSlice()}}
+	return synSender{family: unix.AF_INET, iface: p.spec.Interface}, nil
 }
 
 func (p *synProber) sourceAddr() (netip.Addr, error) {
@@ -644,34 +773,6 @@ func routeSource(dst netip.Addr, iface string) (netip.Addr, error) {
 		return netip.Addr{}, errors.New("no IPv4 source")
 	}
 	return netip.AddrFrom4(sa4.Addr), nil
-}
-
-func (e *synEngine) sendRaw(f *os.File, pkt []byte, to unix.Sockaddr) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	// Never wait for room: SYNs queued for neighbours that do not
-	// resolve fill the socket's buffer, and a probe waiting behind them
-	// would outlive its timeout and hold up every other probe. A full
-	// buffer fails this probe at once instead. Sends go one at a time:
-	// from both CPUs at once, bursts of SYNs overflowed the receive
-	// backlog on loopback (97% of 100,000 probes/s timed out; one at a
-	// time, 0-0.03%).
-	var serr error
-	e.sendMu.Lock()
-	err = rc.Control(func(fd uintptr) { serr = unix.Sendto(int(fd), pkt, unix.MSG_DONTWAIT, to) })
-	e.sendMu.Unlock()
-	if err != nil {
-		return err
-	}
-	if errors.Is(serr, unix.EAGAIN) {
-		return fmt.Errorf("send SYN: the raw socket's send buffer is full (SYNs queued for unresolved neighbours?): %w", serr)
-	}
-	if serr != nil {
-		return fmt.Errorf("send SYN: %w", serr)
-	}
-	return nil
 }
 
 // synSegment is a SYN with an MSS option (a SYN without options looks

@@ -163,6 +163,14 @@ func TestProbeHalfOpen(t *testing.T) {
 	privtest.AddAddrs(t, netns.None(), "hoa", "10.98.0.1/24")
 	silent := netip.MustParseAddrPort("10.98.0.2:80")
 
+	// A link-local backend in another namespace: the target names its
+	// zone (the interface it is reached through).
+	peer := privtest.NewNS(t)
+	privtest.Veth(t, lab.VethEnd{Name: "holl", NS: netns.None(), Addrs: []string{"fe80::1/64"}, NoDAD: true},
+		lab.VethEnd{Name: "hollp", NS: peer, Addrs: []string{"fe80::2/64"}, NoDAD: true})
+	privtest.ServeAcceptClose(t, peer, "tcp6", "[fe80::2%hollp]:8088")
+	linkLocal := netip.MustParseAddrPort("[fe80::2%holl]:8088")
+
 	var engines synEngines
 	t.Cleanup(engines.close)
 	cases := []struct {
@@ -176,6 +184,7 @@ func TestProbeHalfOpen(t *testing.T) {
 		{"ipv4 closed port answers RST", closed4, nil, "refused: RST", time.Second},
 		{"ipv6 open", open6, nil, "", time.Second},
 		{"ipv6 closed port answers RST", closed6, nil, "refused: RST", time.Second},
+		{"ipv6 link-local with its zone", linkLocal, nil, "", time.Second},
 		{"ipv4-mapped target", netip.AddrPortFrom(netip.MustParseAddr("::ffff:127.0.0.1"), open4.Port()), nil, "", time.Second},
 		{"source address", open4, func(s *Spec) { s.Source = netip.MustParseAddr("127.0.0.1") }, "", time.Second},
 		{"ipv6 source address", open6, func(s *Spec) { s.Source = netip.MustParseAddr("::1") }, "", time.Second},
@@ -301,5 +310,53 @@ func TestHalfOpenScheduler(t *testing.T) {
 	<-stopped
 	if err := s.Add("b2", sp); err == nil || !strings.Contains(err.Error(), "stopped") {
 		t.Fatalf("add after Run ended: %v, want the scheduler stopped", err)
+	}
+}
+
+// TestHalfOpenBatch: the SYNs of one batch go out in one sendmmsg per
+// socket; a SYN the kernel refuses (no route) fails its own probe only,
+// and the ones after it are still sent and answered.
+func TestHalfOpenBatch(t *testing.T) {
+	privtest.Require(t)
+	open4, _ := countingListener(t, "127.0.0.1:0")
+	open6, _ := countingListener(t, "[::1]:0")
+	closed4 := closedPort(t, "127.0.0.1:0")
+	noRoute := netip.MustParseAddrPort("192.0.2.1:80")
+	var engines synEngines
+	t.Cleanup(engines.close)
+	cases := []struct {
+		target  netip.AddrPort
+		wantErr string
+	}{
+		{noRoute, "unreachable"},
+		{open4, ""},
+		{noRoute, "unreachable"},
+		{closed4, "refused: RST"},
+		{open6, ""},
+		{open4, ""},
+	}
+	var starts []synStart
+	var engine *synEngine
+	got := make([]chan error, len(cases))
+	for i, c := range cases {
+		p, err := newProber(base(TCPHalfOpen, c.target), &engines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sp := p.(*synProber)
+		engine = sp.engine
+		got[i] = make(chan error, 1)
+		starts = append(starts, synStart{sp, time.Now().Add(time.Second), func(err error) { got[i] <- err }})
+	}
+	engine.startBatch(starts)
+	for i, c := range cases {
+		select {
+		case err := <-got[i]:
+			if (c.wantErr == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), c.wantErr) {
+				t.Errorf("probe %d (%s): %v, want %q", i, c.target, err, c.wantErr)
+			}
+		case <-time.After(2 * time.Second):
+			t.Errorf("probe %d (%s): no verdict", i, c.target)
+		}
 	}
 }
