@@ -64,6 +64,11 @@ type synSender struct {
 	family int
 	source netip.Addr
 	iface  string
+	// zone is an IPv6 link-local target's interface index: the socket is
+	// bound to it, so its SYNs leave there or nowhere. (x/net's batch
+	// send takes the zone by name and, once the name is gone, sends with
+	// no scope: out of any link with the same neighbour address.)
+	zone uint32
 }
 
 type synEngine struct {
@@ -513,6 +518,11 @@ func configureSender(fd int, k synSender) error {
 			return fmt.Errorf("interface: %w", err)
 		}
 	}
+	if k.zone != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_BINDTOIFINDEX, int(k.zone)); err != nil {
+			return fmt.Errorf("zone: %w", err)
+		}
+	}
 	if k.family == unix.AF_INET {
 		return nil
 	}
@@ -540,7 +550,7 @@ type synProber struct {
 	engine *synEngine
 	spec   Spec
 	target netip.AddrPort // unmapped, without zone
-	zone   string         // IPv6 link-local scope: the interface's name
+	zone   uint32         // IPv6 link-local scope
 
 	mu       sync.Mutex
 	source   netip.Addr // IPv4: the route's source, looked up again on failures
@@ -566,7 +576,7 @@ func newSynProber(s Spec, engines *synEngines) (prober, error) {
 			if err != nil {
 				return nil, fmt.Errorf("target: zone %q: %w", zone, err)
 			}
-			p.zone = ifi.Name
+			p.zone = uint32(ifi.Index)
 		}
 	}
 	return p, nil
@@ -719,9 +729,9 @@ func sendError(err error) error {
 func (p *synProber) syn(m *ipv4.Message, key synKey) (synSender, error) {
 	dst := p.target.Addr()
 	if dst.Is6() {
-		to := &net.IPAddr{IP: dst.AsSlice(), Zone: p.zone}
-		*m = ipv4.Message{Buffers: [][]byte{synSegment(key.local, p.target.Port(), key.seq)}, Addr: to}
-		return synSender{family: unix.AF_INET6, source: p.spec.Source, iface: p.spec.Interface}, nil
+		// A link-local target's scope is its socket's (synSender.zone).
+		*m = ipv4.Message{Buffers: [][]byte{synSegment(key.local, p.target.Port(), key.seq)}, Addr: &net.IPAddr{IP: dst.AsSlice()}}
+		return synSender{family: unix.AF_INET6, source: p.spec.Source, iface: p.spec.Interface, zone: p.zone}, nil
 	}
 	src, err := p.sourceAddr()
 	if err != nil {

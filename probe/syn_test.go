@@ -360,3 +360,54 @@ func TestHalfOpenBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestHalfOpenZoneGone: a link-local target whose zone's interface goes
+// away must fail, not be answered by the same link-local address on
+// another link (found in review: x/net's batch send took the zone by name
+// and, once the name was gone, sent with no scope).
+func TestHalfOpenZoneGone(t *testing.T) {
+	privtest.Require(t)
+	peerA, peerB := privtest.NewNS(t), privtest.NewNS(t)
+	va := privtest.Veth(t, lab.VethEnd{Name: "rza", NS: netns.None(), Addrs: []string{"fe80::1/64"}, NoDAD: true},
+		lab.VethEnd{Name: "rzap", NS: peerA, Addrs: []string{"fe80::2/64"}, NoDAD: true})
+	privtest.Veth(t, lab.VethEnd{Name: "rzb", NS: netns.None(), Addrs: []string{"fe80::3/64"}, NoDAD: true},
+		lab.VethEnd{Name: "rzbp", NS: peerB, Addrs: []string{"fe80::2/64"}, NoDAD: true})
+	privtest.ServeAcceptClose(t, peerA, "tcp6", "[fe80::2%rzap]:8088")
+	privtest.ServeAcceptClose(t, peerB, "tcp6", "[fe80::2%rzbp]:8088")
+	var engines synEngines
+	t.Cleanup(engines.close)
+	p, err := newProber(base(TCPHalfOpen, netip.MustParseAddrPort("[fe80::2%rza]:8088")), &engines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		return p.probe(ctx)
+	}
+	if err := run(); err != nil {
+		t.Fatalf("before: %v", err)
+	}
+	if err := va.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Any send to a zone the cache does not know refreshes x/net's zone
+	// cache at once (else it happens within 60 s by itself).
+	privtest.Veth(t, lab.VethEnd{Name: "rzc", NS: netns.None(), Addrs: []string{"fe80::5/64"}, NoDAD: true},
+		lab.VethEnd{Name: "rzcp", NS: privtest.NewNS(t), Addrs: []string{"fe80::6/64"}, NoDAD: true})
+	q, err := newProber(base(TCPHalfOpen, netip.MustParseAddrPort("[fe80::6%rzc]:9")), &engines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	t.Logf("probe via rzc: %v", q.probe(ctx))
+	cancel()
+	for i := range 3 {
+		start := time.Now()
+		err := run()
+		t.Logf("after rza removed, probe %d: %v (%v)", i, err, time.Since(start))
+		if err == nil {
+			t.Errorf("probe %d of a target whose interface is gone: up (answered through rzb)", i)
+		}
+	}
+}
