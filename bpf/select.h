@@ -223,25 +223,33 @@ static __always_inline int choose_new(__u32 svc_id, __u32 hash, struct choice *o
 	return -1;
 }
 
+/* flow_key_same compares two flow keys as five words, without branches. */
+static __always_inline int flow_key_same(const struct flow_key *x, const struct flow_key *y)
+{
+	const __u64 *a = (const __u64 *)x, *b = (const __u64 *)y;
+
+	return !((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]));
+}
+
+/* flow_cache_current says whether the entry's backend is exactly as it was
+ * when the entry was filled (its whole state word). */
+static __always_inline int flow_cache_current(const struct flow_cache_entry *e)
+{
+	__u32 id = e->backend;
+	__u64 *st = bpf_map_lookup_elem(&backend_state, &id);
+
+	return st && *st == e->state_word;
+}
+
 /* flow_cache_hit returns this CPU's cache entry for the flow when the
  * flow's backend is exactly as it was when the entry was filled. */
 static __always_inline struct flow_cache_entry *flow_cache_hit(struct flow_key *key)
 {
-	__u32 idx = flow_cache_index(key), id;
-	__u64 *st;
-	const __u64 *a = (const __u64 *)key;
+	__u32 idx = flow_cache_index(key);
 	struct flow_cache_entry *e;
-	const __u64 *b;
 
 	e = bpf_map_lookup_elem(&flow_cache, &idx);
-	if (!e)
-		return NULL;
-	b = (const __u64 *)&e->key;
-	if ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]))
-		return NULL;
-	id = e->backend;
-	st = bpf_map_lookup_elem(&backend_state, &id);
-	if (!st || *st != e->state_word)
+	if (!e || !flow_key_same(key, &e->key) || !flow_cache_current(e))
 		return NULL;
 	if (e->strike)
 		e->strike = 0;
@@ -315,16 +323,7 @@ static __always_inline int flow_cache_account(struct flow_cache_entry *e, __u64 
  * every slot that some flow uses serves one of them. */
 static __always_inline int flow_cache_admit(struct flow_cache_entry *e, const struct flow_key *key)
 {
-	const __u64 *a = (const __u64 *)key, *b = (const __u64 *)&e->key;
-	__u32 id = e->backend;
-	__u64 *st;
-
-	if (e->strike || e->key.proto == 0)
-		return 1;
-	if (!((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])))
-		return 1;
-	st = bpf_map_lookup_elem(&backend_state, &id);
-	if (!st || *st != e->state_word)
+	if (e->strike || e->key.proto == 0 || flow_key_same(key, &e->key) || !flow_cache_current(e))
 		return 1;
 	e->strike = 1;
 	return 0;
