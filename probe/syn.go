@@ -78,7 +78,7 @@ type synEngine struct {
 	recv4, recv6 net.PacketConn // nil when the family is unavailable
 
 	turn   atomic.Uint32
-	sendMu sync.Mutex // one send at a time (sendRaw)
+	sendMu sync.Mutex // one batch sent at a time (startBatch)
 
 	mu      sync.Mutex
 	pending map[synKey]func(error)
@@ -222,10 +222,10 @@ func newSynEngine() (*synEngine, error) {
 		e.recv6 = c
 	}
 	e.done.Add(1)
-	go e.receive(ipv4.NewPacketConn(e.recv4), true)
+	go e.receive(batchOf(e.recv4, unix.AF_INET), true)
 	if e.recv6 != nil {
 		e.done.Add(1)
-		go e.receive(ipv6.NewPacketConn(e.recv6), false)
+		go e.receive(batchOf(e.recv6, unix.AF_INET6), false)
 	}
 	return e, nil
 }
@@ -329,13 +329,34 @@ func synReceiver(family int, ports []uint16) (net.PacketConn, error) {
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
 	}
-	f := os.NewFile(uintptr(fd), "tcp-half-open")
-	defer f.Close() // the connection holds a duplicate
-	c, err := net.FilePacketConn(f)
+	c, err := packetConn(fd, "tcp-half-open")
 	if err != nil {
 		return nil, fmt.Errorf("receive socket: %w", err)
 	}
 	return c, nil
+}
+
+// packetConn makes a connection of raw socket fd, which it takes over, for
+// x/net's batch calls (recvmmsg, sendmmsg).
+func packetConn(fd int, name string) (net.PacketConn, error) {
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close() // the connection holds a duplicate
+	return net.FilePacketConn(f)
+}
+
+// batchConn is ipv4.PacketConn or ipv6.PacketConn (their Message types
+// are one): ReadBatch is one recvmmsg, WriteBatch one sendmmsg on Linux.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// batchOf wraps c for its family's batch calls.
+func batchOf(c net.PacketConn, family int) batchConn {
+	if family == unix.AF_INET6 {
+		return ipv6.NewPacketConn(c)
+	}
+	return ipv4.NewPacketConn(c)
 }
 
 // synBatch is how many answers one receive call takes at most: at 100,000
@@ -343,13 +364,7 @@ func synReceiver(family int, ports []uint16) (net.PacketConn, error) {
 // system call costs 1.5 us on the VM this was measured on.
 const synBatch = 64
 
-// batchReader is ipv4.PacketConn or ipv6.PacketConn: ReadBatch is one
-// recvmmsg on Linux.
-type batchReader interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
-func (e *synEngine) receive(c batchReader, ipHeader bool) {
+func (e *synEngine) receive(c batchConn, ipHeader bool) {
 	defer e.done.Done()
 	msgs := make([]ipv4.Message, synBatch)
 	for i := range msgs {
@@ -465,9 +480,7 @@ func (e *synEngine) close() {
 // a batch in one sendmmsg.
 type synSocket struct {
 	conn  net.PacketConn
-	batch interface {
-		WriteBatch(ms []ipv4.Message, flags int) (int, error)
-	}
+	batch batchConn
 }
 
 // sender returns the raw socket that sends for family, source and iface.
@@ -495,16 +508,11 @@ func (e *synEngine) sender(k synSender) (*synSocket, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	f := os.NewFile(uintptr(fd), "tcp-half-open-send")
-	conn, err := net.FilePacketConn(f)
-	f.Close() // the connection holds a duplicate
+	conn, err := packetConn(fd, "tcp-half-open-send")
 	if err != nil {
 		return nil, fmt.Errorf("send socket: %w", err)
 	}
-	c := &synSocket{conn: conn, batch: ipv4.NewPacketConn(conn)}
-	if k.family == unix.AF_INET6 {
-		c.batch = ipv6.NewPacketConn(conn)
-	}
+	c := &synSocket{conn: conn, batch: batchOf(conn, k.family)}
 	e.senders[k] = c
 	return c, nil
 }
