@@ -379,7 +379,9 @@ func TestBGPDrain(t *testing.T) {
 	ctx := context.Background()
 	r.o.pass(ctx)
 	r.spk.took()
-	info, err := r.o.Drain(ctx, "drain-node", 100*time.Millisecond)
+	// A 1 s hold: the checks "during the hold" below must run within it
+	// on a loaded test machine.
+	info, err := r.o.Drain(ctx, "drain-node", time.Second)
 	if err != nil || info.Withdrawn != 2 {
 		t.Fatalf("drain: %+v, %v; want 2 withdrawn", info, err)
 	}

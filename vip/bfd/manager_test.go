@@ -378,10 +378,13 @@ func TestDetectFrozenNeighbor(t *testing.T) {
 // sessions; freezing one neighbour takes only its session down.
 func TestDemuxByDiscriminator(t *testing.T) {
 	a, b, _ := twoNodes(t)
+	// The session that must stay up detects in 450 ms, not 60: a loaded
+	// test machine's scheduling delay must not take it down, which would
+	// fail the test for a reason other than demultiplexing.
 	sa1 := a.add(t, sessionCfg(a4, b4, "", 20*time.Millisecond, 3))
-	sa2 := a.add(t, sessionCfg(a4, b4x, "", 20*time.Millisecond, 3))
+	sa2 := a.add(t, sessionCfg(a4, b4x, "", 150*time.Millisecond, 3))
 	sb1 := b.add(t, sessionCfg(b4, a4, "", 20*time.Millisecond, 3))
-	b.add(t, sessionCfg(b4x, a4, "", 20*time.Millisecond, 3))
+	b.add(t, sessionCfg(b4x, a4, "", 150*time.Millisecond, 3))
 	waitState(t, sa1, Up, 5*time.Second)
 	waitState(t, sa2, Up, 5*time.Second)
 	thaw, err := sb1.freeze(context.Background())
@@ -390,7 +393,9 @@ func TestDemuxByDiscriminator(t *testing.T) {
 	}
 	defer thaw()
 	waitState(t, sa1, Down, 2*time.Second)
-	time.Sleep(200 * time.Millisecond)
+	// Longer than sa2's detection time: had its packets stopped counting
+	// with sb1's, it would be down by now.
+	time.Sleep(time.Second)
 	if st := sa2.Status(); st.State != Up || st.Counters.UpDown != 0 {
 		t.Fatalf("the other session: %+v", st)
 	}

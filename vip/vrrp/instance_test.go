@@ -429,12 +429,16 @@ func TestUpdateInPlace(t *testing.T) {
 		}
 	}()
 
+	// The interval grows on the update (100 -> 200 ms): a shorter one
+	// would give the backup a Master_Down_Interval that a loaded test
+	// machine's scheduling delay can exceed (a takeover, not the update,
+	// would then fail the test).
 	cfg := InstanceConfig{Name: "a", Interface: "kbw0", Burst: vip.Burst{Count: 2, Spacing: 5 * time.Millisecond}, Refresh: 50 * time.Millisecond,
-		Machine: Config{VRID: 42, Priority: 210, Interval: 50 * time.Millisecond, Preempt: false, Addrs: []netip.Addr{v1, v3}}}
+		Machine: Config{VRID: 42, Priority: 210, Interval: 200 * time.Millisecond, Preempt: false, Addrs: []netip.Addr{v1, v3}}}
 	if err := a.in.Update(context.Background(), cfg); err != nil {
 		t.Fatalf("update: %v", err)
 	}
-	time.Sleep(400 * time.Millisecond)
+	time.Sleep(700 * time.Millisecond)
 	c.Close()
 	var newPrio int
 	for ad := range heard {
@@ -443,7 +447,7 @@ func TestUpdateInPlace(t *testing.T) {
 		}
 		if ad.Priority == 210 {
 			newPrio++
-			if ad.Interval != 50*time.Millisecond || !slices.Equal(ad.Addrs, []netip.Addr{v1, v3}) {
+			if ad.Interval != 200*time.Millisecond || !slices.Equal(ad.Addrs, []netip.Addr{v1, v3}) {
 				t.Fatalf("advertisement after the update: %+v", ad)
 			}
 		}
