@@ -62,7 +62,8 @@ enum limits {
 	VIP_FILTER_WORDS = 1024, /* 65536-bit prefilter of VIP addresses */
 };
 
-/* Layout of one service table buffer (an inner u32 array):
+/* Layout of one service table buffer, a sequence of u32 words (stored
+ * TBL_CHUNK words to an array element, see struct table_buffer):
  *   [TBL_SIZE]        Maglev table size M (0 = service has no backend)
  *   [TBL_MEMBERS]     member count n
  *   [TBL_GROUPS]      priority-group count g
@@ -78,6 +79,7 @@ enum table_layout {
 	TBL_GENERATION = 3,
 	TBL_GROUP_END = 4,
 	TBL_HDR = 16,
+	TBL_CHUNK = 16, /* words per buffer element; a power of two */
 };
 
 enum backend_state_value {
@@ -333,23 +335,40 @@ struct {
 	__type(value, __u32);
 } service_active SEC(".maps");
 
+/* A table buffer holds its words TBL_CHUNK to an element: the loader
+ * writes a 2,053-slot table as 135 elements, not 2,069 (the kernel's batch
+ * update costs about 50 ns an element, whatever its size, and stores a
+ * 4-byte value in 8 bytes). Not mmap-able: that makes the kernel allocate
+ * every buffer with vmalloc, 2.4x the cost of creating it, and the loader
+ * reads and writes buffers by batch. (An array type, not a struct: clang
+ * left a struct that only the inner map definition names as an unsized
+ * forward declaration in BTF.) */
 struct table_buffer {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_INNER_MAP | BPF_F_MMAPABLE);
-	__uint(max_entries, TBL_HDR + 1 + MAX_MEMBERS);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, (TBL_HDR + 1 + MAX_MEMBERS + TBL_CHUNK - 1) / TBL_CHUNK);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u32[TBL_CHUNK]);
 };
 
 /* index: service_id * 2 + buffer. Installing an inner map waits for an RCU
  * grace period, so the loader does it once per service, off the hot path,
- * and afterwards rewrites buffers in place through mmap. */
+ * and afterwards rewrites the idle buffer in place by batch update. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
 	__uint(max_entries, MAX_SERVICES * 2);
 	__type(key, __u32);
 	__array(values, struct table_buffer);
 } tables SEC(".maps");
+
+/* table_get reads word idx of a table buffer (0 past its end). */
+static __always_inline __u32 table_get(void *tbl, __u32 idx)
+{
+	__u32 chunk = idx / TBL_CHUNK;
+	__u32 *c = bpf_map_lookup_elem(tbl, &chunk);
+
+	return c ? c[idx % TBL_CHUNK] : 0;
+}
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

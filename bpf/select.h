@@ -87,13 +87,6 @@ static __always_inline int usable_for_new(__u32 id, __u64 *word)
 	return 1;
 }
 
-static __always_inline __u32 table_get(void *tbl, __u32 idx)
-{
-	__u32 *v = bpf_map_lookup_elem(tbl, &idx);
-
-	return v ? *v : 0;
-}
-
 struct scan_ctx {
 	__u32 table_idx;
 	__u32 base;  /* member index where the group starts */

@@ -37,7 +37,7 @@ static __always_inline struct share_settings_value *share_enabled(void)
  * live Maglev table: what a node without a flow entry would try first. */
 static __always_inline __u32 table_slot(__u32 svc_id, const struct flow_key *key)
 {
-	__u32 zero = 0, idx, m, seed = 0, *active, *v;
+	__u32 zero = 0, idx, m, seed = 0, *active;
 	struct settings_value *cfg;
 	void *tbl;
 
@@ -51,14 +51,10 @@ static __always_inline __u32 table_slot(__u32 svc_id, const struct flow_key *key
 	tbl = bpf_map_lookup_elem(&tables, &idx);
 	if (!tbl)
 		return 0;
-	idx = TBL_SIZE;
-	v = bpf_map_lookup_elem(tbl, &idx);
-	if (!v || *v == 0)
+	m = table_get(tbl, TBL_SIZE);
+	if (m == 0)
 		return 0;
-	m = *v;
-	idx = TBL_HDR + flow_hash(key, seed) % m;
-	v = bpf_map_lookup_elem(tbl, &idx);
-	return v ? *v : 0;
+	return table_get(tbl, TBL_HDR + flow_hash(key, seed) % m);
 }
 
 /* share_report runs at a flow cache flush (every FLOW_CACHE_FLUSH packets

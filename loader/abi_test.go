@@ -25,6 +25,7 @@ func TestLimitsMatchBPF(t *testing.T) {
 		{"TBL_GENERATION", tblGen, uint64(keepbitTableLayoutTBL_GENERATION)},
 		{"TBL_GROUP_END", tblGroupEnd, uint64(keepbitTableLayoutTBL_GROUP_END)},
 		{"TBL_HDR", tblHdr, uint64(keepbitTableLayoutTBL_HDR)},
+		{"TBL_CHUNK", tblChunk, uint64(keepbitTableLayoutTBL_CHUNK)},
 		// The group ends must fit between the header words and the slots.
 		{"TBL_GROUP_END+MAX_GROUPS <= TBL_HDR", 1, b2u(tblGroupEnd+MaxGroups <= keepbitTableLayoutTBL_HDR)},
 		{"STATE_MASK", stateMask, uint64(keepbitStateWordSTATE_MASK)},
@@ -83,5 +84,21 @@ func TestMapSizesMatchLimits(t *testing.T) {
 		if got := spec.Maps[c.name].MaxEntries; got != c.want {
 			t.Errorf("map %s: %d entries, the loader assumes %d", c.name, got, c.want)
 		}
+	}
+}
+
+// TestTableBufferTemplate: a migration builds table buffers from
+// tableBufferSpec, not from the collection's template; the kernel
+// installs only those that match the template.
+func TestTableBufferTemplate(t *testing.T) {
+	spec, err := loadKeepbit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := spec.Maps[keepbitMapTables].InnerMap
+	want := tableBufferSpec(tmpl.MaxEntries)
+	if tmpl.Type != want.Type || tmpl.KeySize != want.KeySize || tmpl.ValueSize != want.ValueSize || tmpl.Flags != want.Flags {
+		t.Errorf("template %s key %d value %d flags %#x; tableBufferSpec %s key %d value %d flags %#x",
+			tmpl.Type, tmpl.KeySize, tmpl.ValueSize, tmpl.Flags, want.Type, want.KeySize, want.ValueSize, want.Flags)
 	}
 }

@@ -1,8 +1,6 @@
 package loader
 
 import (
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -155,14 +153,14 @@ func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*
 		}
 		svc.buffers[b] = m
 	}
-	var mem []byte
-	if err := withBuffer(svc.buffers[svc.active], false, func(b []byte) error { mem = bytes.Clone(b); return nil }); err != nil {
+	words, err := d.readBuffer(svc.buffers[svc.active])
+	if err != nil {
 		svc.closeBuffers()
 		return nil, fmt.Errorf("service %s: %w", key, err)
 	}
 	word := func(i uint32) uint32 {
-		if off := uint64(bufferStride) * uint64(i); off+4 <= uint64(len(mem)) {
-			return binary.NativeEndian.Uint32(mem[off:])
+		if uint64(i) < uint64(len(words)) {
+			return words[i]
 		}
 		return 0
 	}

@@ -133,7 +133,7 @@ type Dataplane struct {
 	graceKick  chan struct{}
 	graceExit  chan struct{}
 	quarantine []quarantined // guarded by mu
-	// fence orders the mmap'd table write before the switch (see writeTable).
+	// fence orders a table's words before the switch to it (see writeTable).
 	fence atomic.Uint64
 
 	kick chan struct{}
@@ -232,7 +232,7 @@ func (d *Dataplane) graceLoop() {
 }
 
 // kernelWrite performs one kernel write of the loader: every map update,
-// delete, mmap write and inner-map install goes through it, so tests can
+// delete and inner-map install goes through it, so tests can
 // stop the loader between any two writes (see beforeWrite). op is a short
 // stable name of what is written: backend_state, backends, backend_stats,
 // service_stats, table_write, service_active, tables_install,

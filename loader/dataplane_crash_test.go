@@ -2,7 +2,6 @@ package loader
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -154,13 +153,13 @@ func TestAdoptIgnoresForeignMember(t *testing.T) {
 	bID := l.memberID(s2, b.Addr)
 	// Make s1's live member list name b's ID instead of a's.
 	s := l.dp.services[s1]
-	mem, err := s.buffers[s.active].Memory()
-	if err != nil {
+	at := tblHdr + s.tableSize
+	var c tableChunk
+	if err := s.buffers[s.active].Lookup(at/tblChunk, &c); err != nil {
 		t.Fatal(err)
 	}
-	var w [4]byte
-	binary.NativeEndian.PutUint32(w[:], bID)
-	if _, err := mem.WriteAt(w[:], int64(bufferStride*(tblHdr+s.tableSize))); err != nil {
+	c[at%tblChunk] = bID
+	if err := s.buffers[s.active].Put(at/tblChunk, &c); err != nil {
 		t.Fatal(err)
 	}
 	_ = l.dp.Close()

@@ -268,6 +268,7 @@ const (
 	keepbitTableLayoutTBL_GENERATION keepbitTableLayout = 3
 	keepbitTableLayoutTBL_GROUP_END  keepbitTableLayout = 4
 	keepbitTableLayoutTBL_HDR        keepbitTableLayout = 16
+	keepbitTableLayoutTBL_CHUNK      keepbitTableLayout = 16
 )
 
 type keepbitVipFlags uint32

@@ -60,7 +60,6 @@ func Requirements() []Requirement {
 		helper(asm.FnMapUpdateElem, "4.8"),
 		helper(asm.FnMapLookupElem, "4.8"),
 		{Feature: "inner maps of any size (BPF_F_INNER_MAP)", Kernel: "5.10", probe: func() error { return features.HaveMapFlag(features.BPF_F_INNER_MAP) }},
-		{Feature: "mmap-able arrays (BPF_F_MMAPABLE)", Kernel: "5.5", probe: func() error { return features.HaveMapFlag(features.BPF_F_MMAPABLE) }},
 		mapType(ebpf.RingBuf, "5.8"),
 		mapType(ebpf.DevMapHash, "5.4"),
 		mapType(ebpf.ArrayOfMaps, "4.12"),

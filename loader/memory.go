@@ -1,13 +1,11 @@
 package loader
 
 import (
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // KernelMemory is what the kernel charged for a dataplane's maps (their
@@ -94,30 +92,4 @@ func memlock(m *ebpf.Map) (uint64, error) {
 		return uint64(m.MaxEntries()), nil
 	}
 	return 0, fmt.Errorf("the kernel reports no memlock figure")
-}
-
-// withBuffer maps a table buffer for the duration of fn. ebpf.Map.Memory
-// keeps one mapping for the map's life, which put every buffer's pages in
-// keepbitd's RSS (40 MiB at 1,000 services: pages the kernel already
-// counts as the map's memory); a mapping per write costs one mmap, whose
-// page tables the kernel fills at once for an array.
-func withBuffer(m *ebpf.Map, write bool, fn func(mem []byte) error) error {
-	// The kernel stores each element of an array at an 8-byte stride.
-	size := int(m.MaxEntries()) * bufferStride
-	if size == 0 {
-		return errors.New("table buffer of 0 bytes")
-	}
-	prot := unix.PROT_READ
-	if write {
-		prot |= unix.PROT_WRITE
-	}
-	mem, err := unix.Mmap(m.FD(), 0, size, prot, unix.MAP_SHARED)
-	if err != nil {
-		return fmt.Errorf("map table buffer: %w", err)
-	}
-	ferr := fn(mem)
-	if err := unix.Munmap(mem); err != nil && ferr == nil {
-		ferr = fmt.Errorf("unmap table buffer: %w", err)
-	}
-	return ferr
 }

@@ -2,8 +2,10 @@ package loader
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -127,5 +129,159 @@ func TestSynRetransCountsAcrossTheSwitch(t *testing.T) {
 	defer pinned.Close()
 	if pinned.Type() != ebpf.Array {
 		t.Fatalf("pin names a %v", pinned.Type())
+	}
+}
+
+// TestAdoptWordBuffers: a pin directory whose tables hold buffers of the
+// earlier layout (one word an element, mmap-able) is adopted. Every
+// buffer is rebuilt with the same words, the program forwards each flow
+// to the backend it went to before, the pin names the new outer map, and
+// the next adoption rebuilds nothing.
+func TestAdoptWordBuffers(t *testing.T) {
+	l, reopen := pinnedLab(t)
+	s1, s2 := svc("198.51.100.71", 80, TCP), svc("2001:db8::71", 80, TCP)
+	var bs1, bs2 []BackendSpec
+	for i := range 5 {
+		bs1 = append(bs1, backend(fmt.Sprintf("10.7.7.%d", i+1), fmt.Sprintf("02:77:00:00:00:%02x", i+1)))
+		bs2 = append(bs2, backend(fmt.Sprintf("2001:db8:7::%d", i+1), fmt.Sprintf("02:78:00:00:00:%02x", i+1)))
+	}
+	l.apply(s1, ServiceSpec{TableSize: 251, Backends: bs1})
+	l.apply(s2, ServiceSpec{Backends: bs2})
+	l.apply(s1, ServiceSpec{TableSize: 251, Backends: bs1[:4]}) // both of s1's buffers written
+	type flow struct {
+		vip, client string
+		sport       uint16
+	}
+	var flows []flow
+	for sport := range uint16(40) {
+		flows = append(flows, flow{"198.51.100.71", "203.0.113.71", 7000 + sport}, flow{"2001:db8::71", "2001:db8:ffff::71", 7000 + sport})
+	}
+	before := map[flow]string{}
+	for _, f := range flows {
+		before[f] = l.chosen(f.vip, f.client, f.sport)
+	}
+	// The earlier layout of every buffer, with its words, in an outer map
+	// with the earlier template, pinned in place of tables.
+	words := map[uint32][]uint32{}
+	wordSpec := func(n uint32) *ebpf.MapSpec {
+		return &ebpf.MapSpec{Name: "kb_table", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: n, Flags: bpfFInnerMap | 1<<10}
+	}
+	outer, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 2 * maxServices, InnerMap: wordSpec(tblHdr + 1 + MaxMembers)})
+	must(t, err, "earlier outer map")
+	defer outer.Close()
+	for _, s := range l.dp.services {
+		for b, buf := range s.buffers {
+			w, err := l.dp.readBuffer(buf)
+			must(t, err, "read buffer")
+			k := s.id*2 + uint32(b)
+			words[k] = w
+			old, err := ebpf.NewMap(wordSpec(uint32(len(w))))
+			must(t, err, "earlier buffer")
+			keys := make([]uint32, len(w))
+			for i := range keys {
+				keys[i] = uint32(i)
+			}
+			_, err = old.BatchUpdate(keys, w, nil)
+			must(t, err, "write earlier buffer")
+			must(t, outer.Put(k, old), "install earlier buffer")
+			old.Close()
+		}
+	}
+	dir := l.dp.pinDir
+	must(t, l.dp.Close(), "close")
+	pin := filepath.Join(dir, keepbitMapTables)
+	must(t, os.Remove(pin), "unpin tables")
+	must(t, outer.Pin(pin), "pin the earlier layout")
+
+	n := reopen()
+	if !n.dp.Adopted() {
+		t.Fatal("not adopted")
+	}
+	checkPins(t, n.dp)
+	for k, w := range words {
+		var buf *ebpf.Map
+		must(t, n.dp.objs.Tables.Lookup(k, &buf), "rebuilt buffer")
+		if buf.ValueSize() != 4*tblChunk || buf.Flags() != bpfFInnerMap {
+			t.Errorf("buffer %d: value %d bytes, flags %#x after the adoption", k, buf.ValueSize(), buf.Flags())
+		}
+		got, err := n.dp.readBuffer(buf)
+		buf.Close()
+		must(t, err, "read rebuilt buffer")
+		if len(got) < len(w) || !slices.Equal(got[:len(w)], w) || slices.ContainsFunc(got[len(w):], func(x uint32) bool { return x != 0 }) {
+			t.Errorf("buffer %d: %d words after the adoption, not the %d before", k, len(got), len(w))
+		}
+	}
+	for _, f := range flows {
+		if got := n.chosen(f.vip, f.client, f.sport); got != before[f] {
+			t.Errorf("flow %v went to %s after the adoption, %s before", f, got, before[f])
+		}
+	}
+	info, err := n.dp.objs.Tables.Info()
+	must(t, err, "tables info")
+	id, _ := info.ID()
+	must(t, n.dp.Close(), "close")
+
+	again := reopen()
+	defer again.dp.Close()
+	checkPins(t, again.dp)
+	info, err = again.dp.objs.Tables.Info()
+	must(t, err, "tables info")
+	if id2, _ := info.ID(); id2 != id {
+		t.Errorf("tables rebuilt again at the second adoption (map %d, then %d)", id, id2)
+	}
+	for _, f := range flows[:4] {
+		if got := again.chosen(f.vip, f.client, f.sport); got != before[f] {
+			t.Errorf("flow %v went to %s after the second adoption, %s before", f, got, before[f])
+		}
+	}
+}
+
+// TestTableBufferRoundTrip: words written into a table buffer read back
+// the same, by batch and element by element, whatever their count's
+// remainder in elements; a table that does not fit is refused.
+func TestTableBufferRoundTrip(t *testing.T) {
+	privtest.Require(t)
+	cases := []struct {
+		words, elements uint32
+		wantErr         bool
+	}{
+		{1, 1, false},
+		{15, 1, false},
+		{16, 1, false},
+		{17, 2, false},
+		{tblHdr + 2053 + 64, chunksFor(tblHdr + 2053 + 64), false},
+		{17, 1, true},
+	}
+	for _, noBatch := range []bool{false, true} {
+		for _, c := range cases {
+			t.Run(fmt.Sprintf("noBatch=%v/%d-words-in-%d", noBatch, c.words, c.elements), func(t *testing.T) {
+				buf, err := ebpf.NewMap(tableBufferSpec(c.elements))
+				must(t, err, "buffer")
+				defer buf.Close()
+				words := make([]uint32, c.words)
+				for i := range words {
+					words[i] = uint32(i)*2654435761 + 1
+				}
+				err = writeBuffer(buf, words, noBatch)
+				if c.wantErr {
+					if err == nil {
+						t.Fatalf("%d words written into %d elements", c.words, c.elements)
+					}
+					return
+				}
+				must(t, err, "write")
+				d := &Dataplane{noBatch: noBatch}
+				got, err := d.readBuffer(buf)
+				must(t, err, "read")
+				if len(got) != int(c.elements)*tblChunk || !slices.Equal(got[:len(words)], words) {
+					t.Fatalf("read %d words, want %d beginning with the %d written", len(got), c.elements*tblChunk, len(words))
+				}
+				for i, w := range got[len(words):] {
+					if w != 0 {
+						t.Fatalf("word %d past the table is %d", len(words)+i, w)
+					}
+				}
+			})
+		}
 	}
 }

@@ -2,7 +2,6 @@ package loader
 
 import (
 	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -33,9 +32,8 @@ const (
 	stateSeqShift = 32
 	incMask       = 0xFFFFFF
 
-	// bufferStride is the distance between elements of a mmap'd u32 array:
-	// the kernel rounds array elements up to 8 bytes.
-	bufferStride = 8
+	// tblChunk is how many table words one buffer element holds.
+	tblChunk = 16
 
 	serviceFlagPassNoBackend = 1
 	backendFlagIPv6          = 1
@@ -387,8 +385,19 @@ func (d *Dataplane) discardService(s *service) {
 	d.mu.Unlock()
 }
 
+// tableChunk is one element of a table buffer: tblChunk words.
+type tableChunk = [tblChunk]uint32
+
+// bufferCapacity is the elements a buffer needs for a table of size slots
+// and members (rounded up to 64, so that a few more members fit without a
+// new buffer).
 func bufferCapacity(size uint32, members int) uint32 {
-	return tblHdr + size + uint32((members+63)/64*64)
+	return chunksFor(tblHdr + size + uint32((members+63)/64*64))
+}
+
+// chunksFor is the buffer elements that hold words table words.
+func chunksFor(words uint32) uint32 {
+	return (words + tblChunk - 1) / tblChunk
 }
 
 func (d *Dataplane) installBuffer(svcID uint32, b int, capacity uint32) (*ebpf.Map, error) {
@@ -427,22 +436,34 @@ func (d *Dataplane) installBuffers(svc *service, capacity uint32) error {
 	return nil
 }
 
-// installFDs puts inner maps into tables. A batch waits for one RCU grace
-// period (Linux 6.8 on; 5.18-6.7 wait for none); kernels before 5.18 have
-// no batch for maps of maps, and there the writes go in parallel, so that
-// their waits overlap.
+// installFDs puts inner maps into tables.
 func (d *Dataplane) installFDs(keys, fds []uint32) error {
-	if !d.noBatch {
-		err := d.kernelWrite("tables_install", func() error { return batchUpdate(d.objs.Tables, keys, fds) })
+	return installInner(d.objs.Tables, keys, fds, d.noBatch, func(write func() error) error {
+		return d.kernelWrite("tables_install", write)
+	})
+}
+
+// installInner puts inner maps (by FD) into a map of maps, each write
+// through write. A batch waits for one RCU grace period (Linux 6.8 on;
+// 5.18-6.7 wait for none); kernels before 5.18 have no batch for maps of
+// maps, and there the writes go in parallel, so that their waits overlap.
+func installInner(outer *ebpf.Map, keys, fds []uint32, noBatch bool, write func(func() error) error) error {
+	if !noBatch {
+		err := write(func() error { return batchUpdate(outer, keys, fds) })
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			return err
 		}
 	}
+	// At most 64 at once: a migration installs every service's buffers,
+	// and each waiting write holds a thread.
 	errs := make([]error, len(keys))
+	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for i := range keys {
+		sem <- struct{}{}
 		wg.Go(func() {
-			errs[i] = d.kernelWrite("tables_install", func() error { return d.objs.Tables.Put(keys[i], fds[i]) })
+			defer func() { <-sem }()
+			errs[i] = write(func() error { return outer.Put(keys[i], fds[i]) })
 		})
 	}
 	wg.Wait()
@@ -460,37 +481,104 @@ func (d *Dataplane) newBuffer(capacity uint32) (*ebpf.Map, error) {
 	return m, nil
 }
 
-// fillBuffer writes words into an idle table buffer, at slots 0 to
-// len(words)-1: one batch update, or through a mapping of the buffer
-// where the kernel has no batches for arrays (before 5.6; tests with
-// noBatch). The batch is the default because a mapping is expensive in a
-// daemon with threads on every CPU: its munmap flushes the other CPUs'
-// TLBs by IPI, and mmap and munmap queue on the process's one mmap lock,
-// so applies running side by side wait for each other. Measured here for
-// a 2,053-slot table, two writers: 72-79 us a table by batch, 127-143 us
-// through mappings (77 us with a single thread).
+// fillBuffer writes words into an idle table buffer from its first
+// element: one batch update of tblChunk words an element (the last one
+// padded with zeros), or an update per element where the kernel has no
+// batches for arrays (before 5.6; tests with noBatch). A 2,053-slot table
+// is 135 elements: 9.7 us by batch here, where the same words one to an
+// element (and the buffer mmap-able) took 101 us.
 func (d *Dataplane) fillBuffer(buf *ebpf.Map, words []uint32) error {
-	if !d.noBatch {
-		keys := make([]uint32, len(words))
-		for i := range keys {
-			keys[i] = uint32(i)
-		}
-		err := batchUpdate(buf, keys, words)
+	return writeBuffer(buf, words, d.noBatch)
+}
+
+func writeBuffer(buf *ebpf.Map, words []uint32, noBatch bool) error {
+	n := chunksFor(uint32(len(words)))
+	if n > buf.MaxEntries() {
+		return fmt.Errorf("buffer of %d elements holds no table of %d words", buf.MaxEntries(), len(words))
+	}
+	keys := make([]uint32, n)
+	chunks := make([]tableChunk, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+		copy(chunks[i][:], words[i*tblChunk:])
+	}
+	if !noBatch {
+		err := batchUpdate(buf, keys, chunks)
 		if !errors.Is(err, ebpf.ErrNotSupported) {
 			return err
 		}
 	}
-	// The words go straight into the mapping (each in the low half of
-	// its 8-byte element; the upper half is padding nothing reads).
-	return withBuffer(buf, true, func(mem []byte) error {
-		if len(mem) < bufferStride*len(words) {
-			return fmt.Errorf("buffer of %d bytes holds no table of %d words", len(mem), len(words))
+	for i := range keys {
+		if err := buf.Put(keys[i], &chunks[i]); err != nil {
+			return err
 		}
-		for i, w := range words {
-			binary.NativeEndian.PutUint32(mem[bufferStride*i:], w)
+	}
+	return nil
+}
+
+// readBuffer returns the words of a table buffer, all of its elements.
+func (d *Dataplane) readBuffer(buf *ebpf.Map) ([]uint32, error) {
+	chunks, err := lookupAll[tableChunk](buf, d.noBatch)
+	if err != nil {
+		return nil, fmt.Errorf("read table buffer: %w", err)
+	}
+	return wordsOf(chunks), nil
+}
+
+// lookupAll reads every element of an array: one batch lookup, or a
+// lookup per element where the kernel has no batches for arrays.
+func lookupAll[V any](m *ebpf.Map, noBatch bool) ([]V, error) {
+	n := m.MaxEntries()
+	if n == 0 {
+		return nil, errors.New("array of 0 elements")
+	}
+	vals := make([]V, n)
+	if !noBatch {
+		keys := make([]uint32, n)
+		var cursor ebpf.MapBatchCursor
+		done, err := 0, error(nil)
+		for done < len(keys) {
+			var got int
+			got, err = m.BatchLookup(&cursor, keys[done:], vals[done:], nil)
+			done += got
+			if err != nil || got == 0 {
+				break
+			}
 		}
-		return nil
-	})
+		// An array's batch ends with ErrKeyNotExist once the last element
+		// is read.
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			err = nil
+		}
+		switch {
+		case err == nil:
+			for i, k := range keys[:done] {
+				if k != uint32(i) {
+					return nil, fmt.Errorf("batch read element %d at position %d", k, i)
+				}
+			}
+			if done != len(keys) {
+				return nil, fmt.Errorf("batch read %d of %d elements", done, n)
+			}
+			return vals, nil
+		case !errors.Is(err, ebpf.ErrNotSupported) || done > 0:
+			return nil, err
+		}
+	}
+	for i := range n {
+		if err := m.Lookup(i, &vals[i]); err != nil {
+			return nil, fmt.Errorf("element %d: %w", i, err)
+		}
+	}
+	return vals, nil
+}
+
+func wordsOf(chunks []tableChunk) []uint32 {
+	words := make([]uint32, 0, len(chunks)*tblChunk)
+	for i := range chunks {
+		words = append(words, chunks[i][:]...)
+	}
+	return words
 }
 
 // updateMembers writes backend records and states for spec. Members no
@@ -898,7 +986,7 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 		return Change{}, err
 	}
 	idle := 1 - svc.active
-	if need := uint32(len(words)); svc.buffers[idle] == nil || svc.buffers[idle].MaxEntries() < need {
+	if need := chunksFor(uint32(len(words))); svc.buffers[idle] == nil || svc.buffers[idle].MaxEntries() < need {
 		// A new buffer: installing it waits for RCU, and nobody reads it yet.
 		buf, err := d.installBuffer(svc.id, idle, bufferCapacity(svc.tableSize, len(svc.members)))
 		if err != nil {
@@ -922,7 +1010,7 @@ func (d *Dataplane) writeTable(svc *service, started time.Time) (Change, error) 
 	}
 	prepared := time.Now()
 	// Release ordering: the table words above are plain stores (the
-	// kernel's copy of the batch, or through the mapping); the switch
+	// kernel's copy of the batch or of each element); the switch
 	// below is a store in the kernel. On a weakly ordered
 	// CPU (arm64) another CPU could see the switch before the words. An
 	// atomic read-modify-write orders them: LOCK XADD on amd64 is a full

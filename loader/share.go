@@ -364,25 +364,18 @@ func (d *Dataplane) liveSlots(owners map[uint32]flowOwner) (map[*service][]uint3
 			out[o.svc] = nil
 			continue
 		}
-		var slots []uint32
-		err := withBuffer(buf, false, func(mem []byte) error {
-			if len(mem) < bufferStride*(tblSize+1) {
-				return errors.New("buffer holds no table header")
-			}
-			m := int(binary.NativeEndian.Uint32(mem[bufferStride*tblSize:]))
-			if len(mem) < bufferStride*(tblHdr+m) {
-				return fmt.Errorf("buffer holds no table of %d slots", m)
-			}
-			slots = make([]uint32, m)
-			for i := range slots {
-				slots[i] = binary.NativeEndian.Uint32(mem[bufferStride*(tblHdr+i):])
-			}
-			return nil
-		})
+		words, err := d.readBuffer(buf)
+		if err == nil && len(words) < tblHdr {
+			err = errors.New("buffer holds no table header")
+		}
 		if err != nil {
 			return nil, fmt.Errorf("service %s: read table: %w", o.svc.key, err)
 		}
-		out[o.svc] = slots
+		m := int(words[tblSize])
+		if len(words) < tblHdr+m {
+			return nil, fmt.Errorf("service %s: read table: buffer holds no table of %d slots", o.svc.key, m)
+		}
+		out[o.svc] = words[tblHdr : tblHdr+m : tblHdr+m]
 	}
 	return out, nil
 }
