@@ -354,9 +354,14 @@ struct table_buffer {
 /* index: service_id * 2 + buffer. Installing an inner map waits for an RCU
  * grace period, so the loader does it once per service, off the hot path,
  * and afterwards rewrites the idle buffer in place by batch update. */
+/* One entry more than the services use: the outer map's own attributes
+ * then differ from those of the layout with one word an element. A loader
+ * compares only those (the kernel verifies a program against the inner
+ * template), so a loader of that layout refuses these pins before it
+ * switches the program, instead of running it on buffers it misreads. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
-	__uint(max_entries, MAX_SERVICES * 2);
+	__uint(max_entries, MAX_SERVICES * 2 + 1);
 	__type(key, __u32);
 	__array(values, struct table_buffer);
 } tables SEC(".maps");

@@ -74,7 +74,7 @@ func TestMapSizesMatchLimits(t *testing.T) {
 		{keepbitMapVips, maxServices},
 		{keepbitMapServiceActive, maxServices},
 		{keepbitMapServiceStats, maxServices},
-		{keepbitMapTables, 2 * maxServices},
+		{keepbitMapTables, 2*maxServices + 1}, // see wordTables
 		{keepbitMapBackendState, maxBackends},
 		{keepbitMapBackendStats, maxBackends},
 		{keepbitMapBackends, 2 * maxBackends},

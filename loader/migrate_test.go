@@ -132,12 +132,20 @@ func TestSynRetransCountsAcrossTheSwitch(t *testing.T) {
 	}
 }
 
-// TestAdoptWordBuffers: a pin directory whose tables hold buffers of the
-// earlier layout (one word an element, mmap-able) is adopted. Every
-// buffer is rebuilt with the same words, the program forwards each flow
-// to the backend it went to before, the pin names the new outer map, and
-// the next adoption rebuilds nothing.
+// TestAdoptWordBuffers: a pin directory whose tables is of the earlier
+// size, holding buffers of the earlier layout (one word an element,
+// mmap-able) or already of this one, is adopted. Every buffer is rebuilt
+// with the same words, the program forwards each flow to the backend it
+// went to before, the pin names the new outer map, the next adoption
+// rebuilds nothing, and a loader of the earlier layout would refuse the
+// new map before switching its program.
 func TestAdoptWordBuffers(t *testing.T) {
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) { adoptWordBuffers(t, chunked) })
+	}
+}
+
+func adoptWordBuffers(t *testing.T, chunked bool) {
 	l, reopen := pinnedLab(t)
 	s1, s2 := svc("198.51.100.71", 80, TCP), svc("2001:db8::71", 80, TCP)
 	var bs1, bs2 []BackendSpec
@@ -166,7 +174,12 @@ func TestAdoptWordBuffers(t *testing.T) {
 	wordSpec := func(n uint32) *ebpf.MapSpec {
 		return &ebpf.MapSpec{Name: "kb_table", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: n, Flags: bpfFInnerMap | 1<<10}
 	}
-	outer, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: 2 * maxServices, InnerMap: wordSpec(tblHdr + 1 + MaxMembers)})
+	earlier := &ebpf.MapSpec{Type: ebpf.ArrayOfMaps, KeySize: 4, ValueSize: 4, MaxEntries: wordTables, InnerMap: wordSpec(tblHdr + 1 + MaxMembers)}
+	outerSpec := earlier.Copy()
+	if chunked {
+		outerSpec.InnerMap = tableBufferSpec(1)
+	}
+	outer, err := ebpf.NewMap(outerSpec)
 	must(t, err, "earlier outer map")
 	defer outer.Close()
 	for _, s := range l.dp.services {
@@ -175,6 +188,10 @@ func TestAdoptWordBuffers(t *testing.T) {
 			must(t, err, "read buffer")
 			k := s.id*2 + uint32(b)
 			words[k] = w
+			if chunked {
+				must(t, outer.Put(k, buf), "install buffer")
+				continue
+			}
 			old, err := ebpf.NewMap(wordSpec(uint32(len(w))))
 			must(t, err, "earlier buffer")
 			keys := make([]uint32, len(w))
@@ -224,6 +241,9 @@ func TestAdoptWordBuffers(t *testing.T) {
 	again := reopen()
 	defer again.dp.Close()
 	checkPins(t, again.dp)
+	if err := earlier.Compatible(again.dp.objs.Tables); err == nil {
+		t.Error("a loader of the earlier layout would take the new tables as its own")
+	}
 	info, err = again.dp.objs.Tables.Info()
 	must(t, err, "tables info")
 	if id2, _ := info.ID(); id2 != id {

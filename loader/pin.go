@@ -182,14 +182,12 @@ func openPinned(spec *ebpf.CollectionSpec, dir string) (*pinnedState, error) {
 			st.close()
 			return nil, fmt.Errorf("adopt pinned map %s (detach to start afresh): %w", name, err)
 		}
-		// A migration's from is asked even when the map itself fits: a
-		// map of maps can fit while its inner maps do not (tables).
 		cerr := spec.Maps[name].Compatible(m)
-		mig, ok := migrations[name]
-		if cerr == nil && (!ok || !mig.from(m)) {
+		if cerr == nil {
 			st.reuse[name] = m
 			continue
 		}
+		mig, ok := migrations[name]
 		if !ok || !mig.from(m) {
 			m.Close()
 			st.close()
