@@ -153,22 +153,23 @@ func (d *Dataplane) readService(sk keepbitServiceKey, sv keepbitServiceValue) (*
 		}
 		svc.buffers[b] = m
 	}
-	words, err := d.readBuffer(svc.buffers[svc.active])
+	// The header and the member list only: at the default table size the
+	// slots are 256 KiB a service that nothing here needs.
+	live := svc.buffers[svc.active]
+	hdr, err := readWords(live, 0, tblHdr)
 	if err != nil {
 		svc.closeBuffers()
 		return nil, fmt.Errorf("service %s: %w", key, err)
 	}
-	word := func(i uint32) uint32 {
-		if uint64(i) < uint64(len(words)) {
-			return words[i]
-		}
-		return 0
-	}
-	size, n := word(tblSize), word(tblMembers)
+	size, n := hdr[tblSize], min(hdr[tblMembers], MaxMembers)
 	svc.tableSize = size
-	svc.generation = word(tblGen)
-	for i := range min(n, MaxMembers) {
-		id := word(tblHdr + size + i)
+	svc.generation = hdr[tblGen]
+	ids, err := readWords(live, uint64(tblHdr)+uint64(size), n)
+	if err != nil {
+		svc.closeBuffers()
+		return nil, fmt.Errorf("service %s: %w", key, err)
+	}
+	for _, id := range ids {
 		if id == 0 || id >= maxBackends || d.members[id] != nil {
 			d.dirty[key] = true
 			continue

@@ -301,6 +301,21 @@ func TestTableBufferRoundTrip(t *testing.T) {
 						t.Fatalf("word %d past the table is %d", len(words)+i, w)
 					}
 				}
+				// A window of words, across elements and past the end
+				// (read as 0), as adoption reads the header and members.
+				for _, start := range []uint64{0, 3, 15, 16, uint64(len(got)) - 2} {
+					win, err := readWords(buf, start, 20)
+					must(t, err, "read words")
+					for i, w := range win {
+						want := uint32(0)
+						if at := start + uint64(i); at < uint64(len(got)) {
+							want = got[at]
+						}
+						if w != want {
+							t.Fatalf("readWords(%d, 20)[%d] = %d, want %d", start, i, w, want)
+						}
+					}
+				}
 			})
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"slices"
@@ -523,6 +524,30 @@ func (d *Dataplane) readBuffer(buf *ebpf.Map) ([]uint32, error) {
 		return nil, fmt.Errorf("read table buffer: %w", err)
 	}
 	return wordsOf(chunks), nil
+}
+
+// readWords returns count words of a table buffer from word start,
+// reading only the elements that hold them; words past the buffer's end
+// read as 0.
+func readWords(buf *ebpf.Map, start uint64, count uint32) ([]uint32, error) {
+	out := make([]uint32, count)
+	var c tableChunk
+	have := uint64(math.MaxUint64)
+	for i := range uint64(count) {
+		w := start + i
+		e := w / tblChunk
+		if e >= uint64(buf.MaxEntries()) {
+			break
+		}
+		if e != have {
+			if err := buf.Lookup(uint32(e), &c); err != nil {
+				return nil, fmt.Errorf("read table buffer element %d: %w", e, err)
+			}
+			have = e
+		}
+		out[i] = c[w%tblChunk]
+	}
+	return out, nil
 }
 
 // lookupAll reads every element of an array: one batch lookup, or a
