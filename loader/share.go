@@ -364,10 +364,7 @@ func (d *Dataplane) liveSlots(owners map[uint32]flowOwner) (map[*service][]uint3
 			out[o.svc] = nil
 			continue
 		}
-		words, err := d.readBuffer(buf)
-		if err == nil && len(words) < tblHdr {
-			err = errors.New("buffer holds no table header")
-		}
+		words, err := d.readBuffer(buf) // at least one element: the header
 		if err != nil {
 			return nil, fmt.Errorf("service %s: read table: %w", o.svc.key, err)
 		}
